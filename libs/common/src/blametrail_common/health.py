@@ -1,0 +1,50 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` routes, shared by every service.
+
+``/healthz`` answers 200 while the process serves HTTP (liveness). ``/readyz`` runs the
+service's readiness checks and answers 503 naming the failing ones. ``/metrics`` is the
+Prometheus text exposition of the default registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+__all__ = ["ReadinessCheck", "health_routes"]
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def health_routes(checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) -> list[BaseRoute]:
+    """Routes for liveness, readiness (every check must answer True within ``timeout_s``) and metrics."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        results = await asyncio.gather(*(_run(c, timeout_s) for c in checks.values()))
+        status = dict(zip(checks, results, strict=True))
+        ok = all(results)
+        body = {"status": "ready" if ok else "not ready", "checks": status}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        Route("/readyz", readyz, methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
+    ]
+
+
+async def _run(check: ReadinessCheck, timeout_s: float) -> bool:
+    try:
+        return await asyncio.wait_for(check(), timeout_s)
+    except Exception:  # a failing check means "not ready", whatever the reason
+        return False

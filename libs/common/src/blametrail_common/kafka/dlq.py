@@ -1,0 +1,39 @@
+"""Dead letters: the original record's bytes, with why it failed in headers."""
+
+from __future__ import annotations
+
+from aiokafka import ConsumerRecord
+
+from blametrail_common.kafka.producer import EventProducer
+
+__all__ = ["DLQ_HEADERS", "publish_to_dlq"]
+
+DLQ_HEADERS = (
+    "dlq-reason",
+    "dlq-error-type",
+    "dlq-source-topic",
+    "dlq-source-partition",
+    "dlq-source-offset",
+)
+
+
+async def publish_to_dlq(
+    producer: EventProducer,
+    dlq_topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    reason: str,
+    error: BaseException | None = None,
+) -> None:
+    """Send ``record`` unchanged to the registry topic ``dlq_topic``; returns once acknowledged.
+
+    The reason is truncated to 1 KiB; the original headers are kept after ours.
+    """
+    headers = [
+        ("dlq-reason", reason[:1024].encode("utf-8", "replace")),
+        ("dlq-error-type", type(error).__name__.encode() if error else b""),
+        ("dlq-source-topic", record.topic.encode()),
+        ("dlq-source-partition", str(record.partition).encode()),
+        ("dlq-source-offset", str(record.offset).encode()),
+    ]
+    headers.extend((k, v) for k, v in record.headers if k not in DLQ_HEADERS)
+    await producer.send_raw(dlq_topic, record.key, record.value, headers)

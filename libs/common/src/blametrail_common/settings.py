@@ -1,0 +1,71 @@
+"""Settings building blocks (pydantic-settings). Every variable is prefixed ``BLAMETRAIL_``.
+
+Two variables also answer to their conventional unprefixed names, because tools and people
+already export them: ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "BLAMETRAIL_"
+
+
+class BaseBlametrailSettings(BaseSettings):
+    """Base for every settings class: env prefix, ignore unknown variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        extra="ignore",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+
+class KafkaSettings(BaseBlametrailSettings):
+    """How to reach Kafka and how our producers behave."""
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        validation_alias=AliasChoices(
+            f"{PREFIX}KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    topic_prefix: str = Field(default="", validation_alias=f"{PREFIX}TOPIC_PREFIX")
+    client_id: str = Field(default="blametrail", validation_alias=f"{PREFIX}KAFKA_CLIENT_ID")
+    linger_ms: int = Field(default=5, validation_alias=f"{PREFIX}KAFKA_LINGER_MS")
+    compression: Literal["none", "lz4", "zstd"] = Field(
+        default="lz4", validation_alias=f"{PREFIX}KAFKA_COMPRESSION"
+    )
+    request_timeout_ms: int = Field(
+        default=5000, validation_alias=f"{PREFIX}KAFKA_REQUEST_TIMEOUT_MS"
+    )
+
+
+class PostgresSettings(BaseBlametrailSettings):
+    """How to reach Postgres."""
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:55432/blametrail",
+        validation_alias=AliasChoices(f"{PREFIX}DATABASE_URL", "DATABASE_URL"),
+    )
+
+
+class LogSettings(BaseBlametrailSettings):
+    """Logging: JSON lines on stderr."""
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+
+class SecretsSettings(BaseBlametrailSettings):
+    """Key used to encrypt secrets at rest and on the connections topic (Fernet, urlsafe base64).
+
+    Several keys may be given, comma-separated: the first encrypts, all decrypt (key rotation).
+    """
+
+    secret_keys: SecretStr = Field(default=SecretStr(""), validation_alias=f"{PREFIX}SECRET_KEYS")

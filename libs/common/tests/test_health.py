@@ -1,0 +1,27 @@
+from blametrail_common.health import health_routes
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+
+async def _yes() -> bool:
+    return True
+
+
+async def _boom() -> bool:
+    raise RuntimeError("broker unreachable")
+
+
+def test_readyz_names_failing_checks_and_metrics_are_exposed() -> None:
+    app = Starlette(routes=health_routes({"kafka": _yes, "spool": _boom}))
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"kafka": True, "spool": False}
+        assert "python_info" in client.get("/metrics").text
+
+
+def test_readyz_ok_when_all_checks_pass() -> None:
+    app = Starlette(routes=health_routes({"kafka": _yes}))
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200

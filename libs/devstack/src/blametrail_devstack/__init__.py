@@ -1,0 +1,1 @@
+"""Development stack: real Kafka + Postgres on loopback, and the pytest fixture layer."""

@@ -1,0 +1,1 @@
+"""BlameTrail mappings-api service."""

@@ -1,0 +1,1 @@
+"""BlameTrail normalizer service."""
