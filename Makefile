@@ -39,7 +39,7 @@ lint: ## ruff (lint + format check) and mypy --strict on our packages
 	$(UV) sync --frozen --all-packages --quiet
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/common/src libs/devstack/src services/*/src
+	$(RUN) mypy libs/*/src services/*/src
 
 fmt: ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .

@@ -1,0 +1,151 @@
+"""The stub's state: data, tokens, installations, grants, faults, clock. No HTTP here."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from blametrail_common.testing import fixture_bytes
+
+GRANT_LIFE_S = 10 * 60
+TOKEN_LIFE_S = 8 * 60 * 60
+
+FaultKind = Literal["429", "500", "502", "503", "slow", "reset", "401"]
+
+
+@dataclass
+class Fault:
+    """Applied to the next ``count`` requests whose route name matches (``"*"``: any)."""
+
+    route: str
+    kind: FaultKind
+    count: int = 1
+    delay_s: float = 0.0
+
+
+@dataclass
+class Token:
+    token: str
+    org_slug: str
+    expires_at: float | None = None  # stub-clock seconds; None never expires (internal)
+    installation: str | None = None
+    refresh_token: str | None = None
+
+
+@dataclass
+class Installation:
+    uuid: str
+    org_slug: str
+    client_id: str
+    client_secret: str
+    status: str = "pending"
+
+
+@dataclass
+class StubState:
+    """Everything the stub knows. Mutate it directly in tests or through ``/_stub/`` routes."""
+
+    clock_offset_s: float = 0.0
+    rate_limit: int = 1000
+    rate_window_s: int = 1
+    template_unknown_issues: bool = True
+    issues: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, Token] = field(default_factory=dict)
+    installations: dict[str, Installation] = field(default_factory=dict)
+    grants: dict[str, tuple[str, float]] = field(default_factory=dict)  # code -> (inst, expiry)
+    external_issues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset_s
+
+    # -- data -----------------------------------------------------------------------------
+    def issue(self, org: str, issue_id: str) -> dict[str, Any] | None:
+        """Latest event and tags of an issue; unknown issues get the fixture, re-identified."""
+        found = self.issues.get((org, issue_id))
+        if found is None and self.template_unknown_issues:
+            found = templated_issue(issue_id)
+        return found
+
+    # -- auth -----------------------------------------------------------------------------
+    def add_internal_token(self, org_slug: str, token: str | None = None) -> str:
+        token = token or secrets.token_hex(32)
+        self.tokens[token] = Token(token, org_slug)
+        return token
+
+    def token_for(self, authorization: str | None) -> Token | None:
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        tok = self.tokens.get(authorization[len("Bearer ") :])
+        if tok is None or (tok.expires_at is not None and tok.expires_at <= self.now()):
+            return None
+        return tok
+
+    def add_installation(
+        self, org_slug: str, client_id: str, client_secret: str, uuid: str | None = None
+    ) -> tuple[Installation, str]:
+        """A pending installation and its grant code (valid 10 minutes of stub clock)."""
+        inst = Installation(uuid or secrets.token_hex(16), org_slug, client_id, client_secret)
+        self.installations[inst.uuid] = inst
+        code = secrets.token_hex(20)
+        self.grants[code] = (inst.uuid, self.now() + GRANT_LIFE_S)
+        return inst, code
+
+    def issue_token(self, inst: Installation) -> Token:
+        """A new token pair for ``inst``; every earlier token of it is deleted (as Sentry does)."""
+        for old in [t for t in self.tokens.values() if t.installation == inst.uuid]:
+            del self.tokens[old.token]
+        tok = Token(
+            secrets.token_hex(32),
+            inst.org_slug,
+            expires_at=self.now() + TOKEN_LIFE_S,
+            installation=inst.uuid,
+            refresh_token=secrets.token_hex(32),
+        )
+        self.tokens[tok.token] = tok
+        return tok
+
+    # -- faults and rate limits ---------------------------------------------------------------
+    def take_fault(self, route: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.route in (route, "*") and fault.count > 0:
+                fault.count -= 1
+                if fault.count == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def rate(self, caller: str) -> tuple[bool, dict[str, str]]:
+        """Count a request of ``caller`` in the fixed window; returns (allowed, headers)."""
+        window = int(self.now()) // self.rate_window_s
+        start, used = self._windows.get(caller, (window, 0))
+        if start != window:
+            start, used = window, 0
+        used += 1
+        self._windows[caller] = (start, used)
+        reset = (window + 1) * self.rate_window_s
+        headers = {
+            "X-Sentry-Rate-Limit-Limit": str(self.rate_limit),
+            "X-Sentry-Rate-Limit-Remaining": str(max(self.rate_limit - used, 0)),
+            "X-Sentry-Rate-Limit-Reset": str(reset),
+            "X-Sentry-Rate-Limit-ConcurrentLimit": "25",
+            "X-Sentry-Rate-Limit-ConcurrentRemaining": "24",
+        }
+        return used <= self.rate_limit, headers
+
+
+_LATEST = orjson.loads(fixture_bytes("api/issue-latest-event.response.json"))
+_TAGS = orjson.loads(fixture_bytes("api/issue-tags.response.json"))
+
+
+def templated_issue(issue_id: str) -> dict[str, Any]:
+    """The fixture issue's latest event and tags, as if they belonged to ``issue_id``."""
+    event = copy.deepcopy(_LATEST)
+    event["groupID"] = issue_id
+    return {"latest_event": event, "tags": copy.deepcopy(_TAGS)}
