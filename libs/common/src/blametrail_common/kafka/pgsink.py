@@ -1,0 +1,137 @@
+"""Consumers whose effects live in Postgres: rows and offsets committed in one transaction.
+
+:func:`run_into_postgres` gives exactly-once *effects* on top of at-least-once delivery: each
+poll batch is applied and its next offsets are upserted into ``consumer_offsets`` in the same
+transaction, and on every partition assignment the stored offsets are read again
+(Postgres is the truth: records below the stored offset are skipped, and a consumer positioned
+past it is rewound; the offsets also committed to Kafka afterwards only feed lag tooling).
+A crash anywhere before the commit rolls the batch back; the restart re-reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+__all__ = ["ApplyBatch", "load_offsets", "run_into_postgres"]
+
+log = logging.getLogger(__name__)
+
+ApplyBatch = Callable[
+    [psycopg.AsyncConnection, Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]
+]
+
+_UPSERT = (
+    "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at)"
+    " VALUES (%s, %s, %s, %s, now())"
+    " ON CONFLICT (group_id, topic, partition)"
+    " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+)
+
+
+async def load_offsets(conn: psycopg.AsyncConnection, group_id: str) -> dict[TopicPartition, int]:
+    """The next offsets stored for ``group_id``."""
+    cur = await conn.execute(
+        "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = %s",
+        (group_id,),
+    )
+    return {TopicPartition(t, p): o for t, p, o in await cur.fetchall()}
+
+
+class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forgets positions of partitions that change hands; they are re-read from Postgres.
+
+    No I/O here: aiokafka may fetch for a new assignment while this callback still runs, so
+    positioning happens in the poll loop, against every batch (see :func:`_admit`).
+    """
+
+    def __init__(self, known: dict[TopicPartition, int]) -> None:
+        self._known = known
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self._known.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            self._known.pop(tp, None)
+
+
+async def run_into_postgres(
+    consumer: AIOKafkaConsumer,
+    topics: Sequence[str],
+    dsn: str,
+    group_id: str,
+    apply: ApplyBatch,
+    stop: asyncio.Event,
+    *,
+    timeout_ms: int = 500,
+    max_records: int | None = 2000,
+) -> None:
+    """Subscribe ``consumer`` (started, ``enable_auto_commit=False``) to broker-side ``topics`` and
+    apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and propagate.
+    """
+    known: dict[TopicPartition, int] = {}
+    consumer.subscribe(list(topics), listener=_Forget(known))
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        while not stop.is_set():
+            polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            if any(tp not in known for tp in polled):
+                stored = await load_offsets(conn, group_id)
+                await conn.commit()
+                for tp in polled:
+                    known.setdefault(tp, stored.get(tp, 0))
+            batches = {}
+            for tp, recs in polled.items():
+                admitted = await _admit(consumer, tp, recs, known[tp])
+                if admitted:
+                    batches[tp] = admitted
+            if not batches:
+                continue
+            records = [r for recs in batches.values() for r in recs]
+            async with conn.transaction():
+                await apply(conn, records)
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        _UPSERT,
+                        [
+                            (group_id, tp.topic, tp.partition, recs[-1].offset + 1)
+                            for tp, recs in batches.items()
+                        ],
+                    )
+            for tp, recs in batches.items():
+                known[tp] = recs[-1].offset + 1
+            await _commit_to_kafka(consumer, batches)
+
+
+async def _admit(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    records: list[ConsumerRecord[bytes, bytes]],
+    next_offset: int,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The records of ``tp`` not applied yet; on a gap (the consumer ahead of Postgres), seek back."""
+    if not records:
+        return []
+    if records[0].offset > next_offset:
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        if next_offset >= start:  # records between were never applied: rewind to them
+            consumer.seek(tp, next_offset)
+            return []
+    return [r for r in records if r.offset >= next_offset]
+
+
+async def _commit_to_kafka(
+    consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+) -> None:
+    try:
+        await consumer.commit(
+            {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
+        )
+    except Exception as exc:  # Postgres holds the truth; a failed mirror only delays lag metrics
+        log.warning("kafka offset mirror failed", extra={"error": type(exc).__name__})

@@ -1,0 +1,54 @@
+"""Pure: make values storable in Postgres ``text``/``jsonb`` without losing the row.
+
+Postgres rejects ``\\u0000`` in text and jsonb, lone UTF-16 surrogates (not valid UTF-8), and
+``NaN``/``Infinity`` in jsonb. Sentry payloads may carry all of them, so they are replaced
+(U+FFFD for characters, ``null`` for non-finite numbers) and the caller is told that it happened.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+__all__ = ["Sanitized", "pg_json", "pg_text"]
+
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+class Sanitized:
+    """Collects whether anything was replaced during one sanitization."""
+
+    def __init__(self) -> None:
+        self.changed = False
+
+    def text(self, value: str) -> str:
+        cleaned = _BAD_CHARS.sub(REPLACEMENT, value)
+        if cleaned is not value and cleaned != value:
+            self.changed = True
+        return cleaned
+
+    def json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            self.changed = True
+            return None
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.json(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.json(v) for v in value]
+        return value
+
+
+def pg_text(value: str | None) -> str | None:
+    """``value`` safe for a ``text`` column."""
+    return None if value is None else Sanitized().text(value)
+
+
+def pg_json(value: Any) -> tuple[Any, bool]:
+    """``value`` safe for ``jsonb``, and whether anything had to be replaced."""
+    s = Sanitized()
+    cleaned = s.json(value)
+    return cleaned, s.changed
