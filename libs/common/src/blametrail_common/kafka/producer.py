@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,3 +68,15 @@ class EventProducer:
         return await self.producer.send_and_wait(
             self.topic(topic), value=value, key=key, headers=list(headers)
         )
+
+    async def send_many_raw(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        headers: Headers = (),
+    ) -> list[RecordMetadata]:
+        """Publish many records in one go (they share broker round trips); returns once all are
+        acknowledged, raising the first failure. Order within a partition is kept."""
+        name, hdrs = self.topic(topic), list(headers)
+        futures = [await self.producer.send(name, value=v, key=k, headers=hdrs) for k, v in records]
+        return list(await asyncio.gather(*futures))

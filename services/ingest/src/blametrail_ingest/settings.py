@@ -1,0 +1,40 @@
+"""Ingest settings (environment, prefix ``BLAMETRAIL_INGEST_`` unless noted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blametrail_common.settings import PREFIX, BaseBlametrailSettings
+from pydantic import Field, SecretStr
+
+__all__ = ["IngestSettings"]
+
+
+class IngestSettings(BaseBlametrailSettings):
+    host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}INGEST_HOST")
+    port: int = Field(default=8081, validation_alias=f"{PREFIX}INGEST_PORT")
+    public_client_secrets: SecretStr = Field(
+        default=SecretStr(""), validation_alias=f"{PREFIX}INGEST_PUBLIC_CLIENT_SECRETS"
+    )
+    """Client secret(s) of the public (OAuth) app, comma-separated during a rotation."""
+    max_body_bytes: int = Field(
+        default=1024 * 1024, validation_alias=f"{PREFIX}INGEST_MAX_BODY_BYTES"
+    )
+    body_timeout_s: float = Field(default=0.5, validation_alias=f"{PREFIX}INGEST_BODY_TIMEOUT_S")
+    publish_timeout_s: float = Field(
+        default=0.25, validation_alias=f"{PREFIX}INGEST_PUBLISH_TIMEOUT_S"
+    )
+    spool_dir: Path = Field(
+        default=Path(".local/spool"), validation_alias=f"{PREFIX}INGEST_SPOOL_DIR"
+    )
+    spool_max_bytes: int = Field(
+        default=512 * 1024 * 1024, validation_alias=f"{PREFIX}INGEST_SPOOL_MAX_BYTES"
+    )
+    limit_concurrency: int = Field(
+        default=512, validation_alias=f"{PREFIX}INGEST_LIMIT_CONCURRENCY"
+    )
+
+    def public_secrets(self) -> list[str]:
+        return [
+            s.strip() for s in self.public_client_secrets.get_secret_value().split(",") if s.strip()
+        ]

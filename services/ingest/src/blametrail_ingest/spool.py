@@ -1,0 +1,157 @@
+"""A durable local FIFO of Kafka records, for webhooks accepted while Kafka is away.
+
+Records go to append-only segment files (``seg-<n>.log``), framed as
+``u32 length | u32 crc32 | (u32 key length | key | value)``, and are fsync'd before
+:meth:`Spool.append` returns, so a 200 answered after it survives a crash or restart. The
+drainer reads them back in order; how far it got in the oldest segment is kept in
+``seg-<n>.pos`` (fsync'd), and a segment is deleted once forwarded. A crash while draining
+resends a few records: duplicates are harmless downstream, losses are impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Spool", "SpoolError", "SpoolFull"]
+
+_HEAD = struct.Struct(">II")  # frame length, crc32 of the frame payload
+SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool cannot take the record (disk error)."""
+
+
+class SpoolFull(SpoolError):
+    """Taking the record would exceed the configured bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    segment: int
+    end: int  # byte offset just past this record in its segment
+    key: bytes
+    value: bytes
+
+
+class Spool:
+    """Thread-offloaded, lock-serialized appends; one reader (the drainer)."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory, self.max_bytes = directory, max_bytes
+        self._lock = asyncio.Lock()
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    # -- state ------------------------------------------------------------------------------
+    def _segments(self) -> list[int]:
+        return sorted(int(p.stem[4:]) for p in self.directory.glob("seg-*.log"))
+
+    def _path(self, n: int, suffix: str = ".log") -> Path:
+        return self.directory / f"seg-{n:012d}{suffix}"
+
+    def _position(self, n: int) -> int:
+        try:
+            return int(self._path(n, ".pos").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def pending_bytes(self) -> int:
+        """Bytes not yet forwarded (the spool-depth metric)."""
+        segs = self._segments()
+        return sum(self._path(n).stat().st_size for n in segs) - (
+            self._position(segs[0]) if segs else 0
+        )
+
+    def is_empty(self) -> bool:
+        return self.pending_bytes() == 0
+
+    def writable(self) -> bool:
+        return os.access(self.directory, os.W_OK)
+
+    # -- append -----------------------------------------------------------------------------
+    async def append(self, key: bytes, value: bytes) -> None:
+        """Durably append one record; raises :class:`SpoolFull` or :class:`SpoolError`."""
+        async with self._lock:
+            await asyncio.to_thread(self._append, key, value)
+
+    def _append(self, key: bytes, value: bytes) -> None:
+        payload = struct.pack(">I", len(key)) + key + value
+        frame = _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+        if self.pending_bytes() + len(frame) > self.max_bytes:
+            raise SpoolFull(f"spool holds {self.pending_bytes()} bytes, bound {self.max_bytes}")
+        segs = self._segments()
+        n = (
+            segs[-1]
+            if segs and self._path(segs[-1]).stat().st_size < SEGMENT_BYTES
+            else (segs[-1] + 1 if segs else 1)
+        )
+        try:
+            new = not self._path(n).exists()
+            with open(self._path(n), "ab") as f:
+                f.write(frame)
+                f.flush()
+                os.fsync(f.fileno())
+            if new:
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            raise SpoolError(f"spool write failed: {exc.strerror}") from exc
+
+    # -- drain ------------------------------------------------------------------------------
+    def read_batch(self, max_records: int = 500) -> list[SpooledRecord]:
+        """The next records in order, from the oldest segment (blocking I/O: call in a thread)."""
+        segs = self._segments()
+        if not segs:
+            return []
+        n = segs[0]
+        pos = self._position(n)
+        out: list[SpooledRecord] = []
+        with open(self._path(n), "rb") as f:
+            f.seek(pos)
+            while len(out) < max_records:
+                head = f.read(_HEAD.size)
+                if len(head) < _HEAD.size:
+                    break  # end of segment, or a torn final write that was never acknowledged
+                length, crc = _HEAD.unpack(head)
+                payload = f.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break
+                klen = struct.unpack(">I", payload[:4])[0]
+                pos += _HEAD.size + length
+                out.append(SpooledRecord(n, pos, payload[4 : 4 + klen], payload[4 + klen :]))
+        if not out and len(segs) > 1:  # fully drained and a newer segment exists: drop this one
+            self._drop(n)
+            return self.read_batch(max_records)
+        return out
+
+    def mark_forwarded(self, record: SpooledRecord) -> None:
+        """Persist that every record up to ``record`` reached Kafka."""
+        pos_path = self._path(record.segment, ".pos")
+        tmp = pos_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(record.end))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, pos_path)
+        if (
+            record.end >= self._path(record.segment).stat().st_size
+            and self._segments()[-1] != record.segment
+        ):
+            self._drop(record.segment)
+
+    def _drop(self, n: int) -> None:
+        self._path(n).unlink(missing_ok=True)
+        self._path(n, ".pos").unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
