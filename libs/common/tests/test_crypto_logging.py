@@ -42,3 +42,12 @@ def test_json_logs_redact_secret_fields() -> None:
     assert doc["topic"] == "x"
     assert "s3cr3t" not in line
     assert 'tok"' not in line
+
+
+def test_scrub_surrogates_replaces_only_lone_surrogates() -> None:
+    from blametrail_common.text import scrub_surrogates
+
+    value = {"k\ud800": ["a\udfffb", 1, None, {"x": "caf\u00e9 \U0001f600 \x00"}]}
+    assert scrub_surrogates(value) == {
+        "k\ufffd": ["a\ufffdb", 1, None, {"x": "caf\u00e9 \U0001f600 \x00"}]
+    }

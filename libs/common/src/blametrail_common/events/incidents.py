@@ -1,0 +1,144 @@
+"""Incident lifecycle events on ``incident-events``, keyed by incident id.
+
+Incident ids are deterministic (UUIDv5 of tenant + Sentry issue id, or of tenant + metric alert
+id), and so are event ids (derived from the raw webhook's), so reprocessing the raw log yields
+the very same events. Every event carries the full :class:`IssueSnapshot` Sentry sent with it and
+``status_at``, the Sentry-side time of the state it reports: webhooks arrive out of order, and the
+projection applies a state only if it is not older than the one it shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from blametrail_common.events.envelope import EventPayload, event_type
+
+__all__ = [
+    "INCIDENT_NAMESPACE",
+    "Assignee",
+    "IncidentAssignedV1",
+    "IncidentEvent",
+    "IncidentMutedV1",
+    "IncidentOpenedV1",
+    "IncidentReopenedV1",
+    "IncidentResolvedV1",
+    "IncidentUpdatedV1",
+    "IssueSnapshot",
+    "SentryRef",
+    "Severity",
+    "incident_id_for",
+    "severity_for_level",
+]
+
+Severity = Literal["sev1", "sev2", "sev3", "sev4", "sev5"]
+Source = Literal["sentry_issue", "sentry_metric_alert"]
+INCIDENT_NAMESPACE = uuid.UUID("5b1f3c2e-7a4d-4e8f-9c0b-1d2e3f4a5b6c")
+_LEVELS: dict[str, Severity] = {
+    "fatal": "sev1",
+    "error": "sev2",
+    "warning": "sev3",
+    "info": "sev4",
+    "debug": "sev5",
+}
+
+
+def severity_for_level(level: str | None) -> Severity:
+    """Sentry level -> severity (unknown levels count as errors)."""
+    return _LEVELS.get((level or "").lower(), "sev2")
+
+
+def incident_id_for(tenant_id: str, kind: Literal["issue", "metric_alert"], sentry_id: str) -> str:
+    """The deterministic id of the incident tracking one Sentry issue or metric alert."""
+    return str(uuid.uuid5(INCIDENT_NAMESPACE, f"{tenant_id}:{kind}:{sentry_id}"))
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SentryRef(_Part):
+    """Where the incident comes from in Sentry."""
+
+    connection_id: str
+    org_slug: str | None = None
+    project_id: str | None = None
+    project_slug: str | None = None
+    issue_id: str | None = None
+    short_id: str | None = None
+    web_url: str | None = None
+    metric_alert_id: str | None = None
+    alert_rule: str | None = None
+
+
+class Assignee(_Part):
+    type: str
+    id: str
+    name: str | None = None
+    email: str | None = None
+
+
+class IssueSnapshot(_Part):
+    """What Sentry said about the issue (or metric alert) in this webhook."""
+
+    title: str
+    culprit: str | None = None
+    level: str | None = None
+    status: str | None = None
+    substatus: str | None = None
+    platform: str | None = None
+    first_seen: AwareDatetime | None = None
+    last_seen: AwareDatetime | None = None
+    count: int | None = None
+    user_count: int | None = None
+    environment: str | None = None
+    release: str | None = None
+
+
+class IncidentEvent(EventPayload):
+    """Fields every incident event carries."""
+
+    incident_id: str
+    tenant_id: str
+    service_id: str
+    source: Source
+    severity: Severity
+    status_at: AwareDatetime
+    sentry: SentryRef
+    snapshot: IssueSnapshot
+
+
+@event_type("incident.opened", 1)
+class IncidentOpenedV1(IncidentEvent):
+    """A new incident (Sentry ``issue.created``, a first alert, a metric alert going critical)."""
+
+
+@event_type("incident.updated", 1)
+class IncidentUpdatedV1(IncidentEvent):
+    """New facts about an open incident (an alert fired again, a metric alert changed level)."""
+
+    reason: str
+
+
+@event_type("incident.resolved", 1)
+class IncidentResolvedV1(IncidentEvent):
+    resolution_type: str | None = None
+
+
+@event_type("incident.reopened", 1)
+class IncidentReopenedV1(IncidentEvent):
+    """The issue is unresolved again (manually, regressed or escalating: see ``snapshot.substatus``)."""
+
+
+@event_type("incident.assigned", 1)
+class IncidentAssignedV1(IncidentEvent):
+    assignee: Assignee | None
+
+
+@event_type("incident.muted", 1)
+class IncidentMutedV1(IncidentEvent):
+    """Ignored/archived in Sentry; ``details`` are Sentry's ``statusDetails``."""
+
+    details: dict[str, int | str | bool | None]

@@ -1,0 +1,338 @@
+"""The pure rules on every fixture: one test per behaviour, no Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from blametrail_common.events import (
+    ConnectionStateV1,
+    Envelope,
+    MappingStateV1,
+    ServiceStateV1,
+    WebhookReceivedV1,
+    body_sha256,
+    decode,
+    encode,
+    mapping_key,
+    new_event,
+)
+from blametrail_common.events.audit import WebhookAuditedV1
+from blametrail_common.events.incidents import (
+    IncidentAssignedV1,
+    IncidentMutedV1,
+    IncidentOpenedV1,
+    IncidentReopenedV1,
+    IncidentResolvedV1,
+    IncidentUpdatedV1,
+    incident_id_for,
+)
+from blametrail_common.testing import FIXTURES, signed_fixture
+from blametrail_normalizer.memory import MemoryLookup
+from blametrail_normalizer.normalize import normalize
+
+NOW = datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
+CONN, TENANT, SERVICE = "conn-1", "tenant-1", "svc-checkout"
+INSTALL = "7d1f2c3a-9b8e-4f6d-a1c2-3e4f5a6b7c8d"
+
+
+def raw(
+    name: str, connection_id: str | None = CONN, supported: bool = True, body: bytes | None = None
+) -> Envelope[WebhookReceivedV1]:
+    fixture_body, headers = signed_fixture(name)
+    body = fixture_body if body is None else body
+    resource, _, action = name.partition(".")
+    payload = WebhookReceivedV1(
+        connection_id=connection_id,
+        resource=resource,
+        action=action,
+        installation_uuid=INSTALL,
+        signature_header="Sentry-Hook-Signature",
+        request_id=headers["Request-ID"],
+        hook_timestamp=headers["Sentry-Hook-Timestamp"],
+        received_at=NOW,
+        body_sha256=body_sha256(body),
+        body=body.decode(),
+        supported=supported,
+    )
+    return new_event(
+        payload,
+        key="k",
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, name + str(connection_id)),
+        produced_at=NOW,
+    )
+
+
+def lookup(
+    active: bool = True, mapped: bool = True, enabled: bool = True, **extra: Any
+) -> MemoryLookup:
+    mem = MemoryLookup()
+    mem.connections[CONN] = ConnectionStateV1(
+        connection_id=CONN,
+        tenant_id=TENANT,
+        mode="internal",
+        enabled=enabled,
+        sentry_org_slug="acme",
+        api_base_url="https://sentry.io",
+        client_secrets_enc=["x"],
+        installation_uuid=None,
+        updated_at=NOW,
+    )
+    mem.services[SERVICE] = ServiceStateV1(
+        service_id=SERVICE, tenant_id=TENANT, slug="checkout", name="Checkout", updated_at=NOW
+    )
+    mem.services["svc-other-tenant"] = ServiceStateV1(
+        service_id="svc-other-tenant", tenant_id="t2", slug="x", name="X", updated_at=NOW
+    )
+    if mapped:
+        mem.mappings[mapping_key(CONN, "checkout-api")] = MappingStateV1(
+            mapping_id="m1",
+            tenant_id=TENANT,
+            connection_id=CONN,
+            sentry_project_slug="checkout-api",
+            sentry_project_id=extra.get("project_id"),
+            service_id=SERVICE,
+            active=active,
+            updated_at=NOW,
+        )
+    return mem
+
+
+def only(out: Any, kind: type) -> Any:
+    ((topic, env),) = out.events
+    assert isinstance(env.payload, kind), env.payload
+    assert topic == ("webhook-audit" if kind is WebhookAuditedV1 else "incident-events")
+    return env
+
+
+ISSUE_INCIDENT = incident_id_for(TENANT, "issue", "5912345678")
+
+
+def test_issue_created_opens_an_incident_on_the_mapped_service() -> None:
+    env = only(normalize(raw("issue.created"), lookup()), IncidentOpenedV1)
+    p = env.payload
+    assert env.key == p.incident_id == ISSUE_INCIDENT
+    assert (p.tenant_id, p.service_id, p.source, p.severity) == (
+        TENANT,
+        SERVICE,
+        "sentry_issue",
+        "sev2",
+    )
+    assert p.snapshot.title == "KeyError: 'currency'"
+    assert p.snapshot.culprit == "checkout.pricing in compute_total"
+    assert p.snapshot.count == 1
+    assert p.snapshot.first_seen == datetime(2026, 3, 14, 9, 26, 53, 412000, tzinfo=UTC)
+    assert (p.sentry.short_id, p.sentry.issue_id, p.sentry.project_slug) == (
+        "CHECKOUT-API-3K",
+        "5912345678",
+        "checkout-api",
+    )
+    assert p.sentry.web_url == "https://acme.sentry.io/issues/5912345678/"
+    assert p.status_at == datetime.fromtimestamp(1773480414, UTC)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("issue.resolved", IncidentResolvedV1),
+        ("issue.unresolved", IncidentReopenedV1),
+        ("issue.assigned", IncidentAssignedV1),
+        ("issue.ignored", IncidentMutedV1),
+    ],
+)
+def test_issue_state_changes_map_to_incident_events(name: str, kind: type) -> None:
+    env = only(normalize(raw(name), lookup()), kind)
+    assert env.payload.incident_id == ISSUE_INCIDENT
+    assert env.payload.snapshot.last_seen is not None  # the 'Z' form parses too
+
+
+def test_resolution_assignee_and_mute_details_are_kept() -> None:
+    assert (
+        only(normalize(raw("issue.resolved"), lookup()), IncidentResolvedV1).payload.resolution_type
+        == "in_next_release"
+    )
+    assignee = only(normalize(raw("issue.assigned"), lookup()), IncidentAssignedV1).payload.assignee
+    assert (assignee.type, assignee.id, assignee.name) == ("user", "3456789", "Priya Natarajan")
+    muted = only(normalize(raw("issue.ignored"), lookup()), IncidentMutedV1).payload
+    assert muted.details == {"ignoreCount": 100, "ignoreWindow": 60}
+
+
+def test_legacy_archived_action_mutes_too() -> None:
+    body = signed_fixture("issue.ignored")[0].replace(b'"action":"ignored"', b'"action":"archived"')
+    only(normalize(raw("issue.ignored", body=body), lookup()), IncidentMutedV1)
+
+
+def test_unmapped_project_gives_no_incident_but_an_audit_record() -> None:
+    env = only(normalize(raw("issue.created"), lookup(mapped=False)), WebhookAuditedV1)
+    assert (env.payload.reason, env.payload.project_slug, env.payload.tenant_id) == (
+        "unmapped",
+        "checkout-api",
+        TENANT,
+    )
+
+
+def test_inactive_mapping_gives_no_incident_but_an_audit_record() -> None:
+    assert (
+        only(normalize(raw("issue.created"), lookup(active=False)), WebhookAuditedV1).payload.reason
+        == "inactive"
+    )
+
+
+def test_unknown_and_disabled_connections_are_audited() -> None:
+    assert (
+        only(
+            normalize(raw("issue.created", connection_id="nope"), lookup()), WebhookAuditedV1
+        ).payload.reason
+        == "unknown_connection"
+    )
+    assert (
+        only(
+            normalize(raw("issue.created"), lookup(enabled=False)), WebhookAuditedV1
+        ).payload.reason
+        == "uninstalled"
+    )
+
+
+def test_oauth_webhooks_resolve_the_tenant_by_installation() -> None:
+    mem = lookup()
+    mem.connections[CONN] = mem.connections[CONN].model_copy(
+        update={"mode": "oauth", "installation_uuid": INSTALL}
+    )
+    env = only(normalize(raw("issue.created", connection_id=None), mem), IncidentOpenedV1)
+    assert env.payload.tenant_id == TENANT
+
+
+def test_unsupported_and_other_resources_are_audited() -> None:
+    for name in ("comment.created", "installation.created"):
+        assert (
+            only(normalize(raw(name), lookup()), WebhookAuditedV1).payload.reason == "unsupported"
+        )
+    assert (
+        only(
+            normalize(raw("issue.created", supported=False), lookup()), WebhookAuditedV1
+        ).payload.reason
+        == "unsupported"
+    )
+
+
+def test_invalid_payload_is_audited_never_raised() -> None:
+    for body in (
+        b'{"action":"created","data":{"issue":{}}}',
+        b"[1]",
+        b'{"data":{"issue":{"id":"1","title":"\\ud800"}}}',
+    ):
+        env = only(normalize(raw("issue.created", body=body), lookup()), WebhookAuditedV1)
+        assert env.payload.reason == "invalid_payload"
+
+
+def test_nul_and_lone_surrogates_in_sentry_text_still_make_an_encodable_incident() -> None:
+    body = signed_fixture("issue.created")[0].replace(
+        b"KeyError: 'currency'", b"Key\\u0000Err\\ud800or"
+    )
+    env = only(normalize(raw("issue.created", body=body), lookup()), IncidentOpenedV1)
+    assert env.payload.snapshot.title == "Key\x00Err\ufffdor"
+    assert decode(encode(env)).payload.snapshot.title == "Key\x00Err\ufffdor"
+
+
+def test_event_alert_opens_then_updates_with_the_action_settings() -> None:
+    mem = lookup()
+    first = only(normalize(raw("event_alert.triggered"), mem), IncidentOpenedV1)
+    p = first.payload
+    assert p.incident_id == ISSUE_INCIDENT  # same incident as the issue's webhooks
+    assert p.severity == "sev2"  # settings say sev2
+    assert (p.snapshot.environment, p.snapshot.release) == ("production", "checkout-api@2.14.0")
+    assert p.sentry.alert_rule == "Checkout errors \u2192 on-call"
+    mem.incidents.add(p.incident_id)
+    assert (
+        only(normalize(raw("event_alert.triggered"), mem), IncidentUpdatedV1).payload.reason
+        == "alert_triggered"
+    )
+
+
+def test_event_alert_environment_filter_and_service_override() -> None:
+    base = signed_fixture("event_alert.triggered")[0]
+    filtered = base.replace(
+        b'{"name":"severity","value":"sev2"}',
+        b'{"name":"severity","value":"sev2"},{"name":"environment","value":"staging"}',
+    )
+    assert (
+        only(
+            normalize(raw("event_alert.triggered", body=filtered), lookup()), WebhookAuditedV1
+        ).payload.reason
+        == "environment_filtered"
+    )
+    routed = base.replace(
+        b'{"name":"team","value":"payments"}', b'{"name":"service","value":"svc-checkout"}'
+    )
+    env = only(
+        normalize(raw("event_alert.triggered", body=routed), lookup(mapped=False)), IncidentOpenedV1
+    )
+    assert env.payload.service_id == SERVICE  # explicit routing needs no mapping
+    foreign = base.replace(
+        b'{"name":"team","value":"payments"}', b'{"name":"service","value":"svc-other-tenant"}'
+    )
+    assert (
+        only(
+            normalize(raw("event_alert.triggered", body=foreign), lookup()), WebhookAuditedV1
+        ).payload.reason
+        == "unknown_service"
+    )
+
+
+def test_alert_with_only_a_project_id_uses_learnt_slugs() -> None:
+    body = signed_fixture("event_alert.triggered")[0].replace(
+        b"/projects/acme/checkout-api/events/", b"/elsewhere/"
+    )
+    assert (
+        only(
+            normalize(raw("event_alert.triggered", body=body), lookup()), WebhookAuditedV1
+        ).payload.reason
+        == "unmapped"
+    )
+    learnt = normalize(raw("issue.created"), lookup()).learned_projects
+    assert learnt == [(CONN, "4505123456789012", "checkout-api")]
+    mem = lookup()
+    mem.projects[(CONN, "4505123456789012")] = "checkout-api"
+    only(normalize(raw("event_alert.triggered", body=body), mem), IncidentOpenedV1)
+    only(
+        normalize(raw("event_alert.triggered", body=body), lookup(project_id="4505123456789012")),
+        IncidentOpenedV1,
+    )
+
+
+def test_metric_alert_critical_opens_and_resolved_resolves() -> None:
+    mem = lookup()
+    opened = only(normalize(raw("metric_alert.critical"), mem), IncidentOpenedV1).payload
+    assert opened.incident_id == incident_id_for(TENANT, "metric_alert", "77120")
+    assert (opened.source, opened.severity, opened.service_id) == (
+        "sentry_metric_alert",
+        "sev1",
+        SERVICE,
+    )
+    assert opened.snapshot.title == "High error rate on checkout"
+    resolved = only(normalize(raw("metric_alert.resolved"), mem), IncidentResolvedV1).payload
+    assert resolved.incident_id == opened.incident_id
+
+
+def test_every_signed_fixture_normalizes_and_round_trips_the_codec() -> None:
+    names = sorted(
+        p.stem for p in (FIXTURES / "signed").glob("*.body") if not p.stem.startswith("issue-link")
+    )
+    for name in names:
+        out = normalize(raw(name), lookup())
+        assert out.events, name
+        for _, env in out.events:
+            assert decode(encode(env)) == env
+
+
+def test_normalize_is_deterministic() -> None:
+    for name in (
+        "issue.created",
+        "event_alert.triggered",
+        "metric_alert.critical",
+        "comment.created",
+    ):
+        a, b = normalize(raw(name), lookup()), normalize(raw(name), lookup())
+        assert [encode(e) for _, e in a.events] == [encode(e) for _, e in b.events]
