@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from aiokafka import ConsumerRecord
+from collections.abc import Sequence
+from typing import Protocol
 
 from blametrail_common.kafka.producer import EventProducer
 
-__all__ = ["DLQ_HEADERS", "publish_to_dlq"]
+__all__ = ["DLQ_HEADERS", "DeadLetterSource", "publish_to_dlq"]
+
+
+class DeadLetterSource(Protocol):
+    """What a dead letter needs of the failed record (an aiokafka or a faust message)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
 
 DLQ_HEADERS = (
     "dlq-reason",
@@ -20,7 +39,7 @@ DLQ_HEADERS = (
 async def publish_to_dlq(
     producer: EventProducer,
     dlq_topic: str,
-    record: ConsumerRecord[bytes, bytes],
+    record: DeadLetterSource,
     reason: str,
     error: BaseException | None = None,
 ) -> None:
@@ -35,5 +54,5 @@ async def publish_to_dlq(
         ("dlq-source-partition", str(record.partition).encode()),
         ("dlq-source-offset", str(record.offset).encode()),
     ]
-    headers.extend((k, v) for k, v in record.headers if k not in DLQ_HEADERS)
+    headers.extend((k, v) for k, v in record.headers or () if k not in DLQ_HEADERS)
     await producer.send_raw(dlq_topic, record.key, record.value, headers)

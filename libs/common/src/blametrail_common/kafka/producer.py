@@ -45,11 +45,14 @@ class EventProducer:
     def __init__(self, producer: AIOKafkaProducer, settings: KafkaSettings) -> None:
         self.producer = producer
         self._prefix = settings.topic_prefix
+        self.started = False
 
     async def start(self) -> None:
         await self.producer.start()
+        self.started = True
 
     async def stop(self) -> None:
+        self.started = False
         await self.producer.stop()
 
     def topic(self, name: str) -> str:

@@ -1,0 +1,133 @@
+"""The faust app: raw webhooks joined against the control-plane tables into incident events.
+
+See ``tables.py`` for where the tables come from.
+
+Built by :func:`create_app` (no app at import time). The agent is thin: decode -> normalize()
+-> send and await the broker's acks -> next. An event is acked to faust (and so its offset
+committed) only after its outputs are durable. Undecodable input goes to the dead-letter topic;
+any other failure crashes the worker without acking, so the event is redelivered on restart,
+never skipped (faust would otherwise ack an event whose agent raised).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from blametrail_common.events import DecodeError, WebhookReceivedV1, decode
+from blametrail_common.kafka import EventProducer, create_producer, publish_to_dlq
+from blametrail_common.settings import KafkaSettings
+from blametrail_common.topics import get_topic, topic_name
+from prometheus_client import Counter
+
+from blametrail_normalizer.normalize import normalize
+from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_normalizer.tables import ControlPlaneTables, TableLookup
+
+__all__ = ["Normalizer", "create_app"]
+
+log = logging.getLogger(__name__)
+OUTCOMES = Counter("blametrail_normalizer_events_total", "Raw webhooks normalized", ["outcome"])
+
+
+@dataclass
+class Normalizer:
+    app: faust.App
+    lookup: TableLookup
+    producer: EventProducer
+
+    async def close(self) -> None:
+        """Stop the app, then what it started (tables, producer)."""
+        await self.app.stop()
+        await self.lookup.cp.stop()
+        if self.producer.started:
+            await self.producer.stop()
+
+    def ready(self) -> bool:
+        """faust's own tables recovered, control-plane tables caught up, producer started."""
+        recovery: Any = getattr(
+            self.app.tables, "recovery", None
+        )  # present on faust's TableManager
+        faust_ok = recovery is not None and recovery.completed.is_set()
+        return bool(faust_ok) and self.lookup.cp.ready.is_set() and self.producer.started
+
+
+def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{kafka.bootstrap_servers}",
+        store="memory://",
+        topic_partitions=get_topic("sentry-webhooks-raw").partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        producer_acks=-1,
+    )
+
+    def external(name: str) -> faust.TopicT:
+        spec = get_topic(name)
+        return app.topic(
+            topic_name(name, kafka.topic_prefix),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=spec.partitions,
+        )
+
+    # faust writes a table's changelog to the partition of the event being processed, so both
+    # tables have the raw topic's partition count.
+    partitions = get_topic("sentry-webhooks-raw").partitions
+    projects = app.GlobalTable("projects", key_type=str, value_type=str, partitions=partitions)
+    incidents = app.Table("incidents", key_type=str, value_type=bool, partitions=partitions)
+    cp = ControlPlaneTables(kafka)
+    lookup = TableLookup(
+        cp,
+        projects,
+        incidents,
+    )
+    producer = EventProducer(create_producer(kafka), kafka)
+    normalizer = Normalizer(app, lookup, producer)
+
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
+    async def _start_dependencies() -> None:
+        await producer.start()
+        await cp.start()
+
+    @app.agent(external("sentry-webhooks-raw"))
+    async def normalize_raw(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await _handle(normalizer, event.message)
+
+    return normalizer
+
+
+async def _handle(n: Normalizer, message: Any) -> None:
+    await n.lookup.cp.ready.wait()  # never normalize against half-loaded mappings
+    try:
+        raw = decode(message.value)
+        if not isinstance(raw.payload, WebhookReceivedV1):
+            raise DecodeError(f"expected a raw webhook, got {raw.type}")
+    except DecodeError as exc:
+        OUTCOMES.labels("dead_letter").inc()
+        await publish_to_dlq(n.producer, "sentry-webhooks-raw-dlq", message, str(exc), exc)
+        return
+    try:
+        out = normalize(raw, n.lookup)
+        for topic, env in out.events:
+            await n.producer.send(topic, env)
+    except Exception as exc:
+        log.exception("normalization failed; crashing without ack so the event is redelivered")
+        await n.app.crash(exc)
+        raise
+    for connection_id, project_id, slug in out.learned_projects:
+        n.lookup.projects[f"{connection_id}:{project_id}"] = slug
+    for incident_id in out.opened:
+        n.lookup.incidents[incident_id] = True
+    OUTCOMES.labels(
+        "audited" if out.events and out.events[0][0] == "webhook-audit" else "incident"
+    ).inc()
