@@ -146,7 +146,8 @@ async def test_mapped_unmapped_inactive_and_edited_mappings_through_the_real_str
         ("inactive", "internal-tools"),
         ("unmapped", "frontend"),
     ]
-    assert [(e.payload.sentry.issue_id, e.payload.service_id) for e in both] == [
+    # Different incidents live in different partitions: no order between them.
+    assert sorted((e.payload.sentry.issue_id, e.payload.service_id) for e in both) == [
         ("1001", "svc-a"),
         ("1004", "svc-b"),
     ]
