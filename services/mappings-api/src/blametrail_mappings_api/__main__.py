@@ -1,0 +1,77 @@
+"""Composition root: settings -> logging -> pool -> outbox relay task -> app -> uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+import uvloop
+from blametrail_common.crypto import SecretBox
+from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.logging import configure_logging
+from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
+from starlette.applications import Starlette
+
+from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.outbox import Relay
+from blametrail_mappings_api.repository import Repository, create_pool
+from blametrail_mappings_api.settings import ApiSettings
+
+
+async def serve() -> None:
+    settings, kafka, dsn = ApiSettings(), KafkaSettings(), PostgresSettings().database_url
+    box = SecretBox(SecretsSettings().secret_keys.get_secret_value())
+    pool = create_pool(dsn, settings.pool_max)
+    producer = EventProducer(create_producer(kafka), kafka)
+    relay = Relay(pool, producer)
+    stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await pool.open()
+        task = None
+        if settings.relay_enabled:
+            await producer.start()
+            task = asyncio.create_task(relay.run(stop, dsn))
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+                await producer.stop()
+            await pool.close()
+
+    async def db_ok() -> bool:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        return True
+
+    async def relay_ok() -> bool:
+        return relay.running or not settings.relay_enabled
+
+    app = create_app(
+        settings, Repository(pool, box), {"postgres": db_ok, "relay": relay_ok}, lifespan
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    await uvicorn.Server(config).serve()
+
+
+def main() -> None:
+    configure_logging("mappings-api")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve())
+
+
+if __name__ == "__main__":
+    main()
