@@ -18,7 +18,12 @@ def test_control_plane_tables_are_compacted() -> None:
 
 def test_every_consumed_stream_has_a_dead_letter_twin() -> None:
     names = {t.name for t in TOPICS}
-    for stream in ("sentry-webhooks-raw", "incident-events"):
+    for stream in (
+        "sentry-webhooks-raw",
+        "incident-events",
+        "incident-enrichments",
+        "webhook-audit",
+    ):
         assert f"{stream}-dlq" in names
 
 

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from blametrail_mappings_api.errors import Conflict, Invalid, NotFound
+from blametrail_mappings_api.readmodel import ReadModel
 from blametrail_mappings_api.repository import Repository, Row
 from blametrail_mappings_api.schemas import (
     ConnectionCreate,
@@ -47,6 +48,7 @@ class Ctx:
     org: str
     repo: Repository
     settings: ApiSettings
+    reads: ReadModel
 
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
@@ -246,6 +248,79 @@ async def delete_mapping(c: Ctx) -> Response:
     return Response(status_code=204)
 
 
+def _plain(value: Any) -> Any:
+    """JSON-ready: ids and times as strings (orjson does the rest)."""
+    return orjson.loads(orjson.dumps(value, default=str))
+
+
+def _incident_summary(row: Row) -> dict[str, Any]:
+    keys = (
+        "incident_id",
+        "service_id",
+        "source",
+        "status",
+        "severity",
+        "title",
+        "culprit",
+        "assignee",
+        "first_seen",
+        "last_seen",
+        "event_count",
+        "opened_at",
+        "resolved_at",
+        "updated_at",
+    )
+    sentry = row["sentry"] or {}
+    link = {
+        k: sentry.get(k)
+        for k in ("issue_id", "short_id", "web_url", "project_slug", "metric_alert_id")
+    }
+    return {**{k: row[k] for k in keys}, "sentry": link}
+
+
+async def list_incidents(c: Ctx) -> Response:
+    q = c.request.query_params
+    filters = {k: q.get(k) for k in ("service", "status", "severity", "source", "since")}
+    rows, cursor = await c.reads.incidents(c.org, filters, q.get("cursor"), c.limit())
+    return JSONResponse(
+        {"items": _plain([_incident_summary(r) for r in rows]), "next_cursor": cursor}
+    )
+
+
+async def get_incident(c: Ctx) -> Response:
+    found = await c.reads.incident(c.org, c.param("id"))
+    enrichment = found["enrichment"]
+    body = {
+        **_incident_summary(found),
+        "sentry": found["sentry"],
+        "timeline": [
+            {
+                "event_id": t["event_id"],
+                "type": t["event_type"],
+                "occurred_at": t["occurred_at"],
+                "payload": t["payload"],
+            }
+            for t in found["timeline"]
+        ],
+        "enrichment": None
+        if enrichment is None
+        else {
+            "status": enrichment["status"],
+            "reason": enrichment["reason"],
+            "fetched_at": enrichment["fetched_at"],
+            **(enrichment["record"] or {}),
+        },
+    }
+    return JSONResponse(_plain(body))
+
+
+async def list_audit(c: Ctx) -> Response:
+    q = c.request.query_params
+    filters = {k: q.get(k) for k in ("reason", "project", "since")}
+    rows, cursor = await c.reads.audit(c.org, filters, q.get("cursor"), c.limit())
+    return JSONResponse({"items": _plain(rows), "next_cursor": cursor})
+
+
 @dataclass(frozen=True)
 class Endpoint:
     method: str
@@ -316,6 +391,26 @@ ENDPOINTS = (
         MappingOut,
     ),
     Endpoint("DELETE", MAP + "/{id}", delete_mapping, "Delete a mapping (permanent)"),
+    Endpoint(
+        "GET",
+        "/api/v1/incidents",
+        list_incidents,
+        "List incidents, newest first (filters: service, status, severity, source, since)",
+        paged=True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/incidents/{id}",
+        get_incident,
+        "An incident: state, Sentry link, timeline, enrichment (tags, stacktrace, breadcrumbs, user...)",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/integrations/sentry/audit",
+        list_audit,
+        "Webhooks received but not turned into incidents (filters: reason, project, since)",
+        paged=True,
+    ),
 )
 
 
@@ -335,9 +430,11 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
                     }
                 },
             }
-        if e.response:
-            schemas[e.response.__name__] = e.response.model_json_schema()
-            ref: dict[str, Any] = {"$ref": f"#/components/schemas/{e.response.__name__}"}
+        if e.response or e.paged:
+            ref: dict[str, Any] = {"type": "object"}
+            if e.response:
+                schemas[e.response.__name__] = e.response.model_json_schema()
+                ref = {"$ref": f"#/components/schemas/{e.response.__name__}"}
             if e.paged:
                 ref = {
                     "type": "object",
@@ -351,8 +448,13 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
                 "description": "OK",
                 "content": {"application/json": {"schema": ref}},
             }
-        else:
+        elif e.method == "DELETE":
             op["responses"]["204"] = {"description": "Deleted"}
+        else:
+            op["responses"]["200"] = {
+                "description": "OK",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         for code, text in (
             ("400", "Malformed JSON"),
             ("401", "Missing or invalid API key"),
@@ -400,6 +502,7 @@ def create_app(
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     doc = openapi()
+    reads = ReadModel(repo.pool)
 
     def route(e: Endpoint) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -411,7 +514,7 @@ def create_app(
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             try:
-                return await e.handler(Ctx(request, org, repo, settings))
+                return await e.handler(Ctx(request, org, repo, settings, reads))
             except _Http as h:
                 body: dict[str, Any] = {"error": h.error, "message": h.message}
                 if h.fields:

@@ -44,7 +44,7 @@ class EventProducer:
 
     def __init__(self, producer: AIOKafkaProducer, settings: KafkaSettings) -> None:
         self.producer = producer
-        self._prefix = settings.topic_prefix
+        self.prefix = settings.topic_prefix
         self.started = False
 
     async def start(self) -> None:
@@ -56,7 +56,7 @@ class EventProducer:
         await self.producer.stop()
 
     def topic(self, name: str) -> str:
-        return topic_name(name, self._prefix)
+        return topic_name(name, self.prefix)
 
     async def send(self, topic: str, event: Envelope[Any], headers: Headers = ()) -> RecordMetadata:
         """Publish an event keyed by ``event.key``; returns once acknowledged (raises otherwise)."""

@@ -1,0 +1,63 @@
+"""Composition root of the enricher: settings -> logging -> tables, client, producer -> consumer loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from blametrail_common.crypto import SecretBox
+from blametrail_common.events import ConnectionStateV1
+from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.logging import configure_logging
+from blametrail_common.settings import KafkaSettings, SecretsSettings
+
+from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
+from blametrail_enricher.credentials import ConnectionCredentials
+from blametrail_enricher.pipeline import Enricher
+from blametrail_enricher.records import Limits
+from blametrail_enricher.runtime import run_with_health
+from blametrail_enricher.settings import EnricherSettings
+
+
+async def serve() -> None:
+    settings, kafka = EnricherSettings(), KafkaSettings()
+    box = SecretBox(SecretsSettings().secret_keys.get_secret_value())
+    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+    producer = EventProducer(create_producer(kafka), kafka)
+    consumer = create_consumer(kafka, ["incident-events"], settings.group_id)
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts, concurrency_per_org=settings.concurrency_per_org
+    )
+    async with httpx.AsyncClient() as http:
+        enricher = Enricher(
+            HttpxSentryApi(http, policy),
+            ConnectionCredentials(table, box),
+            producer,
+            Limits(breadcrumbs=settings.breadcrumbs, max_bytes=settings.max_record_bytes),
+        )
+
+        async def loop(stop: asyncio.Event) -> None:
+            await table.start()
+            await producer.start()
+            await consumer.start()
+            try:
+                await run_batches(consumer, enricher.handle, stop)
+            finally:
+                await consumer.stop()
+                await producer.stop()
+                await table.stop()
+
+        async def ready() -> bool:
+            return table.ready.is_set() and producer.started
+
+        await run_with_health(settings.host, settings.port, {"consumer": ready}, loop)
+
+
+def main() -> None:
+    configure_logging("enricher")
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

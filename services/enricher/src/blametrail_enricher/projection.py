@@ -1,0 +1,138 @@
+"""The Postgres projection: incident events, enrichment records and audit records -> tables.
+
+Runs as its own process (``python -m blametrail_enricher.projection``), beside the enricher in
+this package because both sit downstream of the normalizer and share its contracts, but apart at
+run time so a slow Sentry never stalls the read model and a Postgres outage never stalls
+enrichment. Effects and offsets commit together (:mod:`blametrail_common.kafka.pgsink`): a
+restart resumes exactly, a replay writes the same rows. A batch is written with one
+``executemany`` per table; if Postgres refuses it, the batch is redone record by record under
+savepoints, and only the records it still refuses go to the dead-letter topic, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from aiokafka import ConsumerRecord
+from blametrail_common.kafka import EventProducer, publish_to_dlq
+from prometheus_client import Counter
+
+from blametrail_enricher.rows import Rows, rows_for
+
+__all__ = ["PROJECTED_TOPICS", "TABLES", "Projection"]
+
+log = logging.getLogger(__name__)
+APPLIED = Counter("blametrail_projection_rows_total", "Rows written by the projection", ["table"])
+DEAD = Counter("blametrail_projection_dead_letters_total", "Records the projection could not apply")
+
+PROJECTED_TOPICS = ("incident-events", "incident-enrichments", "webhook-audit")
+TABLES = ("incidents", "incident_timeline", "incident_enrichments", "webhook_audit")
+
+_INCIDENT = """
+INSERT INTO {p}incidents AS cur (incident_id, tenant_id, service_id, source, status, severity, title, culprit,
+    assignee, sentry, first_seen, last_seen, event_count, opened_at, resolved_at, state_changed_at, updated_at)
+VALUES (%(incident_id)s, %(tenant_id)s, %(service_id)s, %(source)s, %(status)s, %(severity)s, %(title)s,
+    %(culprit)s, %(assignee)s, %(sentry)s, %(first_seen)s, %(last_seen)s, %(event_count)s, %(opened_at)s,
+    %(resolved_at)s, %(state_changed_at)s, %(state_changed_at)s)
+ON CONFLICT (incident_id) DO UPDATE SET
+    status = EXCLUDED.status, severity = EXCLUDED.severity, title = EXCLUDED.title,
+    culprit = COALESCE(EXCLUDED.culprit, cur.culprit),
+    assignee = CASE WHEN %(sets_assignee)s THEN EXCLUDED.assignee ELSE cur.assignee END,
+    sentry = cur.sentry || EXCLUDED.sentry,
+    first_seen = LEAST(cur.first_seen, EXCLUDED.first_seen), last_seen = GREATEST(cur.last_seen, EXCLUDED.last_seen),
+    event_count = GREATEST(cur.event_count, EXCLUDED.event_count),
+    opened_at = LEAST(cur.opened_at, EXCLUDED.opened_at), resolved_at = EXCLUDED.resolved_at,
+    state_changed_at = EXCLUDED.state_changed_at, updated_at = EXCLUDED.state_changed_at
+WHERE cur.state_changed_at <= EXCLUDED.state_changed_at
+"""
+# The service is never updated: incidents stay where they were opened (a mapping edit only
+# routes new webhooks). Older states arriving late are kept in the timeline but not applied.
+_TIMELINE = """
+INSERT INTO {p}incident_timeline (event_id, incident_id, tenant_id, event_type, occurred_at, log_partition,
+    log_offset, payload, sanitized)
+VALUES (%(event_id)s, %(incident_id)s, %(tenant_id)s, %(event_type)s, %(occurred_at)s, %(log_partition)s,
+    %(log_offset)s, %(payload)s, %(sanitized)s)
+ON CONFLICT (event_id) DO NOTHING
+"""
+_ENRICHED = """
+INSERT INTO {p}incident_enrichments AS cur (incident_id, tenant_id, event_id, status, reason, record, fetched_at,
+    sanitized)
+VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(status)s, %(reason)s, %(record)s, %(fetched_at)s,
+    %(sanitized)s)
+ON CONFLICT (incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, status = EXCLUDED.status, reason = NULL,
+    record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at, sanitized = EXCLUDED.sanitized
+WHERE cur.status = 'failed' OR cur.fetched_at <= EXCLUDED.fetched_at
+"""
+_FAILED = """
+INSERT INTO {p}incident_enrichments (incident_id, tenant_id, event_id, status, reason, record, fetched_at, sanitized)
+VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(status)s, %(reason)s, %(record)s, %(fetched_at)s,
+    %(sanitized)s)
+ON CONFLICT (incident_id) DO NOTHING
+"""
+_AUDIT = """
+INSERT INTO {p}webhook_audit (event_id, tenant_id, connection_id, reason, resource, action, project_slug,
+    project_id, detail, received_at, sanitized)
+VALUES (%(event_id)s, %(tenant_id)s, %(connection_id)s, %(reason)s, %(resource)s, %(action)s, %(project_slug)s,
+    %(project_id)s, %(detail)s, %(received_at)s, %(sanitized)s)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+class Projection:
+    """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables."""
+
+    def __init__(self, producer: EventProducer, table_prefix: str = "") -> None:
+        self.producer = producer
+        self._sql = [
+            (name, sql.format(p=table_prefix))
+            for name, sql in (
+                ("incidents", _INCIDENT),
+                ("timeline", _TIMELINE),
+                ("enriched", _ENRICHED),
+                ("failed", _FAILED),
+                ("audit", _AUDIT),
+            )
+        ]
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        """Write a batch (inside the caller's transaction). Dead letters are acknowledged before
+        this returns, so the caller's commit never skips a record without a trace."""
+        rows = rows_for(list(records))
+        for record, reason in rows.undecodable:
+            await self._dead(record, reason)
+        try:
+            async with conn.transaction():
+                await self._write(conn, rows)
+        except psycopg.Error as exc:
+            log.warning(
+                "batch refused, retrying record by record", extra={"error": type(exc).__name__}
+            )
+            for record in records:
+                await self._one(conn, record)
+
+    async def _one(
+        self, conn: psycopg.AsyncConnection[Any], record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        try:
+            async with conn.transaction():
+                await self._write(conn, rows_for([record]))
+        except psycopg.Error as exc:
+            await self._dead(record, f"postgres refused the record: {type(exc).__name__}: {exc}")
+
+    async def _write(self, conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
+        async with conn.cursor() as cur:
+            for name, sql in self._sql:
+                batch = getattr(rows, name)
+                if batch:
+                    await cur.executemany(sql, batch)
+                    APPLIED.labels(name).inc(len(batch))
+
+    async def _dead(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        DEAD.inc()
+        logical = record.topic.removeprefix(self.producer.prefix)
+        await publish_to_dlq(self.producer, f"{logical}-dlq", record, reason)

@@ -1,0 +1,165 @@
+"""Pure: log records -> rows of the read model. No I/O; see ``projection.py`` for the writes.
+
+Every value is made storable first (``pgsafe``): text without NUL or lone surrogates, JSON
+without non-finite numbers. Every timestamp comes from the events themselves, never from the
+clock, so rebuilding the tables from offset zero gives the very same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from blametrail_common.events import DecodeError, decode
+from blametrail_common.events.audit import WebhookAuditedV1
+from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentEnrichmentFailedV1
+from blametrail_common.events.incidents import (
+    IncidentAssignedV1,
+    IncidentEvent,
+    IncidentMutedV1,
+    IncidentResolvedV1,
+)
+from psycopg.types.json import Jsonb
+
+from blametrail_enricher.pgsafe import pg_json, pg_text
+
+__all__ = ["Rows", "rows_for"]
+
+_STATUS_OF_SENTRY = {"unresolved": "open", "resolved": "resolved", "ignored": "muted"}
+
+
+@dataclass
+class Rows:
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    enriched: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    undecodable: list[tuple[Any, str]] = field(default_factory=list)  # (record, reason)
+
+    def __len__(self) -> int:
+        return sum(
+            map(len, (self.incidents, self.timeline, self.enriched, self.failed, self.audit))
+        )
+
+
+def status_for(event: IncidentEvent) -> str:
+    if isinstance(event, IncidentResolvedV1):
+        return "resolved"
+    if isinstance(event, IncidentMutedV1):
+        return "muted"
+    if isinstance(event, IncidentAssignedV1):
+        return _STATUS_OF_SENTRY.get(event.snapshot.status or "", "open")
+    return "open"
+
+
+def rows_for(records: list[Any]) -> Rows:
+    """Rows for a batch of ``ConsumerRecord``s of any of the projection's topics."""
+    out = Rows()
+    for record in records:
+        try:
+            env = decode(record.value)
+        except DecodeError as exc:
+            out.undecodable.append((record, str(exc)))
+            continue
+        p = env.payload
+        if isinstance(p, IncidentEvent):
+            out.incidents.append(_incident(p))
+            payload, changed = pg_json(orjson.loads(p.model_dump_json()))
+            out.timeline.append(
+                {
+                    "event_id": env.id,
+                    "incident_id": p.incident_id,
+                    "tenant_id": p.tenant_id,
+                    "event_type": env.type,
+                    "occurred_at": p.status_at,
+                    "log_partition": record.partition,
+                    "log_offset": record.offset,
+                    "payload": Jsonb(payload),
+                    "sanitized": changed,
+                }
+            )
+        elif isinstance(p, IncidentEnrichedV1):
+            record_json, changed = pg_json(orjson.loads(p.model_dump_json()))
+            out.enriched.append(
+                {
+                    "incident_id": p.incident_id,
+                    "tenant_id": p.tenant_id,
+                    "event_id": env.id,
+                    "status": "enriched",
+                    "reason": None,
+                    "record": Jsonb(record_json),
+                    "fetched_at": p.fetched_at,
+                    "sanitized": changed,
+                }
+            )
+        elif isinstance(p, IncidentEnrichmentFailedV1):
+            out.failed.append(
+                {
+                    "incident_id": p.incident_id,
+                    "tenant_id": p.tenant_id,
+                    "event_id": env.id,
+                    "status": "failed",
+                    "reason": pg_text(p.reason),
+                    "record": None,
+                    "fetched_at": p.failed_at,
+                    "sanitized": False,
+                }
+            )
+        elif isinstance(p, WebhookAuditedV1):
+            out.audit.append(_audit(env.id, p))
+        else:
+            out.undecodable.append((record, f"event {env.type} is not for the projection"))
+    return out
+
+
+def _incident(p: IncidentEvent) -> dict[str, Any]:
+    s = p.snapshot
+    sentry, _ = pg_json(orjson.loads(p.sentry.model_dump_json(exclude_none=True)))
+    assignee = None
+    if isinstance(p, IncidentAssignedV1) and p.assignee is not None:
+        assignee = Jsonb(pg_json(orjson.loads(p.assignee.model_dump_json()))[0])
+    status = status_for(p)
+    return {
+        "incident_id": p.incident_id,
+        "tenant_id": p.tenant_id,
+        "service_id": p.service_id,
+        "source": p.source,
+        "status": status,
+        "severity": p.severity,
+        "title": pg_text(s.title),
+        "culprit": pg_text(s.culprit),
+        "assignee": assignee,
+        "sets_assignee": isinstance(p, IncidentAssignedV1),
+        "sentry": Jsonb(sentry),
+        "first_seen": s.first_seen,
+        "last_seen": s.last_seen,
+        "event_count": s.count,
+        "opened_at": p.status_at,
+        "resolved_at": p.status_at if status == "resolved" else None,
+        "state_changed_at": p.status_at,
+    }
+
+
+def _audit(event_id: Any, p: WebhookAuditedV1) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "tenant_id": p.tenant_id,
+        "connection_id": p.connection_id,
+        "reason": p.reason,
+        "resource": pg_text(p.resource),
+        "action": pg_text(p.action),
+        "project_slug": pg_text(p.project_slug),
+        "project_id": p.project_id,
+        "detail": Jsonb(
+            {
+                "detail": pg_text(p.detail),
+                "raw_event_id": p.raw_event_id,
+                "body_sha256": p.body_sha256,
+                "installation_uuid": p.installation_uuid,
+            }
+        ),
+        "received_at": p.received_at,
+        "sanitized": False,
+    }

@@ -1,0 +1,30 @@
+"""Enricher and projection settings (environment, prefix ``BLAMETRAIL_ENRICHER_`` / ``BLAMETRAIL_PROJECTION_``)."""
+
+from __future__ import annotations
+
+from blametrail_common.settings import PREFIX, BaseBlametrailSettings
+from pydantic import Field
+
+__all__ = ["EnricherSettings", "ProjectionSettings"]
+
+
+class EnricherSettings(BaseBlametrailSettings):
+    host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}ENRICHER_HOST")
+    port: int = Field(default=8084, validation_alias=f"{PREFIX}ENRICHER_PORT")
+    group_id: str = Field(default="blametrail-enricher", validation_alias=f"{PREFIX}ENRICHER_GROUP")
+    breadcrumbs: int = Field(default=30, validation_alias=f"{PREFIX}ENRICHER_BREADCRUMBS")
+    max_record_bytes: int = Field(
+        default=256 * 1024, validation_alias=f"{PREFIX}ENRICHER_MAX_RECORD_BYTES"
+    )
+    max_attempts: int = Field(default=5, validation_alias=f"{PREFIX}ENRICHER_MAX_ATTEMPTS")
+    concurrency_per_org: int = Field(
+        default=4, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
+    )
+
+
+class ProjectionSettings(BaseBlametrailSettings):
+    host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}PROJECTION_HOST")
+    port: int = Field(default=8085, validation_alias=f"{PREFIX}PROJECTION_PORT")
+    group_id: str = Field(
+        default="blametrail-projection", validation_alias=f"{PREFIX}PROJECTION_GROUP"
+    )

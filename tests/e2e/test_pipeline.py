@@ -1,0 +1,215 @@
+"""End to end on real Kafka and Postgres, with the Sentry stand-in: a signed webhook posted to
+ingest becomes an incident with its enrichment in the API; a resolve webhook resolves it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.events import ConnectionStateV1
+from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.pgsink import run_into_postgres
+from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.settings import KafkaSettings
+from blametrail_common.testing import signed_fixture
+from blametrail_common.topics import topic_name
+from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
+from blametrail_enricher.credentials import ConnectionCredentials
+from blametrail_enricher.pipeline import Enricher
+from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
+from blametrail_ingest.connections import ConnectionSecrets
+from blametrail_ingest.signature import sign
+from blametrail_ingest.testing import make_settings, running_ingest
+from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.outbox import Relay
+from blametrail_mappings_api.repository import Repository, create_pool
+from blametrail_mappings_api.settings import ApiSettings
+from blametrail_normalizer.app import create_app as create_normalizer
+from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_sentry_stub import Fault, StubState, serve
+
+CLIENT_SECRET = "e2e-client-secret"
+
+
+@contextlib.asynccontextmanager
+async def background(*loops: Any) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
+    try:
+        yield stop
+    finally:
+        stop.set()
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+async def test_webhook_to_enriched_incident_then_resolved(
+    kafka_settings: KafkaSettings, database_url: str, tmp_path: Any
+) -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"e{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    box = SecretBox(generate_key())
+    stub = StubState()
+    stub.faults += [Fault("latest_event", "503", count=2), Fault("tags", "429")]
+    pool = create_pool(database_url, 4)
+    await pool.open()
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    repo = Repository(pool, box)
+    api = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(ApiSettings(), repo, {})),
+        base_url="http://api",
+    )
+    key = await repo.create_api_key(f"e2e-{uuid.uuid4().hex[:6]}")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with serve(stub) as stub_url:
+        token = stub.add_internal_token("acme")
+        conn = (
+            await api.post(
+                "/api/v1/integrations/sentry/connections",
+                headers=auth,
+                json={
+                    "mode": "internal",
+                    "sentry_org_slug": "acme",
+                    "api_base_url": stub_url,
+                    "client_secret": CLIENT_SECRET,
+                    "auth_token": token,
+                },
+            )
+        ).json()["id"]
+        svc = (
+            await api.post(
+                "/api/v1/services", headers=auth, json={"name": "Checkout", "slug": "checkout"}
+            )
+        ).json()["id"]
+        mapped = await api.post(
+            "/api/v1/integrations/sentry/mappings",
+            headers=auth,
+            json={"connection_id": conn, "sentry_project_slug": "checkout-api", "service_id": svc},
+        )
+        assert mapped.status_code == 201
+        relay = Relay(pool, producer)
+        async with pool.connection() as c:  # only this test's changes go to this test's topics
+            await c.execute(
+                "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL AND key NOT IN (%s, %s, %s)",
+                (conn.encode(), svc.encode(), f"{conn}:checkout-api".encode()),
+            )
+        while await relay.relay_once():
+            pass
+
+        ingest_table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+        enricher_table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+        await ingest_table.start()
+        await enricher_table.start()
+        normalizer = create_normalizer(
+            NormalizerSettings(app_id=f"e2e-norm-{uuid.uuid4().hex[:6]}"), kafka
+        )
+        normalizer.app.finalize()
+        await normalizer.app.start()
+        http = httpx.AsyncClient()
+        enricher = Enricher(
+            HttpxSentryApi(http, RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=10)),
+            ConnectionCredentials(enricher_table, box),
+            producer,
+        )
+
+        async def enrich(stop: asyncio.Event) -> None:
+            consumer = create_consumer(
+                kafka, ["incident-events"], f"e2e-enricher-{uuid.uuid4().hex[:6]}"
+            )
+            await consumer.start()
+            try:
+                await run_batches(consumer, enricher.handle, stop)
+            finally:
+                await consumer.stop()
+
+        async def project(stop: asyncio.Event) -> None:
+            consumer = create_consumer(kafka, [], f"e2e-projection-{uuid.uuid4().hex[:6]}")
+            await consumer.start()
+            try:
+                topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
+                await run_into_postgres(
+                    consumer,
+                    topics,
+                    database_url,
+                    "e2e-projection",
+                    Projection(producer).apply,
+                    stop,
+                )
+            finally:
+                await consumer.stop()
+
+        try:
+            async with (
+                background(enrich, project),
+                running_ingest(
+                    kafka, make_settings(tmp_path), ConnectionSecrets(ingest_table, box)
+                ) as (ingest_url, _),
+                httpx.AsyncClient(base_url=ingest_url) as hooks,
+            ):
+                for name in ("issue.created", "issue.resolved"):
+                    body, headers = signed_fixture(name)
+                    headers = {**headers, "Sentry-Hook-Signature": sign(body, CLIENT_SECRET)}
+                    assert (
+                        await hooks.post(f"/webhooks/sentry/{conn}", content=body, headers=headers)
+                    ).status_code == 200
+                    if name == "issue.created":
+                        incident = await _wait_for(
+                            api,
+                            auth,
+                            lambda i: (
+                                i["enrichment"] is not None
+                                and i["enrichment"]["status"] == "enriched"
+                            ),
+                        )
+                        assert incident["status"] == "open"
+                        assert incident["service_id"] == svc
+                        assert incident["sentry"]["short_id"] == "CHECKOUT-API-3K"
+                        e = incident["enrichment"]
+                        assert e["exceptions"][0]["type"] == "KeyError"
+                        assert e["exceptions"][0]["frames"][-1]["function"] == "compute_total"
+                        assert any(t["key"] == "release" for t in e["tags"])
+                        assert e["user"]["email"] == "zo\u00eb@customer.example"
+                        assert e["breadcrumbs"]
+                resolved = await _wait_for(api, auth, lambda i: i["status"] == "resolved")
+        finally:
+            await normalizer.close()
+            await ingest_table.stop()
+            await enricher_table.stop()
+            await http.aclose()
+    await producer.stop()
+    await api.aclose()
+    await pool.close()
+    assert [t["type"] for t in resolved["timeline"]] == ["incident.opened", "incident.resolved"]
+    assert resolved["resolved_at"] is not None
+    assert (
+        sum(1 for r in stub.requests if r["route"] == "latest_event") == 3
+    )  # two 503s, then success
+
+
+async def _wait_for(
+    api: httpx.AsyncClient, auth: dict[str, str], ready: Any, timeout_s: float = 60
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        items = (await api.get("/api/v1/incidents", headers=auth)).json()["items"]
+        if items:
+            incident = (
+                await api.get(f"/api/v1/incidents/{items[0]['incident_id']}", headers=auth)
+            ).json()
+            if ready(incident):
+                return dict(incident)
+        await asyncio.sleep(0.2)
+    pytest.fail("the incident did not reach the expected state in time")
