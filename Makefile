@@ -20,6 +20,7 @@ up: setup ## start Kafka, Postgres, topics, migrations and every service; writes
 	$(RUN) blametrail-devstack up
 	set -a && . .local/stack.env && $(RUN) blametrail topics ensure && $(RUN) blametrail db migrate
 	set -a && . .local/stack.env && $(RUN) blametrail-devstack services-up
+	set -a && . .local/stack.env && $(RUN) blametrail-devstack demo
 	@echo; echo "source .local/stack.env   # to use the stack from this shell"; cat .local/stack.env
 
 down: ## stop every service, Kafka and Postgres started by `make up`

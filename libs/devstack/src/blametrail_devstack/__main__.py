@@ -13,9 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from blametrail_common.crypto import generate_key
+
+from blametrail_devstack import demo
 from blametrail_devstack.install import ensure_all
 from blametrail_devstack.paths import local_dir
-from blametrail_devstack.services import SERVICES, start_all, stop_all
+from blametrail_devstack.services import start_all, stop_all
 from blametrail_devstack.stack import LocalStack
 
 
@@ -23,15 +26,20 @@ def _stack(args: argparse.Namespace) -> LocalStack:
     return LocalStack.at(Path(args.home), args.kafka_port, args.pg_port)
 
 
-def write_env(path: Path, values: dict[str, str]) -> None:
-    """Merge ``values`` into a ``export K=V`` file that a shell can ``source``."""
+def read_env(path: Path) -> dict[str, str]:
+    """The variables of an ``export K=V`` file (empty when it does not exist)."""
     current: dict[str, str] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.startswith("export ") and "=" in line:
                 k, v = line[len("export ") :].split("=", 1)
                 current[k] = v
-    current.update(values)
+    return current
+
+
+def write_env(path: Path, values: dict[str, str]) -> None:
+    """Merge ``values`` into an ``export K=V`` file that a shell can ``source``."""
+    current = {**read_env(path), **values}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"export {k}={v}\n" for k, v in sorted(current.items())))
 
@@ -43,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "command", choices=["install", "up", "down", "env", "services-up", "services-down"]
+        "command", choices=["install", "up", "down", "env", "services-up", "services-down", "demo"]
     )
     parser.add_argument("--home", default=str(local_dir() / "stack"))
     parser.add_argument(
@@ -60,17 +68,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "up":
         ensure_all()
         took = stack.start()
-        write_env(Path(args.env_file), stack.env())
+        env_file = Path(args.env_file)
+        keys = (
+            read_env(env_file).get("BLAMETRAIL_SECRET_KEYS") or generate_key()
+        )  # kept: data stays readable
+        write_env(env_file, {**stack.env(), "BLAMETRAIL_SECRET_KEYS": keys})
         print(f"postgres {stack.postgres.dsn()} ready in {took['postgres']:.1f}s")
         print(f"kafka    {stack.kafka.bootstrap} ready in {took['kafka']:.1f}s")
     elif args.command == "down":
         stack.stop()
         print("local stack stopped")
     elif args.command == "services-up":
-        urls = start_all()
-        write_env(Path(args.env_file), urls)
-        if not SERVICES:
-            print("no services yet")
+        write_env(Path(args.env_file), start_all())
+    elif args.command == "demo":
+        env = {**read_env(Path(args.env_file))}
+        write_env(Path(args.env_file), demo.seed(env))
+        env = read_env(Path(args.env_file))
+        incident = demo.push_webhook(env)
+        print(
+            f"demo incident {incident['incident_id']}: {incident['title']!r} on {incident['service_id']}, "
+            f"status {incident['status']}, enrichment {incident['enrichment']['status']}"
+        )
     elif args.command == "services-down":
         stop_all()
     else:

@@ -28,8 +28,21 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-# Services are added here as they come to exist (issues 3-6).
-SERVICES: tuple[ServiceSpec, ...] = ()
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("sentry-stub", "blametrail_sentry_stub", None, "BLAMETRAIL_SENTRY_STUB_URL"),
+    ServiceSpec("mappings-api", "blametrail_mappings_api", 8082, "BLAMETRAIL_API_URL"),
+    ServiceSpec(
+        "ingest",
+        "blametrail_ingest",
+        8081,
+        "BLAMETRAIL_INGEST_URL",
+        {"BLAMETRAIL_INGEST_SPOOL_DIR": str(local_dir() / "spool")},
+    ),
+    ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
+    ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
+    ServiceSpec("projector", "blametrail_enricher.projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
+)
+STUB_PORT = 8090
 
 
 def run_dir() -> Path:
@@ -71,6 +84,8 @@ def start_all(specs: tuple[ServiceSpec, ...] = SERVICES, timeout_s: float = 60) 
     urls: dict[str, str] = {}
     for spec in specs:
         if spec.port is None:
+            if spec.url_var:
+                urls[spec.url_var] = f"http://127.0.0.1:{STUB_PORT}"
             continue
         deadline = time.monotonic() + timeout_s
         while not _ready(spec.port):

@@ -41,6 +41,7 @@ def create_pool(dsn: str, max_size: int = 10) -> Pool:
     return AsyncConnectionPool(
         dsn,
         connection_class=psycopg.AsyncConnection[DictRow],
+        min_size=1,
         max_size=max_size,
         open=False,
         kwargs={"row_factory": dict_row},

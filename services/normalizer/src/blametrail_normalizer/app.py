@@ -36,14 +36,27 @@ OUTCOMES = Counter("blametrail_normalizer_events_total", "Raw webhooks normalize
 class Normalizer:
     app: faust.App
     lookup: TableLookup
-    producer: EventProducer
+    kafka: KafkaSettings
+    _producer: EventProducer | None = None
+
+    @property
+    def producer(self) -> EventProducer:
+        """Built and started by the app's startup task (aiokafka needs the worker's loop)."""
+        if self._producer is None:
+            raise RuntimeError("the normalizer's producer is not started yet")
+        return self._producer
+
+    async def start_dependencies(self) -> None:
+        self._producer = EventProducer(create_producer(self.kafka), self.kafka)
+        await self._producer.start()
+        await self.lookup.cp.start()
 
     async def close(self) -> None:
         """Stop the app, then what it started (tables, producer)."""
         await self.app.stop()
         await self.lookup.cp.stop()
-        if self.producer.started:
-            await self.producer.stop()
+        if self._producer is not None and self._producer.started:
+            await self._producer.stop()
 
     def ready(self) -> bool:
         """faust's own tables recovered, control-plane tables caught up, producer started."""
@@ -51,7 +64,8 @@ class Normalizer:
             self.app.tables, "recovery", None
         )  # present on faust's TableManager
         faust_ok = recovery is not None and recovery.completed.is_set()
-        return bool(faust_ok) and self.lookup.cp.ready.is_set() and self.producer.started
+        started = self._producer is not None and self._producer.started
+        return bool(faust_ok) and self.lookup.cp.ready.is_set() and started
 
 
 def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer:
@@ -90,13 +104,11 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
         projects,
         incidents,
     )
-    producer = EventProducer(create_producer(kafka), kafka)
-    normalizer = Normalizer(app, lookup, producer)
+    normalizer = Normalizer(app, lookup, kafka)
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_dependencies() -> None:
-        await producer.start()
-        await cp.start()
+        await normalizer.start_dependencies()
 
     @app.agent(external("sentry-webhooks-raw"))
     async def normalize_raw(stream: faust.StreamT[bytes]) -> None:
