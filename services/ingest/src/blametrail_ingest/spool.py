@@ -46,6 +46,9 @@ class Spool:
         self.directory, self.max_bytes = directory, max_bytes
         self._lock = asyncio.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._pending = (
+            self._scan_pending()
+        )  # kept in memory: is_empty() is on every request's path
 
     # -- state ------------------------------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -60,15 +63,15 @@ class Spool:
         except (FileNotFoundError, ValueError):
             return 0
 
+    def _scan_pending(self) -> int:
+        return sum(self._path(n).stat().st_size - self._position(n) for n in self._segments())
+
     def pending_bytes(self) -> int:
         """Bytes not yet forwarded (the spool-depth metric)."""
-        segs = self._segments()
-        return sum(self._path(n).stat().st_size for n in segs) - (
-            self._position(segs[0]) if segs else 0
-        )
+        return self._pending
 
     def is_empty(self) -> bool:
-        return self.pending_bytes() == 0
+        return self._pending == 0
 
     def writable(self) -> bool:
         return os.access(self.directory, os.W_OK)
@@ -100,6 +103,7 @@ class Spool:
                 _fsync_dir(self.directory)
         except OSError as exc:
             raise SpoolError(f"spool write failed: {exc.strerror}") from exc
+        self._pending += len(frame)
 
     # -- drain ------------------------------------------------------------------------------
     def read_batch(self, max_records: int = 500) -> list[SpooledRecord]:
@@ -130,6 +134,7 @@ class Spool:
 
     def mark_forwarded(self, record: SpooledRecord) -> None:
         """Persist that every record up to ``record`` reached Kafka."""
+        self._pending = max(self._pending - (record.end - self._position(record.segment)), 0)
         pos_path = self._path(record.segment, ".pos")
         tmp = pos_path.with_suffix(".tmp")
         with open(tmp, "w") as f:

@@ -1,0 +1,186 @@
+"""bench/ingest: verified-and-acknowledged webhooks/s of the real ingest vs a bare endpoint.
+
+Both run under the same uvicorn settings (uvloop, httptools, one worker) in their own process;
+the load generator is a lean keep-alive HTTP/1.1 client on loopback. Reported: closed-loop
+throughput at 64 connections (median of 3 rounds) and its ratio to the bare endpoint, and the
+latency distribution of an open-loop run at a fixed 200 webhooks/s. Infrastructure: the
+environment's KAFKA_BOOTSTRAP_SERVERS if set, else a local broker started for the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.settings import KafkaSettings
+from blametrail_common.testing import TEST_SECRET, signed_fixture
+from blametrail_devstack.pytest_plugin import open_infra
+from blametrail_devstack.stack import free_port
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).parent
+BODY, HEADERS = signed_fixture("issue.created")
+CONNECTIONS, ROUND_S, ROUNDS, RATE = 64, 5.0, 3, 200
+
+
+def _request(port: int) -> bytes:
+    lines = [
+        "POST /webhooks/sentry HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        f"Content-Length: {len(BODY)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in HEADERS.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + BODY
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    await reader.readexactly(length)
+    return status
+
+
+async def closed_loop(port: int, seconds: float) -> tuple[int, int]:
+    """Requests answered 200 (and others) by CONNECTIONS connections sending back to back."""
+    request, ok, bad = _request(port), 0, 0
+    deadline = time.perf_counter() + seconds
+
+    async def conn() -> None:
+        nonlocal ok, bad
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            if await _exchange(reader, writer, request) == 200:
+                ok += 1
+            else:
+                bad += 1
+        writer.close()
+
+    await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
+    return ok, bad
+
+
+async def open_loop(port: int, rate: int, seconds: float) -> list[float]:
+    """Latencies (s) of requests started at a fixed rate, each on a pooled keep-alive connection."""
+    request, latencies = _request(port), []
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(32):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+
+    async def one() -> None:
+        began = time.perf_counter()
+        reader, writer = await pool.get()
+        assert await _exchange(reader, writer, request) == 200
+        latencies.append(time.perf_counter() - began)
+        pool.put_nowait((reader, writer))
+
+    tasks, start = [], time.perf_counter()
+    for i in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def _serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+        cwd=HERE,
+    )
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except Exception:
+            try:
+                urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/sentry"), timeout=1
+                )
+            except urllib.error.HTTPError:
+                return proc  # the bare app has no /healthz; a 405 means it is up
+            except Exception:
+                time.sleep(0.1)
+    raise RuntimeError(f"{app} did not start")
+
+
+def _rounds(port: int) -> float:
+    rates = []
+    for _ in range(ROUNDS):
+        ok, bad = asyncio.run(closed_loop(port, ROUND_S))
+        assert bad == 0, f"{bad} requests failed"
+        rates.append(ok / ROUND_S)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    console = Console()
+    with open_infra(os.environ) as infra:
+        kafka = KafkaSettings(
+            bootstrap_servers=infra.bootstrap, topic_prefix=f"bench{os.getpid()}."
+        )
+        asyncio.run(ensure_topics(kafka))
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
+            "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
+            "BLAMETRAIL_INGEST_PUBLIC_CLIENT_SECRETS": TEST_SECRET,
+            "BLAMETRAIL_LOG_LEVEL": "WARNING",
+            "BLAMETRAIL_INGEST_SPOOL_DIR": str(HERE / ".spool"),
+        }
+        bare_port, ingest_port = free_port(), free_port()
+        bare = _serve("bare:app", bare_port, env)
+        ingest = _serve("blametrail_ingest.benchapp:app", ingest_port, env)
+        try:
+            with console.status("bare endpoint, closed loop"):
+                bare_rate = _rounds(bare_port)
+            with console.status("ingest, closed loop"):
+                ingest_rate = _rounds(ingest_port)
+            with console.status(f"ingest, open loop at {RATE}/s"):
+                lat = sorted(asyncio.run(open_loop(ingest_port, RATE, 10.0)))
+        finally:
+            for proc in (bare, ingest):
+                proc.terminate()
+                proc.wait(30)
+    p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+    table = Table(
+        "measure", "value", "goal", title="bench/ingest (median of 3 rounds, 64 connections)"
+    )
+    table.add_row("bare endpoint, req/s", f"{bare_rate:,.0f}", "")
+    table.add_row("ingest verified+acked, webhooks/s", f"{ingest_rate:,.0f}", ">= 1,000")
+    table.add_row("ratio ingest / bare", f"{ingest_rate / bare_rate:.2f}", ">= 0.6")
+    table.add_row(f"p50 at {RATE}/s", f"{p50:.1f} ms", "")
+    table.add_row(f"p99 at {RATE}/s", f"{p99:.1f} ms", "<= 50 ms")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The ingest app as an importable ASGI object (``uvicorn blametrail_ingest.benchapp:app``), for
+benchmarks: built from the environment exactly like ``__main__``, without the connections table."""
+
+from __future__ import annotations
+
+from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.settings import KafkaSettings
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from blametrail_ingest.app import create_app
+from blametrail_ingest.publisher import WebhookPublisher
+from blametrail_ingest.settings import IngestSettings
+from blametrail_ingest.spool import Spool
+from blametrail_ingest.testing import NoConnections
+
+
+class _LazyApp:
+    """Builds the app inside uvicorn's loop (aiokafka objects must be created in a running loop)."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            settings, kafka = IngestSettings(), KafkaSettings()
+            publisher = WebhookPublisher(
+                EventProducer(create_producer(kafka), kafka),
+                Spool(settings.spool_dir, settings.spool_max_bytes),
+                settings.publish_timeout_s,
+            )
+            self._app = create_app(settings, publisher, NoConnections())
+        await self._app(scope, receive, send)
+
+
+app = _LazyApp()
