@@ -18,7 +18,12 @@ from blametrail_common.settings import LogSettings
 
 __all__ = ["JsonFormatter", "configure_logging", "redact"]
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 _SECRET_KEY = re.compile(r"secret|token|password|signature|authorization|api_key|cookie", re.I)
 
 
