@@ -3,15 +3,12 @@ newest first; cursors are ``(time, id)`` of the last row, so pages never skip or
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from blametrail_mappings_api.errors import Invalid, NotFound
-from blametrail_mappings_api.repository import Pool, Row
+from blametrail_mappings_api.repository import Pool, Row, decode_cursor, encode_cursor
 
 __all__ = ["ReadModel"]
 
@@ -27,20 +24,6 @@ _AUDIT_FILTERS = {
     "project": "project_slug = %s",
     "since": "received_at >= %s",
 }
-
-
-def _cursor(ts: datetime, ident: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([ts.isoformat(), str(ident)])).decode()
-
-
-def _after(cursor: str | None) -> tuple[datetime, str] | None:
-    if not cursor:
-        return None
-    try:
-        ts, ident = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(ts), str(ident)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise Invalid("cursor", "malformed cursor") from None
 
 
 def _filters(spec: dict[str, str], given: dict[str, str | None]) -> tuple[str, list[Any]]:
@@ -121,7 +104,7 @@ class ReadModel:
     ) -> tuple[list[Row], str | None]:
         sql = f"SELECT * FROM {table} WHERE tenant_id = %s{where}"  # noqa: S608 - names are ours
         params: list[Any] = [org, *args]
-        after = _after(cursor)
+        after = decode_cursor(cursor)
         if after:
             sql += f" AND ({ts}, {ident}) < (%s, %s)"
             params += list(after)
@@ -131,4 +114,4 @@ class ReadModel:
             rows: list[Row] = await (await conn.execute(sql.encode(), params)).fetchall()
         more, rows = len(rows) > limit, rows[:limit]
         key = "incident_id" if table == "incidents" else "event_id"
-        return rows, _cursor(rows[-1][ts], rows[-1][key]) if more and rows else None
+        return rows, encode_cursor(rows[-1][ts], rows[-1][key]) if more and rows else None

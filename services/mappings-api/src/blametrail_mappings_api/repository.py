@@ -48,18 +48,18 @@ def create_pool(dsn: str, max_size: int = 10) -> Pool:
     )
 
 
-def encode_cursor(row: Row) -> str:
-    return base64.urlsafe_b64encode(
-        orjson.dumps([row["created_at"].isoformat(), str(row["id"])])
-    ).decode()
+def encode_cursor(ts: datetime, ident: Any) -> str:
+    """An opaque cursor for keyset pagination on ``(ts, ident)``."""
+    return base64.urlsafe_b64encode(orjson.dumps([ts.isoformat(), str(ident)])).decode()
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """The ``(ts, ident)`` of a cursor; :class:`Invalid` (422) when it is not one of ours."""
     if not cursor:
         return None
     try:
-        created, ident = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(uuid.UUID(ident))
+        ts, ident = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(ts), str(ident)
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise Invalid("cursor", "malformed cursor") from None
 
@@ -370,14 +370,16 @@ class Repository:
         params: list[Any] = [org, *args]
         if after:
             sql += " AND (created_at, id) > (%s, %s)"
-            params += [after[0], after[1]]
+            params += [after[0], _uuid(after[1], "cursor")]
         sql += " ORDER BY created_at, id LIMIT %s"
         params.append(limit + 1)
         async with self.pool.connection() as conn:
             rows: list[Row] = await (await conn.execute(sql.encode(), params)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, encode_cursor(rows[-1]) if more and rows else None
+        return rows, encode_cursor(
+            rows[-1]["created_at"], rows[-1]["id"]
+        ) if more and rows else None
 
     async def _get(self, table: str, org: str, ident: str, what: str) -> Row:
         async with self._tx() as conn:

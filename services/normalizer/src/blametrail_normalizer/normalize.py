@@ -281,21 +281,20 @@ def _event_alert(ctx: _Ctx, data: dict[str, Any]) -> list[IncidentEvent]:
 
 
 def _alert_service(ctx: _Ctx, slug: str, pid: str | None, override: str | None) -> str:
-    """Mapping rules first (a disabled mapping pauses the project); then the action's target."""
+    """The action's target service when it names one (a disabled mapping still pauses the
+    project); the mapping's service otherwise."""
     assert ctx.conn is not None
+    if not override:
+        return _mapped_service(ctx, slug, pid)
     mapping = ctx.lookup.mapping(ctx.conn.connection_id, slug)
     if mapping is not None and not mapping.active:
         raise _Skip("inactive", f"mapping of {slug} is disabled", slug, pid)
-    if override:
-        service = ctx.lookup.service(override)
-        if service is None or service.tenant_id != ctx.conn.tenant_id:
-            raise _Skip(
-                "unknown_service", f"alert action targets unknown service {override}", slug, pid
-            )
-        return service.service_id
-    if mapping is None:
-        raise _Skip("unmapped", f"no mapping for project {slug}", slug, pid)
-    return mapping.service_id
+    service = ctx.lookup.service(override)
+    if service is None or service.tenant_id != ctx.conn.tenant_id:
+        raise _Skip(
+            "unknown_service", f"alert action targets unknown service {override}", slug, pid
+        )
+    return service.service_id
 
 
 def _severity_setting(settings: dict[Any, Any]) -> Severity | None:
