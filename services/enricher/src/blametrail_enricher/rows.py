@@ -26,6 +26,16 @@ from blametrail_enricher.pgsafe import pg_json, pg_text
 
 __all__ = ["Rows", "rows_for"]
 
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _jsonb(value: Any) -> Jsonb:
+    """jsonb parameters serialized by orjson (psycopg's default is the slower stdlib json)."""
+    return Jsonb(value, dumps=_dumps)
+
+
 _STATUS_OF_SENTRY = {"unresolved": "open", "resolved": "resolved", "ignored": "muted"}
 
 
@@ -66,7 +76,7 @@ def rows_for(records: list[Any]) -> Rows:
         p = env.payload
         if isinstance(p, IncidentEvent):
             out.incidents.append(_incident(p))
-            payload, changed = pg_json(orjson.loads(p.model_dump_json()))
+            payload, changed = pg_json(p.model_dump(mode="json"))
             out.timeline.append(
                 {
                     "event_id": env.id,
@@ -76,12 +86,12 @@ def rows_for(records: list[Any]) -> Rows:
                     "occurred_at": p.status_at,
                     "log_partition": record.partition,
                     "log_offset": record.offset,
-                    "payload": Jsonb(payload),
+                    "payload": _jsonb(payload),
                     "sanitized": changed,
                 }
             )
         elif isinstance(p, IncidentEnrichedV1):
-            record_json, changed = pg_json(orjson.loads(p.model_dump_json()))
+            record_json, changed = pg_json(p.model_dump(mode="json"))
             out.enriched.append(
                 {
                     "incident_id": p.incident_id,
@@ -89,7 +99,7 @@ def rows_for(records: list[Any]) -> Rows:
                     "event_id": env.id,
                     "status": "enriched",
                     "reason": None,
-                    "record": Jsonb(record_json),
+                    "record": _jsonb(record_json),
                     "fetched_at": p.fetched_at,
                     "sanitized": changed,
                 }
@@ -116,10 +126,10 @@ def rows_for(records: list[Any]) -> Rows:
 
 def _incident(p: IncidentEvent) -> dict[str, Any]:
     s = p.snapshot
-    sentry, _ = pg_json(orjson.loads(p.sentry.model_dump_json(exclude_none=True)))
+    sentry, _ = pg_json(p.sentry.model_dump(mode="json", exclude_none=True))
     assignee = None
     if isinstance(p, IncidentAssignedV1) and p.assignee is not None:
-        assignee = Jsonb(pg_json(orjson.loads(p.assignee.model_dump_json()))[0])
+        assignee = _jsonb(pg_json(p.assignee.model_dump(mode="json"))[0])
     status = status_for(p)
     return {
         "incident_id": p.incident_id,
@@ -132,7 +142,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "culprit": pg_text(s.culprit),
         "assignee": assignee,
         "sets_assignee": isinstance(p, IncidentAssignedV1),
-        "sentry": Jsonb(sentry),
+        "sentry": _jsonb(sentry),
         "first_seen": s.first_seen,
         "last_seen": s.last_seen,
         "event_count": s.count,
@@ -152,7 +162,7 @@ def _audit(event_id: Any, p: WebhookAuditedV1) -> dict[str, Any]:
         "action": pg_text(p.action),
         "project_slug": pg_text(p.project_slug),
         "project_id": p.project_id,
-        "detail": Jsonb(
+        "detail": _jsonb(
             {
                 "detail": pg_text(p.detail),
                 "raw_event_id": p.raw_event_id,
