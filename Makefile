@@ -46,7 +46,7 @@ fmt: ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-bench: setup ## benchmarks (bench/*), each printing ratios against a baseline run alongside
+bench: up ## benchmarks (bench/*), each printing ratios against a baseline measured in the same run
 	@if ls bench/*/run.py >/dev/null 2>&1; then for b in bench/*/run.py; do $(RUN) python $$b || exit 1; done; \
 	else echo "no benchmarks yet"; fi
 

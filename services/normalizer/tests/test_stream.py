@@ -123,7 +123,8 @@ async def test_mapped_unmapped_inactive_and_edited_mappings_through_the_real_str
     await producer.send("sentry-webhooks-raw", _raw(conn, _issue("internal-tools", "1003")))
     await producer.send_raw("sentry-webhooks-raw", b"x", b"not an envelope")
 
-    normalizer = create_app(NormalizerSettings(app_id=f"norm-test-{uuid.uuid4().hex[:6]}"), kafka)
+    settings = NormalizerSettings(app_id=f"norm-test-{uuid.uuid4().hex[:6]}")
+    normalizer = create_app(settings, kafka)
     normalizer.app.finalize()
     await normalizer.app.start()
     try:
@@ -138,7 +139,18 @@ async def test_mapped_unmapped_inactive_and_edited_mappings_through_the_real_str
         assert normalizer.ready()
     finally:
         await normalizer.close()
+    # A restart of the same app (same consumer group) resumes: ready, and new webhooks flow.
+    restarted = create_app(settings, kafka)
+    restarted.app.finalize()
+    await restarted.app.start()
+    try:
+        await producer.send("sentry-webhooks-raw", _raw(conn, _issue("payments-api", "1005")))
+        after = await _collect(kafka, "incident-events", 3)
+        assert restarted.ready()
+    finally:
+        await restarted.close()
         await producer.stop()
+    assert sorted(e.payload.sentry.issue_id for e in after) == ["1001", "1004", "1005"]
     assert [(e.type, e.payload.service_id, e.payload.sentry.issue_id) for e in first] == [
         ("incident.opened", "svc-a", "1001")
     ]

@@ -112,8 +112,10 @@ class Enricher:
             if creds is None:
                 raise SentryApiError(f"no usable credentials for connection {target.connection_id}")
             try:
-                latest = await self.api.latest_event(creds, target.sentry_issue_id)
-                tags = await self.api.issue_tags(creds, target.sentry_issue_id)
+                latest, tags = await asyncio.gather(
+                    self.api.latest_event(creds, target.sentry_issue_id),
+                    self.api.issue_tags(creds, target.sentry_issue_id),
+                )
                 return latest, tags
             except TokenRejected:
                 if attempt == 2:

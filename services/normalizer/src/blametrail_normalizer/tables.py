@@ -2,21 +2,61 @@
 
 Control-plane state (``cp-connections``, ``cp-mappings``, ``cp-services``) is read with
 :class:`blametrail_common.kafka.table.CompactedTable`: every worker reads every row, as a faust
-GlobalTable would. (A faust GlobalTable whose changelog is one of these externally written
-topics hung faust-streaming 0.15.3's partition assignment here, so faust keeps only the state it
-owns: learnt project ids and known incidents, in tables with their own changelogs.)
+GlobalTable would. Two faust-table designs failed here with faust-streaming 0.15.3 + aiokafka
+0.14 + Kafka 3.9.1: a GlobalTable whose changelog is one of these externally written topics hung
+the partition assignment; and tables with faust-owned changelogs hung in recovery on restart
+once the changelogs held data. So the normalizer's own facts live in process memory, where
+losing them is harmless by construction:
+
+- learnt project id -> slug pairs come back with the next issue webhook of that project (or are
+  known from the start when the mapping records ``sentry_project_id``);
+- "incident already opened" only chooses between ``incident.opened`` and ``incident.updated``
+  for alerts; the projection treats a repeated ``opened`` as an update.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections import OrderedDict
+from collections.abc import Iterator, MutableMapping
+from typing import Generic, TypeVar
 
 from blametrail_common.events import ConnectionStateV1, MappingStateV1, ServiceStateV1, mapping_key
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 
-__all__ = ["ControlPlaneTables", "TableLookup"]
+__all__ = ["ControlPlaneTables", "LruDict", "TableLookup"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruDict(MutableMapping[K, V], Generic[K, V]):
+    """A dict that forgets its least recently used keys beyond ``maxsize``."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def __getitem__(self, key: K) -> V:
+        value = self._data[key]
+        self._data.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __delitem__(self, key: K) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 class ControlPlaneTables:
