@@ -1,0 +1,120 @@
+"""The enricher's stream step on the real broker: give-ups are recorded and dead-lettered, never
+lost, and a redrive after the cause is fixed completes the enrichment."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+from blametrail_common.events import decode, new_event
+from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentEnrichmentFailedV1
+from blametrail_common.events.incidents import (
+    IncidentOpenedV1,
+    IncidentResolvedV1,
+    IssueSnapshot,
+    SentryRef,
+)
+from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.redrive import redrive
+from blametrail_common.settings import KafkaSettings
+from blametrail_enricher.client import HttpxSentryApi, RetryPolicy, SentryCredentials
+from blametrail_enricher.pipeline import Enricher
+from blametrail_sentry_stub import StubState, serve
+
+T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+
+
+class Creds:
+    def __init__(self, creds: SentryCredentials) -> None:
+        self.current = creds
+        self.refresh_requests = 0
+
+    def credentials(self, connection_id: str) -> SentryCredentials | None:
+        return self.current
+
+    async def request_refresh(self, connection_id: str) -> None:
+        self.refresh_requests += 1
+
+
+def _event(kind: type, issue: str) -> object:
+    incident_id = str(uuid.uuid4())
+    p = kind(
+        incident_id=incident_id,
+        tenant_id="t",
+        service_id="s",
+        source="sentry_issue",
+        severity="sev2",
+        status_at=T0,
+        sentry=SentryRef(connection_id="c", issue_id=issue),
+        snapshot=IssueSnapshot(title="x"),
+    )
+    return new_event(p, key=incident_id, tenant="t")
+
+
+async def _run_once(kafka: KafkaSettings, enricher: Enricher, group: str, want: int) -> None:
+    stop, handled = asyncio.Event(), 0
+    consumer = create_consumer(kafka, ["incident-events"], group)
+    await consumer.start()
+
+    async def handle(batch: list) -> None:  # type: ignore[type-arg]
+        nonlocal handled
+        await enricher.handle(batch)
+        handled += len(batch)
+        if handled >= want:
+            stop.set()
+
+    try:
+        await asyncio.wait_for(run_batches(consumer, handle, stop), 60)
+    finally:
+        await consumer.stop()
+
+
+async def _read(kafka: KafkaSettings, topic: str) -> list:  # type: ignore[type-arg]
+    consumer = create_consumer(kafka, [topic], group_id=None)
+    await consumer.start()
+    try:
+        return [r for b in (await consumer.getmany(timeout_ms=3000)).values() for r in b]
+    finally:
+        await consumer.stop()
+
+
+async def test_rejected_token_gives_a_failure_record_and_a_dead_letter_then_redrive_enriches(
+    kafka_settings: KafkaSettings,
+) -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"x{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    stub = StubState()
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    async with serve(stub) as url, httpx.AsyncClient() as http:
+        creds = Creds(SentryCredentials(url, "acme", "revoked-token"))
+        enricher = Enricher(
+            HttpxSentryApi(http, RetryPolicy(base_delay_s=0.01)),
+            creds,
+            producer,
+            refresh_wait_s=0.3,
+        )
+        opened, resolved = _event(IncidentOpenedV1, "42"), _event(IncidentResolvedV1, "43")
+        for env in (opened, resolved):
+            await producer.send("incident-events", env)  # type: ignore[arg-type]
+        await _run_once(kafka, enricher, "g1", 2)
+        assert creds.refresh_requests == 1  # asked the token's owner once, did not refresh itself
+
+        creds.current = SentryCredentials(
+            url, "acme", stub.add_internal_token("acme")
+        )  # the cause is fixed
+        assert (await redrive(kafka, "incident-events")).redriven == 1
+        await _run_once(kafka, enricher, "g1", 1)
+    await producer.stop()
+
+    outputs = [decode(r.value).payload for r in await _read(kafka, "incident-enrichments")]
+    assert [type(p) for p in outputs] == [IncidentEnrichmentFailedV1, IncidentEnrichedV1]
+    assert outputs[0].incident_id == outputs[1].incident_id == opened.payload.incident_id  # type: ignore[attr-defined]
+    assert "401" in outputs[0].reason
+    dead = await _read(kafka, "incident-events-dlq")
+    assert [r.key for r in dead] == [opened.key.encode()]  # type: ignore[attr-defined]  # resolved needs no enrichment
