@@ -62,10 +62,9 @@ class Normalizer:
             await self._producer.stop()
 
     def ready(self) -> bool:
-        """Control-plane tables caught up and producer started."""
-        recovery: Any = getattr(
-            self.app.tables, "recovery", None
-        )  # present on faust's TableManager
+        """faust's start-up (its recovery step, now table-less) done, control-plane tables caught
+        up, producer started."""
+        recovery: Any = getattr(self.app.tables, "recovery", None)  # faust's TableManager has one
         faust_ok = recovery is not None and recovery.completed.is_set()
         started = self._producer is not None and self._producer.started
         return bool(faust_ok) and self.lookup.cp.ready.is_set() and started
@@ -102,11 +101,7 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
     projects: LruDict[str, str] = LruDict(100_000)
     incidents: LruDict[str, bool] = LruDict(1_000_000)
     cp = ControlPlaneTables(kafka)
-    lookup = TableLookup(
-        cp,
-        projects,
-        incidents,
-    )
+    lookup = TableLookup(cp, projects, incidents)
     normalizer = Normalizer(app, lookup, kafka)
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
