@@ -3,7 +3,8 @@
 Both run under the same uvicorn settings (uvloop, httptools, one worker) in their own process;
 the load generator is a lean keep-alive HTTP/1.1 client on loopback. Reported: closed-loop
 throughput at 64 connections (median of 3 rounds) and its ratio to the bare endpoint, and the
-latency distribution of an open-loop run at a fixed 200 webhooks/s. Infrastructure: the
+latency distribution of an open-loop run at a fixed 200 webhooks/s, and the CPU each server (and
+the broker, which shares the machine's cores) spends per 1,000 requests. Infrastructure: the
 environment's KAFKA_BOOTSTRAP_SERVERS if set, else a local broker started for the run.
 """
 
@@ -133,13 +134,38 @@ def _serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"{app} did not start")
 
 
-def _rounds(port: int) -> float:
-    rates = []
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds used so far by ``pid`` (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+def _rounds(port: int, server_pid: int) -> tuple[float, float, float]:
+    """Median req/s, and CPU ms per 1,000 requests of the server and of the broker."""
+    rates, server_cpu, broker_cpu, total = [], 0.0, 0.0, 0
+    broker = _broker_pid()
     for _ in range(ROUNDS):
+        s0, b0 = _cpu_s(server_pid), _cpu_s(broker)
         ok, bad = asyncio.run(closed_loop(port, ROUND_S))
+        server_cpu += _cpu_s(server_pid) - s0
+        broker_cpu += _cpu_s(broker) - b0
         assert bad == 0, f"{bad} requests failed"
         rates.append(ok / ROUND_S)
-    return statistics.median(rates)
+        total += ok
+    return statistics.median(rates), 1e6 * server_cpu / total, 1e6 * broker_cpu / total
 
 
 def main() -> None:
@@ -161,9 +187,9 @@ def main() -> None:
         ingest = _serve("blametrail_ingest.benchapp:app", ingest_port, env)
         try:
             with console.status("bare endpoint, closed loop"):
-                bare_rate = _rounds(bare_port)
+                bare_rate, bare_cpu, _ = _rounds(bare_port, bare.pid)
             with console.status("ingest, closed loop"):
-                ingest_rate = _rounds(ingest_port)
+                ingest_rate, ingest_cpu, broker_cpu = _rounds(ingest_port, ingest.pid)
             with console.status(f"ingest, open loop at {RATE}/s"):
                 lat = sorted(asyncio.run(open_loop(ingest_port, RATE, 10.0)))
         finally:
@@ -177,6 +203,9 @@ def main() -> None:
     table.add_row("bare endpoint, req/s", f"{bare_rate:,.0f}", "")
     table.add_row("ingest verified+acked, webhooks/s", f"{ingest_rate:,.0f}", ">= 1,000")
     table.add_row("ratio ingest / bare", f"{ingest_rate / bare_rate:.2f}", ">= 0.6")
+    table.add_row("CPU ms per 1,000: bare server", f"{bare_cpu:,.0f}", "")
+    table.add_row("CPU ms per 1,000: ingest server", f"{ingest_cpu:,.0f}", "")
+    table.add_row("CPU ms per 1,000: Kafka broker (same 2 cores)", f"{broker_cpu:,.0f}", "")
     table.add_row(f"p50 at {RATE}/s", f"{p50:.1f} ms", "")
     table.add_row(f"p99 at {RATE}/s", f"{p99:.1f} ms", "<= 50 ms")
     console.print(table)
