@@ -82,10 +82,15 @@ ON CONFLICT (event_id) DO NOTHING
 
 
 class Projection:
-    """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables."""
+    """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables.
 
-    def __init__(self, producer: EventProducer, table_prefix: str = "") -> None:
+    Without a producer, records Postgres refuses are only counted (``refused``): a rebuild
+    re-reads records the live projection already dead-lettered and must not send them twice.
+    """
+
+    def __init__(self, producer: EventProducer | None, table_prefix: str = "") -> None:
         self.producer = producer
+        self.refused = 0
         self._sql = [
             (name, sql.format(p=table_prefix))
             for name, sql in (
@@ -133,6 +138,9 @@ class Projection:
                     APPLIED.labels(name).inc(len(batch))
 
     async def _dead(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        self.refused += 1
+        if self.producer is None:
+            return
         DEAD.inc()
         logical = record.topic.removeprefix(self.producer.prefix)
         await publish_to_dlq(self.producer, f"{logical}-dlq", record, reason)

@@ -60,9 +60,23 @@ class EventProducer:
 
     async def send(self, topic: str, event: Envelope[Any], headers: Headers = ()) -> RecordMetadata:
         """Publish an event keyed by ``event.key``; returns once acknowledged (raises otherwise)."""
-        hdrs = [("bt-type", event.type.encode()), ("bt-version", str(event.version).encode())]
-        hdrs.extend(headers)
+        hdrs = [*_type_headers(event), *headers]
         return await self.send_raw(topic, event.key.encode(), encode(event), hdrs)
+
+    async def send_many(self, events: Sequence[tuple[str, Envelope[Any]]]) -> list[RecordMetadata]:
+        """Publish ``(topic, event)`` pairs in one go, in order; returns once all are acknowledged,
+        raising the first failure."""
+        futures = []
+        for topic, event in events:
+            futures.append(
+                await self.producer.send(
+                    self.topic(topic),
+                    value=encode(event),
+                    key=event.key.encode(),
+                    headers=_type_headers(event),
+                )
+            )
+        return list(await asyncio.gather(*futures))
 
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()
@@ -83,3 +97,7 @@ class EventProducer:
         name, hdrs = self.topic(topic), list(headers)
         futures = [await self.producer.send(name, value=v, key=k, headers=hdrs) for k, v in records]
         return list(await asyncio.gather(*futures))
+
+
+def _type_headers(event: Envelope[Any]) -> list[tuple[str, bytes]]:
+    return [("bt-type", event.type.encode()), ("bt-version", str(event.version).encode())]
