@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,9 +18,8 @@ from blametrail_common.events.incidents import (
 )
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
-from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.settings import KafkaSettings
-from blametrail_common.topics import topic_name
+from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_enricher.projection import PROJECTED_TOPICS, TABLES, Projection
 
@@ -52,61 +50,11 @@ async def _project(
     kafka: KafkaSettings, dsn: str, group: str, producer: EventProducer, end: dict[str, int]
 ) -> None:
     """Run a projector until it has applied every record up to the end offsets seen now."""
-    stop = asyncio.Event()
-    consumer = create_consumer(kafka, [], group)
-    await consumer.start()
-
-    async def watch() -> None:
-        while True:
-            async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                rows = await (
-                    await conn.execute(
-                        "SELECT topic, sum(next_offset) FROM consumer_offsets WHERE group_id = %s GROUP BY topic",
-                        (group,),
-                    )
-                ).fetchall()
-            if all(dict(rows).get(t, 0) >= n for t, n in end.items()):
-                stop.set()
-                return
-            await asyncio.sleep(0.2)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
-        await asyncio.wait_for(
-            run_into_postgres(consumer, topics, dsn, group, Projection(producer).apply, stop), 60
-        )
-    finally:
-        watcher.cancel()
-        await consumer.stop()
-
-
-async def _end_offsets(kafka: KafkaSettings) -> dict[str, int]:
-    consumer = create_consumer(kafka, list(PROJECTED_TOPICS), group_id=None)
-    await consumer.start()
-    try:
-        while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event)
-            await asyncio.sleep(0.05)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-    finally:
-        await consumer.stop()
-    totals: dict[str, int] = {}
-    for tp, end in ends.items():
-        totals[tp.topic] = totals.get(tp.topic, 0) + end
-    return totals
+    await project_until(kafka, dsn, group, PROJECTED_TOPICS, Projection(producer).apply, end)
 
 
 async def _checksums(dsn: str) -> dict[str, str]:
-    out = {}
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        for table, key in CHECKSUM.items():
-            row = await (
-                await conn.execute(
-                    f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY {key})), '') FROM {table} t"  # noqa: S608
-                )
-            ).fetchone()
-            out[table] = row[0] if row else ""
-    return out
+    return await table_checksums(dsn, CHECKSUM)
 
 
 async def test_poison_out_of_order_replay_and_rebuild(
@@ -148,7 +96,7 @@ async def test_poison_out_of_order_replay_and_rebuild(
             received_at=T0,
         )
         await producer.send("webhook-audit", new_event(audit, key="t", tenant="t"))
-        end = await _end_offsets(kafka)
+        end = await end_offsets(kafka, PROJECTED_TOPICS)
 
         await _project(kafka, live, "live", producer, end)
         first = await _checksums(live)
