@@ -7,6 +7,7 @@ Postgres rejects ``\\u0000`` in text and jsonb, lone UTF-16 surrogates (not vali
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 __all__ = ["Sanitized", "pg_json", "pg_text"]
 
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 
 
@@ -49,6 +51,21 @@ def pg_text(value: str | None) -> str | None:
 
 def pg_json(value: Any) -> tuple[Any, bool]:
     """``value`` safe for ``jsonb``, and whether anything had to be replaced."""
+    if _clean_json(value):
+        return value, False
     s = Sanitized()
     cleaned = s.json(value)
     return cleaned, s.changed
+
+
+def _clean_json(value: Any) -> bool:
+    """Fast check (C encoder) that ``value`` needs no replacement; ``False`` may be a false alarm.
+
+    Without ``ensure_ascii`` the encoder escapes NUL as ``\\u0000`` and leaves lone surrogates
+    as they are; it refuses non-finite numbers and anything that is not plain JSON.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return "\\u0000" not in text and _LONE_SURROGATE.search(text) is None

@@ -81,16 +81,57 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
+_COPIED = {  # insert-only tables a sole writer may fill with COPY (see ``bulk``)
+    "timeline": (
+        "incident_timeline",
+        (
+            "event_id",
+            "incident_id",
+            "tenant_id",
+            "event_type",
+            "occurred_at",
+            "log_partition",
+            "log_offset",
+            "payload",
+            "sanitized",
+        ),
+    ),
+    "audit": (
+        "webhook_audit",
+        (
+            "event_id",
+            "tenant_id",
+            "connection_id",
+            "reason",
+            "resource",
+            "action",
+            "project_slug",
+            "project_id",
+            "detail",
+            "received_at",
+            "sanitized",
+        ),
+    ),
+}
+
+
 class Projection:
     """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables.
 
     Without a producer, records Postgres refuses are only counted (``refused``): a rebuild
     re-reads records the live projection already dead-lettered and must not send them twice.
+    ``bulk`` is for a sole writer of its tables (a rebuild's shadow tables): the insert-only
+    tables are written with ``COPY``, and the ``ON CONFLICT DO NOTHING`` of the SQL path is kept
+    by remembering the event ids written so far.
     """
 
-    def __init__(self, producer: EventProducer | None, table_prefix: str = "") -> None:
+    def __init__(
+        self, producer: EventProducer | None, table_prefix: str = "", *, bulk: bool = False
+    ) -> None:
         self.producer = producer
         self.refused = 0
+        self._prefix = table_prefix
+        self._written: set[Any] | None = set() if bulk else None
         self._sql = [
             (name, sql.format(p=table_prefix))
             for name, sql in (
@@ -130,12 +171,34 @@ class Projection:
             await self._dead(record, f"postgres refused the record: {type(exc).__name__}: {exc}")
 
     async def _write(self, conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
+        copied: list[list[dict[str, Any]]] = []
         async with conn.cursor() as cur:
             for name, sql in self._sql:
                 batch = getattr(rows, name)
-                if batch:
+                if batch and self._written is not None and name in _COPIED:
+                    batch = self._unwritten(batch)
+                    copied.append(batch)
+                    table, columns = _COPIED[name]
+                    statement = f"COPY {self._prefix}{table} ({', '.join(columns)}) FROM STDIN"
+                    async with cur.copy(statement) as copy:
+                        for row in batch:
+                            await copy.write_row([row[c] for c in columns])
+                elif batch:
                     await cur.executemany(sql, batch)
-                    APPLIED.labels(name).inc(len(batch))
+                APPLIED.labels(name).inc(len(batch))
+        if self._written is not None:  # only once every statement of the batch succeeded
+            for batch in copied:
+                self._written.update(row["event_id"] for row in batch)
+
+    def _unwritten(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self._written is not None
+        out, ids = [], set()
+        for row in batch:
+            event_id = row["event_id"]
+            if event_id not in self._written and event_id not in ids:
+                ids.add(event_id)
+                out.append(row)
+        return out
 
     async def _dead(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         self.refused += 1

@@ -86,12 +86,12 @@ async def rebuild_projection(
     *,
     keep_previous: bool = False,
     report: Report | None = None,
-    batch: int = 5000,
+    batch: int = 10000,
 ) -> RebuildSummary:
     assert set(CHECKSUM_KEYS) == set(TABLES)
     started = time.monotonic()
     summary = RebuildSummary()
-    projection = Projection(None, table_prefix=SHADOW)
+    projection = Projection(None, table_prefix=SHADOW, bulk=True)
     reader = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id=f"{kafka.client_id}-rebuild",
@@ -112,6 +112,9 @@ async def rebuild_projection(
         positions = dict(begins)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await _create_shadow(conn)
+            # A crash before the swap restarts the rebuild from zero, so its commits need not
+            # wait for the WAL flush; the swap itself is a durable commit.
+            await conn.execute("SET synchronous_commit = off")
             run = _Run(reader, projection, positions, summary, report, begins)
             # Bulk: follow the live projection until close behind it.
             while True:
@@ -120,6 +123,7 @@ async def rebuild_projection(
                     break
                 await run.until(conn, targets)
             # Swap.
+            await conn.execute("SET synchronous_commit = on")
             conn_tx: Any = conn
             async with conn_tx.transaction():
                 await conn.execute("LOCK TABLE " + ", ".join(TABLES) + " IN ACCESS EXCLUSIVE MODE")
