@@ -169,7 +169,9 @@ async def measure(bootstrap: str, server_dsn: str) -> None:
             progress.remove_task(task)
             assert summary.applied == N, summary
     b, p = statistics.median(bare_rates), statistics.median(rebuild_rates)
-    table = Table("measure", "value", "goal", title=f"bench/replay ({N:,} events, median of {ROUNDS})")
+    table = Table(
+        "measure", "value", "goal", title=f"bench/replay ({N:,} events, median of {ROUNDS})"
+    )
     table.add_row("bare consume, events/s", f"{b:,.0f}", "")
     table.add_row("projection rebuild, events/s", f"{p:,.0f}", "")
     table.add_row("ratio rebuild / bare", f"{p / b:.2f}", ">= 0.5")

@@ -63,7 +63,8 @@ async def project_until(
                         (group,),
                     )
                 ).fetchall()
-                if all(dict(rows).get(t, 0) >= n for t, n in end.items()):
+                stored: dict[str, int] = {str(r[0]): int(r[1]) for r in rows}
+                if all(stored.get(t, 0) >= n for t, n in end.items()):
                     stop.set()
                     return
                 await asyncio.sleep(0.2)

@@ -1,0 +1,1 @@
+"""BlameTrail suspect scoring: rank the deploys that most likely caused an incident."""
