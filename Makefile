@@ -6,10 +6,10 @@ UV := python3 -m uv
 RUN := $(UV) run --frozen
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help setup up down test test-fast lint fmt bench clean
+.PHONY: help setup up down test test-fast lint fmt bench clean k8s-validate
 
 help: ## list targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 setup: ## install uv, the locked Python deps and the local stack's prerequisites
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
@@ -27,13 +27,13 @@ down: ## stop every service, Kafka and Postgres started by `make up`
 	-$(RUN) blametrail-devstack services-down
 	$(RUN) blametrail-devstack down
 
-test: setup ## the whole suite against a real Kafka broker and Postgres (started once per run)
+test: setup k8s-validate ## the whole suite against a real Kafka broker and Postgres (started once per run)
 	$(RUN) pytest; $(PYTEST_RC)
 
 test-fast: ## the pure core only, no broker or database (seconds)
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --all-packages --quiet
-	$(RUN) pytest -m "not integration" -q; $(PYTEST_RC)
+	$(RUN) pytest -m "not integration and not tools" -q; $(PYTEST_RC)
 
 lint: ## ruff (lint + format check) and mypy --strict on our packages
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
@@ -52,3 +52,21 @@ bench: up ## benchmarks (bench/*), each printing ratios against a baseline measu
 
 clean: down ## stop the stack and delete .local (jars, clusters, logs) and caches
 	rm -rf .local .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+K8S_BIN := .local/bin
+K8S_SCHEMAS := .local/k8s-schemas
+K8S_VERSIONS := 1.30.0 1.33.0
+GO := $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+k8s-validate: ## build each kustomize overlay; validate every object (Kubernetes, Strimzi, CloudNativePG schemas)
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
+	$(UV) sync --frozen --all-packages --quiet
+	@test -x $(K8S_BIN)/kustomize || GOBIN=$(CURDIR)/$(K8S_BIN) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+	@test -x $(K8S_BIN)/kubeconform || GOBIN=$(CURDIR)/$(K8S_BIN) $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@v0.6.7
+	$(RUN) blametrail k8s topics --check
+	$(RUN) python deploy/k8s/schemas/prepare.py $(K8S_SCHEMAS) $(K8S_VERSIONS)
+	@set -euo pipefail; for v in $(K8S_VERSIONS); do for o in deploy/k8s/overlays/*/; do \
+	  echo "kubeconform: $$o against Kubernetes $$v"; \
+	  $(K8S_BIN)/kustomize build $$o | $(K8S_BIN)/kubeconform -strict -summary -kubernetes-version $$v \
+	    -schema-location '$(K8S_SCHEMAS)/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json' \
+	    -schema-location '$(K8S_SCHEMAS)/crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json' -; \
+	done; done
