@@ -6,6 +6,7 @@
 #   docker run blametrail:dev blametrail_normalizer                # 8083 (health)
 #   docker run blametrail:dev blametrail_enricher                  # 8084 (health)
 #   docker run blametrail:dev blametrail_enricher.projector        # 8085 (health)
+#   docker run blametrail:dev blametrail_suspects                  # 8086 (health)
 #   docker run blametrail:dev blametrail_common.cli topics ensure  # one-shot operator commands
 #   docker run blametrail:dev blametrail_common.cli db migrate
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -24,7 +25,7 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # The services that run from this image (devstack and the Sentry stand-in are development only).
-ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-replay"
+ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-replay --package blametrail-suspects"
 # 1. Third-party dependencies only, from the lock: this layer changes only when uv.lock does.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
@@ -57,14 +58,15 @@ ENV PATH=/app/.venv/bin:$PATH \
     BLAMETRAIL_NORMALIZER_HOST=0.0.0.0 \
     BLAMETRAIL_ENRICHER_HOST=0.0.0.0 \
     BLAMETRAIL_PROJECTION_HOST=0.0.0.0 \
+    BLAMETRAIL_SUSPECTS_HOST=0.0.0.0 \
     BLAMETRAIL_INGEST_SPOOL_DIR=/var/lib/blametrail/spool
 # faust keeps its data directory under the working directory: a writable volume in compose/k8s.
 WORKDIR /var/lib/blametrail/normalizer
 USER 10001:10001
-EXPOSE 8081 8082 8083 8084 8085
+EXPOSE 8081 8082 8083 8084 8085 8086
 # Whichever service runs answers /healthz on its own port (each container serves exactly one).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import os, sys, urllib.request as u\nports = [os.environ.get(f'BLAMETRAIL_{s}_PORT', d) for s, d in (('INGEST', '8081'), ('API', '8082'), ('NORMALIZER', '8083'), ('ENRICHER', '8084'), ('PROJECTION', '8085'))]\nfor p in ports:\n    try:\n        u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=2)\n        sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request as u\nports = [os.environ.get(f'BLAMETRAIL_{s}_PORT', d) for s, d in (('INGEST', '8081'), ('API', '8082'), ('NORMALIZER', '8083'), ('ENRICHER', '8084'), ('PROJECTION', '8085'), ('SUSPECTS', '8086'))]\nfor p in ports:\n    try:\n        u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=2)\n        sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
 # tini is PID 1: it forwards SIGTERM to the service (which drains and commits) and reaps zombies.
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
 CMD ["blametrail_ingest"]

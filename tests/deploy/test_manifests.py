@@ -36,6 +36,7 @@ from blametrail_enricher.settings import EnricherSettings, ProjectionSettings
 from blametrail_ingest.settings import IngestSettings
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_suspects.settings import SuspectsSettings
 from pydantic import AliasChoices, SecretStr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,7 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     "blametrail_normalizer": (*COMMON, NormalizerSettings),
     "blametrail_enricher": (*COMMON, EnricherSettings, SecretsSettings),
     "blametrail_enricher.projector": (*COMMON, ProjectionSettings, PostgresSettings),
+    "blametrail_suspects": (*COMMON, SuspectsSettings),
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }
@@ -67,6 +69,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     NormalizerSettings: ("host",),
     EnricherSettings: ("host",),
     ProjectionSettings: ("host",),
+    SuspectsSettings: ("host",),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}
 

@@ -29,6 +29,7 @@ CHECKSUM = {
     "incident_timeline": "event_id",
     "incident_enrichments": "incident_id",
     "webhook_audit": "event_id",
+    "incident_suspects": "incident_id",
 }
 
 

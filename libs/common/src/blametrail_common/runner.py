@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 import uvicorn
+from starlette.applications import Starlette
+
 from blametrail_common.health import ReadinessCheck, health_routes
 from blametrail_common.kafka.consumer import install_stop_signals
-from starlette.applications import Starlette
 
 __all__ = ["run_with_health"]
 

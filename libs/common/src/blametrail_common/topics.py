@@ -98,6 +98,24 @@ _AUDIT = TopicSpec(
     producers=("ingest", "normalizer"),
     consumers=("projection",),
 )
+_SUSPECTS = TopicSpec(
+    name="incident-suspects",
+    key="incident id",
+    description="Ranked suspect deploys of an incident with each signal's contribution; latest per key.",
+    partitions=6,
+    cleanup_policy="compact",
+    producers=("suspects",),
+    consumers=("projection",),
+)
+_DEPLOYS = TopicSpec(
+    name="deploys",
+    key="deploy id",
+    description="Deploys of services (recorded through the API or imported from Sentry); latest per key.",
+    partitions=3,
+    cleanup_policy="compact",
+    producers=("mappings-api",),
+    consumers=("suspects",),
+)
 _SERVICES = TopicSpec(
     name="cp-services",
     key="service id",
@@ -135,6 +153,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     _dlq(_ENRICHMENTS, ()),
     _AUDIT,
     _dlq(_AUDIT, ()),
+    _SUSPECTS,
+    _dlq(_SUSPECTS, ()),
+    _DEPLOYS,
+    _dlq(_DEPLOYS, ()),
     _SERVICES,
     _CONNECTIONS,
     _MAPPINGS,

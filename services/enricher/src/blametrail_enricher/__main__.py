@@ -10,13 +10,13 @@ from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
+from blametrail_common.runner import run_with_health
 from blametrail_common.settings import KafkaSettings, SecretsSettings
 
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.records import Limits
-from blametrail_enricher.runtime import run_with_health
 from blametrail_enricher.settings import EnricherSettings
 
 

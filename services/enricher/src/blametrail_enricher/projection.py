@@ -28,8 +28,14 @@ log = logging.getLogger(__name__)
 APPLIED = Counter("blametrail_projection_rows_total", "Rows written by the projection", ["table"])
 DEAD = Counter("blametrail_projection_dead_letters_total", "Records the projection could not apply")
 
-PROJECTED_TOPICS = ("incident-events", "incident-enrichments", "webhook-audit")
-TABLES = ("incidents", "incident_timeline", "incident_enrichments", "webhook_audit")
+PROJECTED_TOPICS = ("incident-events", "incident-enrichments", "webhook-audit", "incident-suspects")
+TABLES = (
+    "incidents",
+    "incident_timeline",
+    "incident_enrichments",
+    "webhook_audit",
+    "incident_suspects",
+)
 
 _INCIDENT = """
 INSERT INTO {p}incidents AS cur (incident_id, tenant_id, service_id, source, status, severity, title, culprit,
@@ -113,6 +119,13 @@ _COPIED = {  # insert-only tables a sole writer may fill with COPY (see ``bulk``
         ),
     ),
 }
+_SUSPECTS = """
+INSERT INTO {p}incident_suspects AS cur (incident_id, tenant_id, event_id, computed_at, candidates, suspects)
+VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(computed_at)s, %(candidates)s, %(suspects)s)
+ON CONFLICT (incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, computed_at = EXCLUDED.computed_at,
+    candidates = EXCLUDED.candidates, suspects = EXCLUDED.suspects
+WHERE cur.computed_at <= EXCLUDED.computed_at
+"""
 
 
 class Projection:
@@ -140,6 +153,7 @@ class Projection:
                 ("enriched", _ENRICHED),
                 ("failed", _FAILED),
                 ("audit", _AUDIT),
+                ("suspects", _SUSPECTS),
             )
         ]
 

@@ -8,11 +8,11 @@ import psycopg
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.logging import configure_logging
+from blametrail_common.runner import run_with_health
 from blametrail_common.settings import KafkaSettings, PostgresSettings
 from blametrail_common.topics import topic_name
 
 from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
-from blametrail_enricher.runtime import run_with_health
 from blametrail_enricher.settings import ProjectionSettings
 
 

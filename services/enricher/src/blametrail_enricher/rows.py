@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from blametrail_common.events import DecodeError, decode
 from blametrail_common.events.audit import WebhookAuditedV1
+from blametrail_common.events.deploys import IncidentSuspectsV1
 from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentEnrichmentFailedV1
 from blametrail_common.events.incidents import (
     IncidentAssignedV1,
@@ -46,11 +47,22 @@ class Rows:
     enriched: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    suspects: list[dict[str, Any]] = field(default_factory=list)
     undecodable: list[tuple[Any, str]] = field(default_factory=list)  # (record, reason)
 
     def __len__(self) -> int:
         return sum(
-            map(len, (self.incidents, self.timeline, self.enriched, self.failed, self.audit))
+            map(
+                len,
+                (
+                    self.incidents,
+                    self.timeline,
+                    self.enriched,
+                    self.failed,
+                    self.audit,
+                    self.suspects,
+                ),
+            )
         )
 
 
@@ -119,6 +131,18 @@ def rows_for(records: list[Any]) -> Rows:
             )
         elif isinstance(p, WebhookAuditedV1):
             out.audit.append(_audit(env.id, p))
+        elif isinstance(p, IncidentSuspectsV1):
+            suspects, _ = pg_json([s.model_dump(mode="json") for s in p.suspects])
+            out.suspects.append(
+                {
+                    "incident_id": p.incident_id,
+                    "tenant_id": p.tenant_id,
+                    "event_id": env.id,
+                    "computed_at": p.computed_at,
+                    "candidates": p.candidates,
+                    "suspects": _jsonb(suspects),
+                }
+            )
         else:
             out.undecodable.append((record, f"event {env.type} is not for the projection"))
     return out

@@ -10,6 +10,7 @@ import contextlib
 import html
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -28,6 +29,8 @@ from blametrail_mappings_api.schemas import (
     ConnectionCreate,
     ConnectionOut,
     ConnectionPatch,
+    DeployCreate,
+    DeployOut,
     MappingCreate,
     MappingOut,
     MappingPatch,
@@ -310,8 +313,38 @@ async def get_incident(c: Ctx) -> Response:
             "fetched_at": enrichment["fetched_at"],
             **(enrichment["record"] or {}),
         },
+        "suspects": None
+        if found["suspects"] is None
+        else {
+            "computed_at": found["suspects"]["computed_at"],
+            "candidates": found["suspects"]["candidates"],
+            "ranked": found["suspects"]["suspects"],
+        },
     }
     return JSONResponse(_plain(body))
+
+
+def _deploy(row: Row) -> dict[str, Any]:
+    return {k: row[k] for k in DeployOut.model_fields}
+
+
+async def create_deploy(c: Ctx) -> Response:
+    row, created = await c.repo.create_deploy(c.org, (await c.body(DeployCreate)))
+    return _json(DeployOut, _deploy(row), 201 if created else 200)
+
+
+async def list_deploys(c: Ctx) -> Response:
+    q = c.request.query_params
+    since = None
+    if q.get("since"):
+        try:
+            since = datetime.fromisoformat(q["since"])
+        except ValueError:
+            raise Invalid("since", "since must be an ISO 8601 time") from None
+        if since.tzinfo is None:
+            raise Invalid("since", "since needs a time zone (e.g. Z)")
+    page = await c.repo.list_deploys(c.org, q.get("cursor"), c.limit(), q.get("service"), since)
+    return _page(DeployOut, page, _deploy)
 
 
 async def list_audit(c: Ctx) -> Response:
@@ -332,10 +365,11 @@ class Endpoint:
     paged: bool = False
 
 
-SVC, CONN, MAP = (
+SVC, CONN, MAP, DEP = (
     "/api/v1/services",
     "/api/v1/integrations/sentry/connections",
     "/api/v1/integrations/sentry/mappings",
+    "/api/v1/deploys",
 )
 ENDPOINTS = (
     Endpoint("GET", SVC, list_services, "List services", None, ServiceOut, True),
@@ -402,7 +436,19 @@ ENDPOINTS = (
         "GET",
         "/api/v1/incidents/{id}",
         get_incident,
-        "An incident: state, Sentry link, timeline, enrichment (tags, stacktrace, breadcrumbs, user...)",
+        "An incident: state, Sentry link, timeline, enrichment (tags, stacktrace, breadcrumbs,"
+        " user...) and suspect deploys ranked with each signal's contribution",
+    ),
+    Endpoint(
+        "POST",
+        DEP,
+        create_deploy,
+        "Record a deploy (201; 200 when re-posted)",
+        DeployCreate,
+        DeployOut,
+    ),
+    Endpoint(
+        "GET", DEP, list_deploys, "List deploys (filters: service, since)", None, DeployOut, True
     ),
     Endpoint(
         "GET",

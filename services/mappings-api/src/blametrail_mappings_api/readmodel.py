@@ -89,7 +89,13 @@ class ReadModel:
                     (ident,),
                 )
             ).fetchone()
-        return {**row, "timeline": timeline, "enrichment": enrichment}
+            suspects = await (
+                await conn.execute(
+                    "SELECT computed_at, candidates, suspects FROM incident_suspects WHERE incident_id = %s",
+                    (ident,),
+                )
+            ).fetchone()
+        return {**row, "timeline": timeline, "enrichment": enrichment, "suspects": suspects}
 
     async def _page(
         self,

@@ -21,6 +21,7 @@ from blametrail_common.events import (
     mapping_key,
     new_event,
 )
+from blametrail_common.events.deploys import DeployRecordedV1
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,6 +35,9 @@ Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
 Page = tuple[list[Row], str | None]
+
+
+_DEPLOYS = uuid.UUID("5f0d3a8e-8c8b-4f0e-9d55-2b7c1a9e4d10")  # namespace of deploy ids
 
 
 def create_pool(dsn: str, max_size: int = 10) -> Pool:
@@ -168,6 +172,70 @@ class Repository:
         await enqueue(
             conn, "cp-services", new_event(state, key=state.service_id, tenant=state.tenant_id)
         )
+
+    # -- deploys -------------------------------------------------------------------------------
+    async def create_deploy(self, org: str, body: dict[str, Any]) -> tuple[Row, bool]:
+        """Record a deploy; the same deploy posted again updates it. Returns (row, created)."""
+        start = body["started_at"] or body["finished_at"]
+        natural = ":".join(
+            (
+                org,
+                body["service_id"],
+                body["environment"] or "",
+                body["version"] or "",
+                start.isoformat(),
+            )
+        )
+        values = {"id": uuid.uuid5(_DEPLOYS, natural), "org_id": org, **body}
+        cols = ", ".join(values)
+        marks = ", ".join(["%s"] * len(values))
+        updates = ", ".join(f"{k} = EXCLUDED.{k}" for k in body if k != "service_id")
+        async with self._tx() as conn:
+            await self._must_own(conn, "services", org, body["service_id"], "service_id")
+            cur = await conn.execute(
+                f"INSERT INTO deploys ({cols}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE"  # noqa: S608
+                f" SET {updates}, updated_at = now() RETURNING *, (xmax = 0) AS created".encode(),
+                list(values.values()),
+            )
+            row: Row | None = await cur.fetchone()
+            assert row is not None
+            created = bool(row.pop("created"))
+            state = DeployRecordedV1(
+                deploy_id=str(row["id"]),
+                tenant_id=str(row["org_id"]),
+                service_id=str(row["service_id"]),
+                version=row["version"],
+                environment=row["environment"],
+                commit_sha=row["commit_sha"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                author=row["author"],
+                url=row["url"],
+                changed_paths=row["changed_paths"],
+                source=row["source"],
+                recorded_at=row["updated_at"],
+            )
+            await enqueue(
+                conn, "deploys", new_event(state, key=state.deploy_id, tenant=state.tenant_id)
+            )
+            return row, created
+
+    async def list_deploys(
+        self,
+        org: str,
+        cursor: str | None,
+        limit: int,
+        service_id: str | None,
+        since: datetime | None,
+    ) -> Page:
+        where, args = "", list[Any]()
+        if service_id is not None:
+            where += " AND service_id = %s"
+            args.append(_uuid(service_id, "service_id"))
+        if since is not None:
+            where += " AND coalesce(finished_at, started_at) >= %s"
+            args.append(since)
+        return await self._page("deploys", org, cursor, limit, where, tuple(args))
 
     # -- connections ---------------------------------------------------------------------------
     async def list_connections(self, org: str, cursor: str | None, limit: int) -> Page:

@@ -6,12 +6,22 @@ from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 __all__ = [
     "ConnectionCreate",
     "ConnectionOut",
     "ConnectionPatch",
+    "DeployCreate",
+    "DeployOut",
     "MappingCreate",
     "MappingOut",
     "MappingPatch",
@@ -121,5 +131,46 @@ class MappingOut(BaseModel):
     sentry_project_id: str | None
     service_id: str
     active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class DeployCreate(_In):
+    service_id: str
+    version: Text | None = Field(default=None, description="release, e.g. checkout-api@2.14.0")
+    environment: Annotated[str, StringConstraints(max_length=64)] | None = None
+    commit_sha: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{7,64}$")] | None = None
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+    author: Text | None = None
+    url: Text | None = None
+    changed_paths: list[Annotated[str, StringConstraints(min_length=1, max_length=1000)]] | None = (
+        Field(default=None, max_length=10_000, description="repository-relative; omit if unknown")
+    )
+
+    @model_validator(mode="after")
+    def _times(self) -> DeployCreate:
+        if self.started_at is None and self.finished_at is None:
+            raise ValueError("started_at or finished_at is required")
+        if self.started_at and self.finished_at and self.finished_at < self.started_at:
+            raise ValueError("finished_at is before started_at")
+        return self
+
+
+class DeployOut(BaseModel):
+    id: str
+    service_id: str
+    version: str | None
+    environment: str | None
+    commit_sha: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    author: str | None
+    url: str | None
+    changed_paths: list[str] | None
+    source: str
     created_at: datetime
     updated_at: datetime

@@ -48,6 +48,7 @@ CHECKSUM_KEYS = {
     "incident_timeline": "event_id",
     "incident_enrichments": "incident_id",
     "webhook_audit": "event_id",
+    "incident_suspects": "incident_id",
 }
 Report = Callable[[int, int], None]  # (records applied so far, records to apply known so far)
 

@@ -1,0 +1,179 @@
+"""Pure: which incidents to score again when an event arrives, and the ``incident.suspects`` event.
+
+:class:`SuspectState` holds the deploys (every one: the compacted ``deploys`` topic is small)
+and the recent incidents (latest lifecycle event and enrichment, a bounded LRU). Each ``on_*``
+method takes one decoded event and returns the suspects events to publish: an incident is scored
+when it opens or changes, when its enrichment arrives (release, environment and frames sharpen
+the signals), and when a deploy of one of its services arrives late, within the lookback before
+its first-seen. An incident whose ranking did not change gets no new event.
+
+Output is deterministic: ``computed_at`` is the newest input's own time (never the clock) and
+the event id derives from the incident and that ranking, so a replay gives the same events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from blametrail_common.events import Envelope, new_event
+from blametrail_common.events.deploys import (
+    DeployRecordedV1,
+    IncidentSuspectsV1,
+    SuspectSignal,
+    SuspectV1,
+)
+from blametrail_common.events.enrichment import IncidentEnrichedV1
+from blametrail_common.events.incidents import IncidentEvent
+
+from blametrail_suspects.facts import facts_from_events
+from blametrail_suspects.model import Deploy, Suspect
+from blametrail_suspects.scoring import DEFAULT_CLOCK_SKEW, DEFAULT_LOOKBACK, score
+
+__all__ = ["TOP", "SuspectState", "deploy_of"]
+
+TOP = 5  # suspects kept per incident
+SKEW = DEFAULT_CLOCK_SKEW.total_seconds()
+_NS = uuid.UUID("0b5c7a52-3f0e-4d55-9a8e-5d1c2f6b9e11")
+
+
+def deploy_of(p: DeployRecordedV1) -> Deploy:
+    return Deploy(
+        id=p.deploy_id,
+        service=p.service_id,
+        version=p.version,
+        environment=p.environment,
+        commit_sha=p.commit_sha,
+        started_at=p.started_at,
+        finished_at=p.finished_at,
+        author=p.author,
+        url=p.url,
+        changed_paths=None if p.changed_paths is None else tuple(p.changed_paths),
+    )
+
+
+@dataclass
+class _Incident:
+    event: IncidentEvent
+    enrichment: IncidentEnrichedV1 | None = None
+    last: str | None = None  # fingerprint of the last ranking published
+
+
+class SuspectState:
+    def __init__(
+        self, max_incidents: int = 100_000, lookback: timedelta = DEFAULT_LOOKBACK
+    ) -> None:
+        self.deploys: dict[str, tuple[Deploy, DeployRecordedV1]] = {}
+        self.incidents: OrderedDict[str, _Incident] = OrderedDict()
+        self.max_incidents, self.lookback = max_incidents, lookback
+
+    def remember(self, p: DeployRecordedV1) -> Deploy:
+        deploy = deploy_of(p)
+        self.deploys[p.deploy_id] = (deploy, p)
+        return deploy
+
+    def on_deploy(self, p: DeployRecordedV1) -> list[Envelope[IncidentSuspectsV1]]:
+        """Remember the deploy; score again the incidents it may have caused."""
+        deploy = self.remember(p)
+        out = []
+        for incident_id, known in list(self.incidents.items()):
+            first_seen = known.event.snapshot.first_seen or known.event.status_at
+            gap = first_seen.timestamp() - deploy.start_ts
+            if (
+                known.event.service_id == deploy.service
+                and -SKEW <= gap <= self.lookback.total_seconds()
+            ):
+                out += self._score(incident_id, known)
+        return out
+
+    def on_incident(self, p: IncidentEvent) -> list[Envelope[IncidentSuspectsV1]]:
+        known = self.incidents.get(p.incident_id)
+        if known is None:
+            known = _Incident(p)
+            self.incidents[p.incident_id] = known
+            while len(self.incidents) > self.max_incidents:
+                self.incidents.popitem(last=False)
+        elif p.status_at >= known.event.status_at:
+            known.event = p
+        self.incidents.move_to_end(p.incident_id)
+        return self._score(p.incident_id, known)
+
+    def on_enrichment(self, p: IncidentEnrichedV1) -> list[Envelope[IncidentSuspectsV1]]:
+        known = self.incidents.get(p.incident_id)
+        if known is None:  # enrichment of an incident this process never saw (e.g. restarted)
+            return []
+        if known.enrichment is None or p.fetched_at >= known.enrichment.fetched_at:
+            known.enrichment = p
+        return self._score(p.incident_id, known)
+
+    def _candidates(self, services: tuple[str, ...], first_seen: float) -> int:
+        """How many deploys the scoring considered (it ranks them all, keeps the best ``TOP``)."""
+        low, high = first_seen - self.lookback.total_seconds(), first_seen + SKEW
+        return sum(
+            1
+            for d, _ in self.deploys.values()
+            if d.service in services and low <= (d.finish_ts or d.start_ts) and d.start_ts <= high
+        )
+
+    def _score(self, incident_id: str, known: _Incident) -> list[Envelope[IncidentSuspectsV1]]:
+        event = known.event
+        facts = facts_from_events(event, known.enrichment)
+        ranked = score(
+            facts, (d for d, _ in self.deploys.values()), lookback=self.lookback, limit=TOP
+        )
+        times = [event.status_at]
+        if known.enrichment is not None:
+            times.append(known.enrichment.fetched_at)
+        times += [self.deploys[s.deploy.id][1].recorded_at for s in ranked]
+        suspects = [_suspect(s) for s in ranked]
+        fingerprint = hashlib.sha256(
+            "|".join(s.model_dump_json() for s in suspects).encode()
+        ).hexdigest()
+        if fingerprint == known.last:
+            return []
+        known.last = fingerprint
+        payload = IncidentSuspectsV1(
+            incident_id=incident_id,
+            tenant_id=event.tenant_id,
+            computed_at=max(times),
+            candidates=self._candidates(facts.services, facts.first_seen.timestamp()),
+            suspects=suspects,
+        )
+        return [
+            new_event(
+                payload,
+                key=incident_id,
+                tenant=event.tenant_id,
+                occurred_at=payload.computed_at,
+                event_id=uuid.uuid5(_NS, f"{incident_id}:{fingerprint}"),
+                produced_at=payload.computed_at,
+            )
+        ]
+
+
+def _suspect(s: Suspect) -> SuspectV1:
+    d = s.deploy
+    return SuspectV1(
+        deploy_id=d.id,
+        service_id=d.service,
+        version=d.version,
+        environment=d.environment,
+        finished_at=d.finished_at,
+        url=d.url,
+        score=round(s.score, 4),
+        explain=s.explain,
+        signals=[
+            SuspectSignal(
+                name=g.name,
+                value=round(g.value, 4),
+                weight=round(g.weight, 4),
+                contribution=round(g.contribution, 4),
+                imputed=g.imputed,
+                detail=g.detail,
+            )
+            for g in s.signals
+        ],
+    )

@@ -1,0 +1,73 @@
+"""The suspects worker: incident, enrichment and deploy events in, ``incident.suspects`` out.
+
+At start every deploy is loaded from the compacted ``deploys`` topic; then one consumer group
+reads incidents, enrichments and deploys, :class:`~blametrail_suspects.state.SuspectState`
+decides what to score, and a batch's offsets are committed only after its suspects events
+were acknowledged. Undecodable records go to the dead-letter topic of their source.
+
+Known limit: the recent incidents are process memory. After a restart, a late deploy re-scores
+only incidents seen since (each incident is scored again anyway on its next event or enrichment).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from blametrail_common.events import DecodeError, Envelope, decode
+from blametrail_common.events.deploys import DeployRecordedV1, IncidentSuspectsV1
+from blametrail_common.events.enrichment import IncidentEnrichedV1
+from blametrail_common.events.incidents import IncidentEvent
+from blametrail_common.kafka import EventProducer, publish_to_dlq
+from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.settings import KafkaSettings
+from prometheus_client import Counter
+
+from blametrail_suspects.state import SuspectState
+
+__all__ = ["INPUTS", "SuspectsWorker"]
+
+log = logging.getLogger(__name__)
+INPUTS = ("incident-events", "incident-enrichments", "deploys")
+EMITTED = Counter("blametrail_suspects_events_total", "incident.suspects events published")
+
+
+class SuspectsWorker:
+    def __init__(self, state: SuspectState, producer: EventProducer) -> None:
+        self.state, self.producer = state, producer
+
+    async def load_deploys(self, kafka: KafkaSettings) -> int:
+        """Every deploy recorded so far, from the compacted topic (no scoring for these)."""
+        table = CompactedTable(kafka, "deploys", DeployRecordedV1)
+        await table.start()
+        try:
+            await table.ready.wait()
+            for p in table.values():
+                self.state.remember(p)
+            return len(table)
+        finally:
+            await table.stop()
+
+    async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        out: list[tuple[str, Envelope[IncidentSuspectsV1]]] = []
+        for record in records:
+            try:
+                p: Any = decode(record.value or b"").payload
+            except DecodeError as exc:
+                logical = record.topic.removeprefix(self.producer.prefix)
+                await publish_to_dlq(self.producer, f"{logical}-dlq", record, str(exc), exc)
+                continue
+            if isinstance(p, DeployRecordedV1):
+                found = self.state.on_deploy(p)
+            elif isinstance(p, IncidentEnrichedV1):
+                found = self.state.on_enrichment(p)
+            elif isinstance(p, IncidentEvent):
+                found = self.state.on_incident(p)
+            else:  # enrichment failures and the like: nothing to score
+                continue
+            out += [("incident-suspects", env) for env in found]
+        if out:
+            await self.producer.send_many(out)
+            EMITTED.inc(len(out))
