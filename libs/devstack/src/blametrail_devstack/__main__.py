@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"demo incident {incident['incident_id']}: {incident['title']!r} on {incident['service_id']}, "
             f"status {incident['status']}, enrichment {incident['enrichment']['status']}"
         )
+        top = incident["suspects"]["ranked"][0]
+        print(f"top suspect: {top['version']} (score {top['score']:.2f}): {top['explain']}")
     elif args.command == "services-down":
         stop_all()
     else:

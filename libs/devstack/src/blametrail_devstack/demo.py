@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -59,6 +60,8 @@ def seed(env: dict[str, str]) -> dict[str, str]:
                 },
             )
         )
+        for deploy in _demo_deploys(svc["id"]):
+            _ok(api.post("/api/v1/deploys", json=deploy))
     return {
         "BLAMETRAIL_DEMO_API_KEY": key,
         "BLAMETRAIL_DEMO_WEBHOOK_URL": conn["webhook_url"],
@@ -66,30 +69,69 @@ def seed(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+# The fixture issue was first seen at 2026-03-14T09:26:53Z, in release checkout-api@2.14.0, with
+# in-app frames in checkout/views.py and checkout/pricing.py.
+_FIRST_SEEN = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
+
+
+def _demo_deploys(service_id: str) -> list[dict[str, Any]]:
+    """A small deploy history around the demo incident: the cause, an older one, a later noise."""
+
+    def deploy(version: str, minutes_before: int, paths: list[str]) -> dict[str, Any]:
+        finished = _FIRST_SEEN - timedelta(minutes=minutes_before)
+        return {
+            "service_id": service_id,
+            "version": version,
+            "environment": "production",
+            "started_at": (finished - timedelta(minutes=4)).isoformat(),
+            "finished_at": finished.isoformat(),
+            "author": "dev@example.com",
+            "changed_paths": paths,
+        }
+
+    return [
+        deploy("checkout-api@2.13.0", 26 * 60, ["checkout/cart.py"]),
+        deploy("checkout-api@2.14.0", 7, ["checkout/pricing.py", "checkout/currency.py"]),
+        deploy("checkout-api@2.14.0-config", 2, ["deploy/values.yaml"]),
+    ]
+
+
 def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
-    """Post the signed ``issue.created`` fixture (re-signed with the demo secret); wait for the incident."""
+    """Post the signed ``issue.created`` fixture (re-signed with the demo secret); wait for the incident.
+
+    The connection and mapping were created a moment ago and reach ingest and the normalizer
+    through the outbox and the control-plane topics: until ingest knows the connection it answers
+    404 (retried here); if the mapping had not reached the normalizer yet, the webhook was
+    audited as unmapped, and the demo does what an operator would do then
+    (``blametrail replay reprocess-ignored``)."""
     from blametrail_ingest.signature import sign
 
     body, headers = signed_fixture("issue.created")
     headers = {**headers, "Sentry-Hook-Signature": sign(body, env["BLAMETRAIL_DEMO_CLIENT_SECRET"])}
-    _ok(
-        httpx.post(
-            env["BLAMETRAIL_DEMO_WEBHOOK_URL"].replace(
-                "https://hooks.example", env["BLAMETRAIL_INGEST_URL"]
-            ),
-            content=body,
-            headers=headers,
-            timeout=10,
-        )
+    url = env["BLAMETRAIL_DEMO_WEBHOOK_URL"].replace(
+        "https://hooks.example", env["BLAMETRAIL_INGEST_URL"]
     )
+    for _ in range(60):
+        resp = httpx.post(url, content=body, headers=headers, timeout=10)
+        if resp.status_code != 404:
+            break
+        time.sleep(0.5)  # the connection is not known to ingest yet
+    _ok(resp)
     auth = {"Authorization": f"Bearer {env['BLAMETRAIL_DEMO_API_KEY']}"}
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline, reprocessed = started + timeout_s, False
     with httpx.Client(base_url=env["BLAMETRAIL_API_URL"], headers=auth, timeout=10) as api:
         while time.monotonic() < deadline:
             items = _ok(api.get("/api/v1/incidents"))["items"]
+            if not items and not reprocessed and time.monotonic() - started > 10:
+                reprocessed = True
+                command = ["replay", "reprocess-ignored", "--project", "checkout-api", "--yes"]
+                subprocess.run(
+                    [sys.executable, "-m", "blametrail_common.cli", *command], check=True
+                )
             if items:
                 incident = _ok(api.get(f"/api/v1/incidents/{items[0]['incident_id']}"))
-                if incident.get("enrichment"):
+                if incident.get("enrichment") and incident.get("suspects"):
                     return dict(incident)
             time.sleep(0.5)
     raise RuntimeError("the demo incident did not appear in time; see .local/run/*.log")
