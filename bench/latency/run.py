@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from blametrail_common.signature import sign
 from blametrail_common.testing import signed_fixture
 from blametrail_devstack.__main__ import read_env
-from blametrail_ingest.signature import sign
 from rich.console import Console
 from rich.table import Table
 

@@ -34,6 +34,7 @@ from blametrail_common.topics import TOPICS
 from blametrail_devstack.services import SERVICES
 from blametrail_enricher.settings import EnricherSettings, ProjectionSettings
 from blametrail_ingest.settings import IngestSettings
+from blametrail_mappings_api.sentry_ui import SentryUiSettings
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_suspects.settings import SuspectsSettings
@@ -50,7 +51,13 @@ COMMON: tuple[type[BaseBlametrailSettings], ...] = (KafkaSettings, LogSettings)
 # Settings classes each entry module builds (see each __main__.py / projector.py).
 READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     "blametrail_ingest": (*COMMON, IngestSettings, SecretsSettings),
-    "blametrail_mappings_api": (*COMMON, ApiSettings, PostgresSettings, SecretsSettings),
+    "blametrail_mappings_api": (
+        *COMMON,
+        ApiSettings,
+        PostgresSettings,
+        SecretsSettings,
+        SentryUiSettings,
+    ),
     "blametrail_normalizer": (*COMMON, NormalizerSettings),
     "blametrail_enricher": (*COMMON, EnricherSettings, SecretsSettings),
     "blametrail_enricher.projector": (*COMMON, ProjectionSettings, PostgresSettings),

@@ -18,6 +18,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
+from blametrail_common.signature import sign
 from blametrail_common.testing import signed_fixture
 from blametrail_common.topics import topic_name
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
@@ -25,7 +26,6 @@ from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
 from blametrail_ingest.connections import ConnectionSecrets
-from blametrail_ingest.signature import sign
 from blametrail_ingest.testing import make_settings, running_ingest
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.outbox import Relay

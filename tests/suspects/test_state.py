@@ -138,3 +138,25 @@ def test_output_is_deterministic() -> None:
 
 def test_enrichment_of_an_unknown_incident_waits_for_the_incident() -> None:
     assert SuspectState().on_enrichment(enriched("svc@1", "a.py")) == []
+
+
+def test_a_release_unknown_to_the_history_is_imported_from_sentrys_last_deploy() -> None:
+    state = SuspectState()
+    state.on_incident(opened())
+    record = enriched("svc@3.0", "a.py")
+    assert record.release is not None
+    release = record.release.model_copy(
+        update={
+            "last_deploy_environment": "production",
+            "last_deploy_started": "2026-05-04T11:40:00Z",
+            "last_deploy_finished": "2026-05-04T11:45:00Z",
+            "commit": "abc1234",
+        }
+    )
+    out = state.on_enrichment(record.model_copy(update={"release": release}))
+    deploy, suspects = (e.payload for e in out)
+    assert isinstance(deploy, DeployRecordedV1)
+    assert (deploy.source, deploy.version, deploy.service_id) == ("sentry", "svc@3.0", "svc")
+    assert suspects.suspects[0].deploy_id == deploy.deploy_id  # scored at once, as the release
+    again = state.on_enrichment(record.model_copy(update={"release": release}))
+    assert again == []  # known now: not imported twice, and the ranking did not change

@@ -16,9 +16,9 @@ from blametrail_common.events import ConnectionStateV1, new_event
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
+from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
 from blametrail_ingest.connections import ConnectionSecrets
-from blametrail_ingest.signature import sign
 from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

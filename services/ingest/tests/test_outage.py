@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 from blametrail_common.settings import KafkaSettings
+from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
-from blametrail_ingest.signature import sign
 from blametrail_ingest.spool import Spool, SpoolFull
 from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
 

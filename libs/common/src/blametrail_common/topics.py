@@ -75,8 +75,8 @@ _INCIDENTS = TopicSpec(
     partitions=6,
     cleanup_policy="delete",
     retention_ms=FOREVER,  # projections are rebuilt from offset zero
-    producers=("normalizer",),
-    consumers=("enricher", "projection"),
+    producers=("normalizer", "mappings-api"),  # the API: incidents created from Sentry's issue link
+    consumers=("enricher", "projection", "suspects"),
 )
 _ENRICHMENTS = TopicSpec(
     name="incident-enrichments",
@@ -86,7 +86,7 @@ _ENRICHMENTS = TopicSpec(
     cleanup_policy="delete",
     retention_ms=FOREVER,
     producers=("enricher",),
-    consumers=("projection",),
+    consumers=("projection", "suspects"),
 )
 _AUDIT = TopicSpec(
     name="webhook-audit",
@@ -113,8 +113,8 @@ _DEPLOYS = TopicSpec(
     description="Deploys of services (recorded through the API or imported from Sentry); latest per key.",
     partitions=3,
     cleanup_policy="compact",
-    producers=("mappings-api",),
-    consumers=("suspects",),
+    producers=("mappings-api", "suspects"),  # suspects: releases Sentry reported, unknown here
+    consumers=("suspects", "mappings-api"),
 )
 _SERVICES = TopicSpec(
     name="cp-services",

@@ -104,7 +104,7 @@ def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
     404 (retried here); if the mapping had not reached the normalizer yet, the webhook was
     audited as unmapped, and the demo does what an operator would do then
     (``blametrail replay reprocess-ignored``)."""
-    from blametrail_ingest.signature import sign
+    from blametrail_common.signature import sign
 
     body, headers = signed_fixture("issue.created")
     headers = {**headers, "Sentry-Hook-Signature": sign(body, env["BLAMETRAIL_DEMO_CLIENT_SECRET"])}

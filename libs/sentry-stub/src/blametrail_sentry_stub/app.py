@@ -219,6 +219,37 @@ async def external_issues(request: Request, state: StubState, token: Token | Non
     return JSONResponse(record, 201)
 
 
+def _same_org(request: Request, token: Token | None) -> Response | None:
+    if token is not None and token.org_slug != request.path_params["org"]:
+        return JSONResponse({"detail": "You do not have permission to perform this action."}, 403)
+    return None
+
+
+async def releases(request: Request, state: StubState, token: Token | None) -> Response:
+    denied = _same_org(request, token)
+    if denied is not None:
+        return denied
+    found = state.releases.get(request.path_params["org"], [])
+    version = request.path_params.get("version")
+    if version is None:
+        per_page = int(request.query_params.get("per_page", "100"))
+        return JSONResponse(found[:per_page])
+    one = next((r for r in found if r.get("version") == version), None)
+    if one is None:
+        return JSONResponse({"detail": "The requested resource does not exist"}, 404)
+    return JSONResponse(one)
+
+
+async def release_deploys(request: Request, state: StubState, token: Token | None) -> Response:
+    denied = _same_org(request, token)
+    if denied is not None:
+        return denied
+    key = (request.path_params["org"], request.path_params["version"])
+    if not any(r.get("version") == key[1] for r in state.releases.get(key[0], [])):
+        return JSONResponse({"detail": "The requested resource does not exist"}, 404)
+    return JSONResponse(state.deploys.get(key, []))
+
+
 def _control_routes(state: StubState) -> list[Route]:
     async def faults(request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -264,6 +295,14 @@ def create_app(state: StubState) -> Starlette:
         ),
         Route(
             "/api/0/organizations/{org}/issues/{issue_id}/tags/", _guard("tags", issue_tags, state)
+        ),
+        Route("/api/0/organizations/{org}/releases/", _guard("releases", releases, state)),
+        Route(
+            "/api/0/organizations/{org}/releases/{version}/", _guard("releases", releases, state)
+        ),
+        Route(
+            "/api/0/organizations/{org}/releases/{version}/deploys/",
+            _guard("deploys", release_deploys, state),
         ),
         Route(
             f"{inst}/authorizations/",

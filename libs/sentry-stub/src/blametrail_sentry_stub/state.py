@@ -58,6 +58,8 @@ class StubState:
     installations: dict[str, Installation] = field(default_factory=dict)
     grants: dict[str, tuple[str, float]] = field(default_factory=dict)  # code -> (inst, expiry)
     external_issues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    releases: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # org -> newest first
+    deploys: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from blametrail_common import signature
 from blametrail_common.events import Envelope, WebhookReceivedV1, body_sha256, encode, new_event
 from blametrail_common.health import health_routes
 from prometheus_client import Counter
@@ -19,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from blametrail_ingest import payload, signature
+from blametrail_ingest import payload
 from blametrail_ingest.connections import SecretsLookup
 from blametrail_ingest.publisher import Unavailable, WebhookPublisher
 from blametrail_ingest.settings import IngestSettings

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
-from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.logging import configure_logging
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
 from starlette.applications import Starlette
 
 from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.deploy_import import SentryDeployStore
 from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
@@ -26,7 +27,16 @@ async def serve() -> None:
     pool = create_pool(dsn, settings.pool_max)
     producer = EventProducer(create_producer(kafka), kafka)
     relay = Relay(pool, producer)
+    store = SentryDeployStore(pool)
+    consumer = create_consumer(kafka, ["deploys"], settings.deploy_store_group)
     stop = asyncio.Event()
+
+    async def store_deploys() -> None:
+        await consumer.start()
+        try:
+            await run_batches(consumer, store.handle, stop)
+        finally:
+            await consumer.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -35,10 +45,12 @@ async def serve() -> None:
         if settings.relay_enabled:
             await producer.start()
             task = asyncio.create_task(relay.run(stop, dsn))
+        deploys = asyncio.create_task(store_deploys())
         try:
             yield
         finally:
             stop.set()
+            await deploys
             if task is not None:
                 await task
                 await producer.stop()

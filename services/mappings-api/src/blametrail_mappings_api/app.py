@@ -38,6 +38,7 @@ from blametrail_mappings_api.schemas import (
     ServiceOut,
     ServicePatch,
 )
+from blametrail_mappings_api.sentry_ui import ui_routes
 from blametrail_mappings_api.settings import ApiSettings
 
 __all__ = ["create_app"]
@@ -601,6 +602,7 @@ def create_app(
 
     routes: list[BaseRoute] = [route(e) for e in ENDPOINTS]
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs), *health_routes(checks)]
+    routes += ui_routes(repo.pool, repo.box, settings.public_ingest_url)
     return Starlette(
         routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan
     )

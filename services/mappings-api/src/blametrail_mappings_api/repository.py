@@ -21,7 +21,7 @@ from blametrail_common.events import (
     mapping_key,
     new_event,
 )
-from blametrail_common.events.deploys import DeployRecordedV1
+from blametrail_common.events.deploys import DeployRecordedV1, deploy_id_for
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,9 +35,6 @@ Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
 Page = tuple[list[Row], str | None]
-
-
-_DEPLOYS = uuid.UUID("5f0d3a8e-8c8b-4f0e-9d55-2b7c1a9e4d10")  # namespace of deploy ids
 
 
 def create_pool(dsn: str, max_size: int = 10) -> Pool:
@@ -177,16 +174,8 @@ class Repository:
     async def create_deploy(self, org: str, body: dict[str, Any]) -> tuple[Row, bool]:
         """Record a deploy; the same deploy posted again updates it. Returns (row, created)."""
         start = body["started_at"] or body["finished_at"]
-        natural = ":".join(
-            (
-                org,
-                body["service_id"],
-                body["environment"] or "",
-                body["version"] or "",
-                start.isoformat(),
-            )
-        )
-        values = {"id": uuid.uuid5(_DEPLOYS, natural), "org_id": org, **body}
+        ident = deploy_id_for(org, body["service_id"], body["environment"], body["version"], start)
+        values = {"id": ident, "org_id": org, **body}
         cols = ", ".join(values)
         marks = ", ".join(["%s"] * len(values))
         updates = ", ".join(f"{k} = EXCLUDED.{k}" for k in body if k != "service_id")

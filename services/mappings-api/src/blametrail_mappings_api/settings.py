@@ -17,3 +17,6 @@ class ApiSettings(BaseBlametrailSettings):
     """Base URL Sentry reaches ingest at; shown in each connection's webhook URL."""
     pool_max: int = Field(default=10, validation_alias=f"{PREFIX}API_POOL_MAX")
     relay_enabled: bool = Field(default=True, validation_alias=f"{PREFIX}API_RELAY_ENABLED")
+    deploy_store_group: str = Field(
+        default="blametrail-api-deploys", validation_alias=f"{PREFIX}API_DEPLOY_STORE_GROUP"
+    )

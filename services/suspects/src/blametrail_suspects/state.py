@@ -17,7 +17,8 @@ import hashlib
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from blametrail_common.events import Envelope, new_event
 from blametrail_common.events.deploys import (
@@ -25,6 +26,7 @@ from blametrail_common.events.deploys import (
     IncidentSuspectsV1,
     SuspectSignal,
     SuspectV1,
+    deploy_id_for,
 )
 from blametrail_common.events.enrichment import IncidentEnrichedV1
 from blametrail_common.events.incidents import IncidentEvent
@@ -101,13 +103,60 @@ class SuspectState:
         self.incidents.move_to_end(p.incident_id)
         return self._score(p.incident_id, known)
 
-    def on_enrichment(self, p: IncidentEnrichedV1) -> list[Envelope[IncidentSuspectsV1]]:
+    def on_enrichment(self, p: IncidentEnrichedV1) -> list[Envelope[Any]]:
+        """Score with the event's facts. A release no deploy of the service is known for, but whose
+        last deploy Sentry reports, is imported first: a ``deploy.recorded`` (source ``sentry``)
+        is returned before the suspects, for the ``deploys`` topic."""
         known = self.incidents.get(p.incident_id)
         if known is None:  # enrichment of an incident this process never saw (e.g. restarted)
             return []
         if known.enrichment is None or p.fetched_at >= known.enrichment.fetched_at:
             known.enrichment = p
-        return self._score(p.incident_id, known)
+        out: list[Envelope[Any]] = []
+        imported = self._release_deploy(known.event, p)
+        if imported is not None:
+            self.remember(imported)
+            out.append(
+                new_event(
+                    imported,
+                    key=imported.deploy_id,
+                    tenant=imported.tenant_id,
+                    occurred_at=imported.recorded_at,
+                    event_id=uuid.uuid5(_NS, f"{imported.deploy_id}:sentry"),
+                    produced_at=imported.recorded_at,
+                )
+            )
+        return out + self._score(p.incident_id, known)
+
+    def _release_deploy(
+        self, incident: IncidentEvent, enrichment: IncidentEnrichedV1
+    ) -> DeployRecordedV1 | None:
+        release = enrichment.release
+        if release is None or any(
+            d.service == incident.service_id and d.version == release.version
+            for d, _ in self.deploys.values()
+        ):
+            return None
+        started = _when(release.last_deploy_started)
+        finished = _when(release.last_deploy_finished)
+        start = started or finished
+        if start is None:
+            return None
+        env = release.last_deploy_environment
+        return DeployRecordedV1(
+            deploy_id=deploy_id_for(
+                incident.tenant_id, incident.service_id, env, release.version, start
+            ),
+            tenant_id=incident.tenant_id,
+            service_id=incident.service_id,
+            version=release.version,
+            environment=env,
+            commit_sha=release.commit,
+            started_at=started,
+            finished_at=finished,
+            source="sentry",
+            recorded_at=enrichment.fetched_at,
+        )
 
     def _candidates(self, services: tuple[str, ...], first_seen: float) -> int:
         """How many deploys the scoring considered (it ranks them all, keeps the best ``TOP``)."""
@@ -152,6 +201,16 @@ class SuspectState:
                 produced_at=payload.computed_at,
             )
         ]
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _suspect(s: Suspect) -> SuspectV1:

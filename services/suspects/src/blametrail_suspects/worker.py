@@ -5,6 +5,10 @@ reads incidents, enrichments and deploys, :class:`~blametrail_suspects.state.Sus
 decides what to score, and a batch's offsets are committed only after its suspects events
 were acknowledged. Undecodable records go to the dead-letter topic of their source.
 
+A release named by an enrichment but unknown to the deploy history is imported from what Sentry
+reported of its last deploy, onto ``deploys`` (the control plane stores it; see
+``blametrail_mappings_api.deploy_import``).
+
 Known limit: the recent incidents are process memory. After a restart, a late deploy re-scores
 only incidents seen since (each incident is scored again anyway on its next event or enrichment).
 """
@@ -31,6 +35,7 @@ __all__ = ["INPUTS", "SuspectsWorker"]
 
 log = logging.getLogger(__name__)
 INPUTS = ("incident-events", "incident-enrichments", "deploys")
+_TOPIC = {IncidentSuspectsV1: "incident-suspects", DeployRecordedV1: "deploys"}
 EMITTED = Counter("blametrail_suspects_events_total", "incident.suspects events published")
 
 
@@ -51,7 +56,7 @@ class SuspectsWorker:
             await table.stop()
 
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        out: list[tuple[str, Envelope[IncidentSuspectsV1]]] = []
+        out: list[tuple[str, Envelope[Any]]] = []
         for record in records:
             try:
                 p: Any = decode(record.value or b"").payload
@@ -67,7 +72,7 @@ class SuspectsWorker:
                 found = self.state.on_incident(p)
             else:  # enrichment failures and the like: nothing to score
                 continue
-            out += [("incident-suspects", env) for env in found]
+            out += [(_TOPIC[type(env.payload)], env) for env in found]
         if out:
             await self.producer.send_many(out)
-            EMITTED.inc(len(out))
+            EMITTED.inc(sum(1 for topic, _ in out if topic == "incident-suspects"))

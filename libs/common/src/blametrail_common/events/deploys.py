@@ -8,13 +8,26 @@ each with the signals behind its score; a newer computation replaces the older o
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from blametrail_common.events.envelope import EventPayload, event_type
 
-__all__ = ["DeployRecordedV1", "IncidentSuspectsV1", "SuspectSignal", "SuspectV1"]
+__all__ = ["DeployRecordedV1", "IncidentSuspectsV1", "SuspectSignal", "SuspectV1", "deploy_id_for"]
+
+_DEPLOYS = uuid.UUID("5f0d3a8e-8c8b-4f0e-9d55-2b7c1a9e4d10")
+
+
+def deploy_id_for(
+    tenant_id: str, service_id: str, environment: str | None, version: str | None, start: datetime
+) -> str:
+    """The deploy's id: one per (tenant, service, environment, version, start), whoever records it
+    (the API, a Sentry import), so recording the same deploy twice updates one row."""
+    natural = ":".join((tenant_id, service_id, environment or "", version or "", start.isoformat()))
+    return str(uuid.uuid5(_DEPLOYS, natural))
 
 
 @event_type("deploy.recorded", 1)

@@ -1,0 +1,502 @@
+"""The Sentry UI-component callbacks over real Postgres and Kafka (PROTOCOL §4)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.events import decode
+from blametrail_common.events.incidents import IncidentOpenedV1, incident_id_for
+from blametrail_common.kafka import EventProducer, create_consumer, create_producer
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.settings import KafkaSettings
+from blametrail_common.signature import sign
+from blametrail_enricher.projection import Projection
+from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.outbox import Relay
+from blametrail_mappings_api.repository import Pool, Repository, create_pool
+from blametrail_mappings_api.sentry_ui import SEVERITIES, SentryUiSettings, ui_routes
+from blametrail_mappings_api.settings import ApiSettings
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+PUBLIC_SECRET = "public-app-secret"
+HOST = "https://hooks.example"
+
+
+@dataclass
+class Tenant:
+    auth: dict[str, str]
+    org: str
+    connection: str
+    secret: str
+    installation: str
+    services: list[str]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    p = create_pool(database_url, 4)
+    await p.open()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def api(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Repository]]:
+    monkeypatch.setenv("BLAMETRAIL_INGEST_PUBLIC_CLIENT_SECRETS", f"old-secret, {PUBLIC_SECRET}")
+    repo = Repository(pool, SecretBox(generate_key()))
+    app = create_app(ApiSettings(public_ingest_url=HOST), repo, {})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as client:
+        yield client, repo
+
+
+async def _tenant(api: tuple[httpx.AsyncClient, Repository], pool: Pool) -> Tenant:
+    client, repo = api
+    slug = f"org-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {await repo.create_api_key(slug)}"}
+    secret = f"secret-{uuid.uuid4().hex}"  # unique: the secret is what names an internal app
+    conn = await client.post(
+        "/api/v1/integrations/sentry/connections",
+        headers=auth,
+        json={
+            "mode": "internal",
+            "sentry_org_slug": f"acme-{uuid.uuid4().hex[:6]}",
+            "client_secret": secret,
+            "auth_token": "sntrys_token",
+        },
+    )
+    assert conn.status_code == 201, conn.text
+    services = []
+    for name in ("Payments", "Storefront"):
+        svc = await client.post(
+            "/api/v1/services", headers=auth, json={"name": name, "slug": name.lower()}
+        )
+        assert svc.status_code == 201, svc.text
+        services.append(svc.json()["id"])
+    async with pool.connection() as c:
+        row = await (
+            await c.execute("SELECT id FROM organizations WHERE slug = %s", (slug,))
+        ).fetchone()
+    assert row is not None
+    return Tenant(auth, str(row["id"]), conn.json()["id"], secret, str(uuid.uuid4()), services)
+
+
+async def _post(
+    client: httpx.AsyncClient, path: str, doc: dict[str, Any], secret: str | None, **headers: str
+) -> httpx.Response:
+    body = orjson.dumps(doc)
+    signed = {"Sentry-App-Signature": sign(body, secret)} if secret is not None else {}
+    return await client.post(
+        path,
+        content=body,
+        headers={"Content-Type": "application/json", "Request-ID": uuid.uuid4().hex}
+        | signed
+        | headers,
+    )
+
+
+async def _options(client: httpx.AsyncClient, what: str, t: Tenant, **query: str) -> Any:
+    got = await client.get(
+        f"/sentry/options/{what}",
+        params={"installationId": t.installation, **query},
+        headers={"Sentry-App-Signature": sign(b"", t.secret)},  # GETs sign the empty string
+    )
+    assert got.status_code == 200, got.text
+    return got.json()
+
+
+def _action(t: Tenant, **settings: str) -> dict[str, Any]:
+    return {
+        "fields": [{"name": k, "value": v} for k, v in settings.items()],
+        "installationId": t.installation,
+    }
+
+
+def _issue_link(t: Tenant, issue_id: int, **fields: str) -> dict[str, Any]:
+    """Shaped like fixtures/ui-components/issue-link.create.request.json."""
+    return {
+        "fields": fields,
+        "issueId": issue_id,
+        "installationId": t.installation,
+        "webUrl": f"https://acme.sentry.io/issues/{issue_id}/",
+        "project": {"slug": "checkout-api", "id": 4505123456789012},
+        "actor": {"type": "user", "id": 2345678, "name": "Dana Ortiz"},
+    }
+
+
+async def test_every_call_must_carry_a_valid_sentry_app_signature(api: Any, pool: Pool) -> None:
+    client = api[0]
+    t = await _tenant(api, pool)
+    doc = _action(t, severity="sev2", service=t.services[0])
+    missing = await _post(client, "/sentry/alert-rule-action", doc, None)
+    assert (missing.status_code, set(missing.json())) == (401, {"message"})
+    malformed = await _post(
+        client, "/sentry/alert-rule-action", doc, None, **{"Sentry-App-Signature": "sha256=abc"}
+    )
+    assert malformed.status_code == 401
+    foreign = await _post(client, "/sentry/alert-rule-action", doc, "not-the-secret")
+    assert foreign.status_code == 404  # no connection holds that secret: unknown installation
+    assert "installation" in foreign.json()["message"].lower()
+    body = orjson.dumps(doc)
+    tampered = await client.post(
+        "/sentry/alert-rule-action",
+        content=body.replace(b"sev2", b"sev1"),
+        headers={"Sentry-App-Signature": sign(body, t.secret)},
+    )
+    assert tampered.status_code == 404
+    ok = await _post(client, "/sentry/alert-rule-action", doc, t.secret)
+    assert ok.status_code == 200, ok.text
+    # The webhook header is accepted too (Sentry's example app checks both), never both at once.
+    hook = await client.post(
+        "/sentry/alert-rule-action",
+        content=body,
+        headers={"Sentry-Hook-Signature": sign(body, t.secret)},
+    )
+    assert hook.status_code == 200
+    both = await _post(
+        client, "/sentry/alert-rule-action", doc, t.secret, **{"Sentry-Hook-Signature": "0" * 64}
+    )
+    assert both.status_code == 400
+    unsigned_get = await client.get(
+        "/sentry/options/services", params={"installationId": t.installation}
+    )
+    assert unsigned_get.status_code == 401
+    no_installation = await _post(client, "/sentry/alert-rule-action", {"fields": []}, t.secret)
+    assert (no_installation.status_code, "installationId" in no_installation.text) == (400, True)
+
+
+async def test_a_bound_installation_verifies_with_its_secrets_and_the_public_apps(
+    api: Any, pool: Pool
+) -> None:
+    client = api[0]
+    t = await _tenant(api, pool)
+    async with pool.connection() as c:
+        await c.execute(
+            "UPDATE sentry_connections SET mode = 'oauth', installation_uuid = %s WHERE id = %s",
+            (t.installation, t.connection),
+        )
+    doc = _action(t, severity="sev3", service=t.services[1])
+    assert (await _post(client, "/sentry/alert-rule-action", doc, PUBLIC_SECRET)).status_code == 200
+    assert (await _post(client, "/sentry/alert-rule-action", doc, "old-secret")).status_code == 200
+    wrong = await _post(client, "/sentry/alert-rule-action", doc, "someone-else")
+    assert wrong.status_code == 401  # known installation, bad signature
+    assert wrong.json()["message"]
+    async with pool.connection() as c:
+        await c.execute(
+            "UPDATE sentry_connections SET enabled = false WHERE id = %s", (t.connection,)
+        )
+    gone = await _post(client, "/sentry/alert-rule-action", doc, PUBLIC_SECRET)
+    assert gone.status_code == 404  # a disabled (uninstalled) connection answers nothing
+
+
+async def test_alert_rule_action_settings_are_validated_on_save(api: Any, pool: Pool) -> None:
+    client = api[0]
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    cases = {
+        "unknown service": (_action(a, severity="sev2", service=str(uuid.uuid4())), 400),
+        "another tenant's service": (_action(a, severity="sev2", service=b.services[0]), 400),
+        "not a service id": (_action(a, severity="sev2", service="payments"), 400),
+        "no service": (_action(a, severity="sev2"), 400),
+        "bad severity": (_action(a, severity="sev9", service=a.services[0]), 400),
+        "no severity": (_action(a, service=a.services[0]), 400),
+        "bad environment": (
+            _action(a, severity="sev1", service=a.services[0], environment="x" * 65),
+            400,
+        ),
+        "valid": (_action(a, severity="sev1", service=a.services[0]), 200),
+        "valid with environment": (
+            _action(a, severity="sev4", service=a.services[1], environment="production"),
+            200,
+        ),
+    }
+    for name, (doc, status) in cases.items():
+        got = await _post(client, "/sentry/alert-rule-action", doc, a.secret)
+        assert got.status_code == status, (name, got.text)
+        assert isinstance(got.json()["message"], str), name
+    bad = await _post(
+        client,
+        "/sentry/alert-rule-action",
+        _action(a, severity="critical", service=a.services[0]),
+        a.secret,
+    )
+    assert "sev1" in bad.json()["message"]  # the message Sentry shows says what is allowed
+
+
+async def test_service_options_list_only_the_tenants_services(api: Any, pool: Pool) -> None:
+    client = api[0]
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    listed = await _options(client, "services", a)
+    assert listed == [
+        {"label": "Payments", "value": a.services[0]},
+        {"label": "Storefront", "value": a.services[1]},
+    ]  # the shape of fixtures/ui-components/select-options.response.json
+    assert [o["value"] for o in await _options(client, "services", a, query="store")] == [
+        a.services[1]
+    ]
+    assert {o["value"] for o in await _options(client, "services", b)} == set(b.services)
+    wrong = await client.get(
+        "/sentry/options/services",
+        params={"installationId": a.installation},
+        headers={"Sentry-App-Signature": sign(b"x", a.secret)},
+    )
+    assert wrong.status_code == 404
+
+
+async def _relay_and_read(pool: Pool, kafka_settings: KafkaSettings, topic: str) -> list[Any]:
+    """Relay the outbox to a fresh topic prefix and read ``topic`` back from the start."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"u{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    try:
+        while await Relay(pool, producer).relay_once():
+            pass
+    finally:
+        await producer.stop()
+    consumer = create_consumer(kafka, [topic], group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        for _ in range(20):
+            for batch in (await consumer.getmany(timeout_ms=250)).values():
+                records.extend(batch)
+            if records:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _project(pool: Pool, records: list[Any]) -> None:
+    """What the projector does with the records (its very code)."""
+    async with pool.connection() as conn, conn.transaction():
+        await Projection(None).apply(conn, records)
+
+
+async def _forget_older_outbox_rows(pool: Pool) -> None:
+    async with pool.connection() as c:
+        await c.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
+
+
+async def test_issue_link_create_opens_an_incident_through_the_outbox(
+    api: Any, pool: Pool, kafka_settings: KafkaSettings
+) -> None:
+    client = api[0]
+    await _forget_older_outbox_rows(pool)
+    t = await _tenant(api, pool)
+    await _forget_older_outbox_rows(pool)  # the tenant's control-plane state events
+    doc = _issue_link(t, 5912345678, service=t.services[0], title="KeyError: 'currency'")
+    started = time.monotonic()
+    created = await _post(client, "/sentry/issue-link/create", doc, t.secret)
+    assert time.monotonic() - started < 1.0  # Sentry gives up after 1 s
+    assert created.status_code == 201, created.text
+    incident = incident_id_for(t.org, "issue", "5912345678")
+    assert created.json() == {
+        "webUrl": f"{HOST}/api/v1/incidents/{incident}",
+        "project": "payments",
+        "identifier": incident[:8],
+    }  # the shape of fixtures/ui-components/issue-link.create.response.json
+    again = await _post(client, "/sentry/issue-link/create", doc, t.secret)
+    assert (again.status_code, again.json()) == (200, created.json())  # a retry opens nothing new
+
+    async with pool.connection() as c:
+        links = await (
+            await c.execute(
+                "SELECT connection_id, sentry_issue_id, web_url FROM sentry_issue_links"
+                " WHERE incident_id = %s",
+                (incident,),
+            )
+        ).fetchall()
+    assert links == [
+        {
+            "connection_id": t.connection,
+            "sentry_issue_id": "5912345678",
+            "web_url": "https://acme.sentry.io/issues/5912345678/",
+        }
+    ]
+    records = await _relay_and_read(pool, kafka_settings, "incident-events")
+    assert [r.key for r in records] == [incident.encode()]
+    event = decode(records[0].value)
+    opened = event.payload
+    assert isinstance(opened, IncidentOpenedV1)
+    assert (opened.incident_id, opened.tenant_id, opened.service_id, opened.severity) == (
+        incident,
+        t.org,
+        t.services[0],
+        "sev2",
+    )
+    assert (opened.sentry.issue_id, opened.sentry.connection_id, opened.sentry.project_slug) == (
+        "5912345678",
+        t.connection,
+        "checkout-api",
+    )
+    assert (event.tenant, opened.snapshot.title) == (t.org, "KeyError: 'currency'")
+
+    await _project(pool, records)
+    listed = (await client.get("/api/v1/incidents", headers=t.auth)).json()["items"]
+    assert [(i["incident_id"], i["service_id"], i["status"]) for i in listed] == [
+        (incident, t.services[0], "open")
+    ]
+    # The pipeline's incident for this issue exists now: create links to it, opens nothing.
+    other_service = _issue_link(t, 5912345678, service=t.services[1])
+    assert (
+        await _post(client, "/sentry/issue-link/create", other_service, t.secret)
+    ).json() == created.json()
+    async with pool.connection() as c:
+        unsent = await (
+            await c.execute("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
+        ).fetchone()
+    assert unsent == {"n": 0}
+
+
+async def test_issue_link_create_refuses_bad_choices(api: Any, pool: Pool) -> None:
+    client = api[0]
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    for fields, status in (
+        ({"service": b.services[0]}, 400),  # another tenant's service
+        ({"service": str(uuid.uuid4())}, 400),
+        ({}, 400),
+        ({"service": a.services[0], "severity": "urgent"}, 400),
+    ):
+        got = await _post(
+            client, "/sentry/issue-link/create", _issue_link(a, 77, **fields), a.secret
+        )
+        assert (got.status_code, bool(got.json()["message"])) == (status, True), fields
+    no_issue = _issue_link(a, 77, service=a.services[0])
+    del no_issue["issueId"]
+    assert (await _post(client, "/sentry/issue-link/create", no_issue, a.secret)).status_code == 400
+    async with pool.connection() as c:
+        links = await (
+            await c.execute(
+                "SELECT count(*) AS n FROM sentry_issue_links WHERE connection_id = %s",
+                (a.connection,),
+            )
+        ).fetchone()
+    assert links == {"n": 0}
+
+
+async def test_link_to_an_existing_incident_and_never_to_another_tenants(
+    api: Any, pool: Pool, kafka_settings: KafkaSettings
+) -> None:
+    client = api[0]
+    await _forget_older_outbox_rows(pool)
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    await _forget_older_outbox_rows(pool)
+    created = await _post(
+        client,
+        "/sentry/issue-link/create",
+        _issue_link(a, 1001, service=a.services[1], title="Timeout in cart", severity="sev1"),
+        a.secret,
+    )
+    assert created.status_code == 201, created.text
+    await _project(pool, await _relay_and_read(pool, kafka_settings, "incident-events"))
+    incident = incident_id_for(a.org, "issue", "1001")
+
+    options = await _options(client, "incidents", a)
+    assert [o["value"] for o in options] == [incident]
+    assert "Timeout in cart" in options[0]["label"]
+    assert await _options(client, "incidents", b) == []
+
+    linked = await _post(
+        client, "/sentry/issue-link/link", _issue_link(a, 1002, incident=incident), a.secret
+    )
+    assert (linked.status_code, linked.json()) == (200, created.json())
+
+    stolen = await _post(
+        client, "/sentry/issue-link/link", _issue_link(b, 2002, incident=incident), b.secret
+    )
+    assert stolen.status_code == 404
+    assert "incident" in stolen.json()["message"]
+    # B's signature on A's installation does not make B's call A's.
+    b_as_a = _issue_link(b, 2003, incident=incident) | {"installationId": a.installation}
+    assert (await _post(client, "/sentry/issue-link/link", b_as_a, b.secret)).status_code == 404
+    for bad in ("not-a-uuid", str(uuid.uuid4()), ""):
+        got = await _post(
+            client, "/sentry/issue-link/link", _issue_link(a, 1003, incident=bad), a.secret
+        )
+        assert got.status_code in (400, 404), bad
+        assert got.json()["message"]
+
+    async with pool.connection() as c:
+        rows = await (
+            await c.execute(
+                "SELECT connection_id, sentry_issue_id FROM sentry_issue_links"
+                " WHERE incident_id = %s ORDER BY sentry_issue_id",
+                (incident,),
+            )
+        ).fetchall()
+    assert rows == [
+        {"connection_id": a.connection, "sentry_issue_id": "1001"},
+        {"connection_id": a.connection, "sentry_issue_id": "1002"},
+    ]
+
+
+async def test_an_answer_that_would_be_late_is_a_message_not_a_timeout(
+    api: Any, pool: Pool
+) -> None:
+    t = await _tenant(api, pool)
+    slow = Starlette(routes=ui_routes(pool, api[1].box, HOST, SentryUiSettings(deadline_s=0.0)))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=slow), base_url="http://api"
+    ) as client:
+        got = await _post(
+            client,
+            "/sentry/alert-rule-action",
+            _action(t, severity="sev2", service=t.services[0]),
+            t.secret,
+        )
+    assert got.status_code == 503
+    assert got.json()["message"]
+
+
+def _uris(node: Any, method: str = "POST") -> set[tuple[str, str]]:
+    if isinstance(node, list):
+        return {u for item in node for u in _uris(item, method)}
+    if not isinstance(node, dict):
+        return set()
+    found = (
+        {(("GET" if node.get("type") == "select" else method), node["uri"])}
+        if "uri" in node
+        else set()
+    )
+    return found | {u for v in node.values() for u in _uris(v, method)}
+
+
+def test_the_sentry_app_schema_points_at_the_routes_served() -> None:
+    schema = orjson.loads(
+        (Path(__file__).parents[3] / "deploy/sentry-app/schema.json").read_bytes()
+    )
+    box = SecretBox(generate_key())
+    served = {
+        (m, r.path)
+        for r in ui_routes(create_pool("postgresql://unused"), box, HOST)
+        if isinstance(r, Route)
+        for m in r.methods or ()
+        if m != "HEAD"
+    }
+    assert _uris(schema) == served
+    issue_link, action = schema["elements"]
+    assert issue_link["type"] == "issue-link"
+    assert {f["name"] for f in issue_link["create"]["required_fields"]} == {"title", "service"}
+    assert [f["name"] for f in issue_link["link"]["required_fields"]] == ["incident"]
+    settings = action["settings"]
+    assert (action["type"], settings["type"]) == ("alert-rule-action", "alert-rule-settings")
+    assert len(settings["description"]) <= 140
+    severity = next(f for f in settings["required_fields"] if f["name"] == "severity")
+    assert [v for v, _ in severity["options"]] == list(SEVERITIES)
+    assert [f["name"] for f in settings["optional_fields"]] == ["environment"]
