@@ -34,8 +34,10 @@ from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_sentry_stub import Fault, StubState, serve
+from blametrail_sentry_stub.state import Installation
 
 CLIENT_SECRET = "e2e-client-secret"
+INSTALL = "7d1f2c3a-9b8e-4f6d-a1c2-3e4f5a6b7c8d"  # the fixtures' installation uuid
 
 
 @contextlib.asynccontextmanager
@@ -75,6 +77,10 @@ async def test_webhook_to_enriched_incident_then_resolved(
     auth = {"Authorization": f"Bearer {key}"}
     async with serve(stub) as stub_url:
         token = stub.add_internal_token("acme")
+        # The internal integration's installation (its uuid is in every webhook): the token
+        # belongs to it, so the enricher may show the incident on the Sentry issue.
+        stub.installations[INSTALL] = Installation(INSTALL, "acme", "cid", "csecret", "installed")
+        stub.tokens[token].installation = INSTALL
         conn = (
             await api.post(
                 "/api/v1/integrations/sentry/connections",
@@ -118,10 +124,13 @@ async def test_webhook_to_enriched_incident_then_resolved(
         normalizer.app.finalize()
         await normalizer.app.start()
         http = httpx.AsyncClient()
+        sentry_api = HttpxSentryApi(http, RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=10))
         enricher = Enricher(
-            HttpxSentryApi(http, RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=10)),
+            sentry_api,
             ConnectionCredentials(enricher_table, box),
             producer,
+            links=sentry_api,
+            incident_url="https://blametrail.example/incidents/{incident_id}",
         )
 
         async def enrich(stop: asyncio.Event) -> None:
@@ -171,6 +180,7 @@ async def test_webhook_to_enriched_incident_then_resolved(
                             lambda i: (
                                 i["enrichment"] is not None
                                 and i["enrichment"]["status"] == "enriched"
+                                and i["sentry_links"]
                             ),
                         )
                         assert incident["status"] == "open"
@@ -182,6 +192,14 @@ async def test_webhook_to_enriched_incident_then_resolved(
                         assert any(t["key"] == "release" for t in e["tags"])
                         assert e["user"]["email"] == "zo\u00eb@customer.example"
                         assert e["breadcrumbs"]
+                        (link,) = incident["sentry_links"]
+                        (made,) = stub.external_issues.values()
+                        assert link["external_issue_id"] == made["id"]
+                        assert link["web_url"] == "https://acme.sentry.io/issues/5912345678/"
+                        assert made["issueId"] == "5912345678"
+                        assert made["webUrl"] == (
+                            f"https://blametrail.example/incidents/{incident['incident_id']}"
+                        )
                 resolved = await _wait_for(api, auth, lambda i: i["status"] == "resolved")
         finally:
             await normalizer.close()

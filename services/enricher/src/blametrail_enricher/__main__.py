@@ -30,11 +30,14 @@ async def serve() -> None:
         max_attempts=settings.max_attempts, concurrency_per_org=settings.concurrency_per_org
     )
     async with httpx.AsyncClient() as http:
+        api = HttpxSentryApi(http, policy)
         enricher = Enricher(
-            HttpxSentryApi(http, policy),
+            api,
             ConnectionCredentials(table, box),
             producer,
             Limits(breadcrumbs=settings.breadcrumbs, max_bytes=settings.max_record_bytes),
+            links=api,
+            incident_url=settings.incident_url,
         )
 
         async def loop(stop: asyncio.Event) -> None:

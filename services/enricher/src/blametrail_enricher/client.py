@@ -137,33 +137,57 @@ class HttpxSentryApi:
             self._gates[org] = _OrgGate(asyncio.Semaphore(self.policy.concurrency_per_org))
         return self._gates[org]
 
+    async def create_external_issue(
+        self, creds: SentryCredentials, installation_uuid: str, body: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Show a BlameTrail link on a Sentry issue (``issueId``, ``webUrl``, ``project``,
+        ``identifier``); Sentry keeps one per issue and app, so posting again updates it."""
+        found = await self._call(
+            "POST",
+            creds,
+            f"/api/0/sentry-app-installations/{installation_uuid}/external-issues/",
+            dict(body),
+        )
+        if not isinstance(found, dict):
+            raise GaveUp("external issue: expected an object")
+        return found
+
     async def _get(self, creds: SentryCredentials, path: str) -> Any:
+        return await self._call("GET", creds, path)
+
+    async def _call(
+        self, method: str, creds: SentryCredentials, path: str, body: Any = None
+    ) -> Any:
         gate, attempt, waited, last = self._gate(creds.org_slug), 0, 0.0, ""
         while True:
             hold = gate.blocked_until - self.clock()
             if hold > 0:
                 if waited + hold > self.policy.max_rate_limit_wait_s:
                     raise GaveUp(
-                        f"GET {path}: rate limited for over {self.policy.max_rate_limit_wait_s:.0f}s"
+                        f"{method} {path}: rate limited for over {self.policy.max_rate_limit_wait_s:.0f}s"
                     )
                 waited += hold
                 await self.sleep(hold)
             async with gate.slots:
-                outcome = await self._once(creds, path, gate)
+                outcome = await self._once(method, creds, path, body, gate)
             if not isinstance(outcome, _Retry):
                 return outcome
             if outcome.counts:
                 attempt += 1
                 last = outcome.reason
                 if attempt >= self.policy.max_attempts:
-                    raise GaveUp(f"GET {path}: gave up after {attempt} attempts: {last}")
+                    raise GaveUp(f"{method} {path}: gave up after {attempt} attempts: {last}")
                 await self.sleep(backoff_delay(attempt, self.policy, self.rng))
 
-    async def _once(self, creds: SentryCredentials, path: str, gate: _OrgGate) -> Any:
+    async def _once(
+        self, method: str, creds: SentryCredentials, path: str, body: Any, gate: _OrgGate
+    ) -> Any:
         try:
-            resp = await self.client.get(
+            resp = await self.client.request(
+                method,
                 creds.base_url.rstrip("/") + path,
                 headers={"Authorization": f"Bearer {creds.token}"},
+                json=body,
                 timeout=self.policy.timeout_s,
             )
         except httpx.TimeoutException:
@@ -173,7 +197,7 @@ class HttpxSentryApi:
         hold = rate_limit_wait(resp.headers, self.clock(), resp.status_code)
         if hold:
             gate.blocked_until = max(gate.blocked_until, self.clock() + hold)
-        if resp.status_code == 200:
+        if resp.status_code in (200, 201):
             try:
                 return resp.json()
             except ValueError:
@@ -182,9 +206,11 @@ class HttpxSentryApi:
             gate.blocked_until = max(gate.blocked_until, self.clock() + (hold or 1.0))
             return _Retry("429 rate limited", counts=False)
         if resp.status_code == 401:
-            raise TokenRejected(f"GET {path}: 401, token rejected")
+            raise TokenRejected(f"{method} {path}: 401, token rejected")
         if resp.status_code == 404:
-            raise NotFound(f"GET {path}: 404")
+            raise NotFound(f"{method} {path}: 404")
+        if resp.status_code == 400:
+            raise SentryApiError(f"{method} {path}: 400 {resp.text[:200]}")
         return _Retry(f"HTTP {resp.status_code}")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord
 from blametrail_common.events import DecodeError, Envelope, decode, new_event
-from blametrail_common.events.enrichment import IncidentEnrichmentFailedV1
+from blametrail_common.events.enrichment import IncidentEnrichmentFailedV1, IncidentLinkedV1
 from blametrail_common.events.incidents import IncidentOpenedV1, IncidentReopenedV1
 from blametrail_common.kafka import EventProducer, publish_to_dlq
 from prometheus_client import Counter, Histogram
@@ -27,11 +27,14 @@ from prometheus_client import Counter, Histogram
 from blametrail_enricher.client import SentryApi, SentryApiError, SentryCredentials, TokenRejected
 from blametrail_enricher.records import IncidentRef, Limits, build_record
 
-__all__ = ["CredentialSource", "Enricher", "target_of"]
+__all__ = ["CredentialSource", "Enricher", "ExternalIssues", "target_of"]
 
 log = logging.getLogger(__name__)
 
 ENRICHED = Counter("blametrail_enrichments_total", "Enrichment outcomes", ["outcome"])
+LINKED = Counter(
+    "blametrail_sentry_links_total", "External-issue links made in Sentry", ["outcome"]
+)
 FETCH_SECONDS = Histogram("blametrail_enrichment_fetch_seconds", "Sentry fetch time per incident")
 
 
@@ -43,6 +46,14 @@ class CredentialSource(Protocol):
     async def request_refresh(self, connection_id: str) -> None:
         """Ask the token's owner for an early refresh (OAuth); a no-op for internal tokens."""
         ...
+
+
+class ExternalIssues(Protocol):
+    """Sentry's external issues: the BlameTrail link shown on a Sentry issue."""
+
+    async def create_external_issue(
+        self, creds: SentryCredentials, installation_uuid: str, body: dict[str, str]
+    ) -> dict[str, Any]: ...
 
 
 def target_of(event: Envelope[Any]) -> IncidentRef | None:
@@ -63,6 +74,8 @@ class Enricher:
     concurrency: int = 32
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     refresh_wait_s: float = 10.0
+    links: ExternalIssues | None = None
+    incident_url: str = "http://127.0.0.1:8082/api/v1/incidents/{incident_id}"
 
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Enrich every record of a batch concurrently (bounded); returns when all are durable."""
@@ -105,6 +118,51 @@ class Enricher:
         )
         await self.producer.send("incident-enrichments", out)
         ENRICHED.labels("enriched").inc()
+        if isinstance(event.payload, IncidentOpenedV1):
+            await self._link(target, event)
+
+    async def _link(self, target: IncidentRef, event: Envelope[Any]) -> None:
+        """Show the new incident on its Sentry issue. Best effort: the enrichment is already
+        durable, and a failed link is logged and counted, not retried forever."""
+        installation = event.payload.sentry.installation_uuid
+        creds = self.creds.credentials(target.connection_id)
+        if self.links is None or installation is None or creds is None:
+            return
+        web_url = self.incident_url.format(incident_id=target.incident_id)
+        body = {
+            "issueId": target.sentry_issue_id,
+            "webUrl": web_url,
+            "project": "BlameTrail",
+            "identifier": target.incident_id[:8],
+        }
+        try:
+            made = await self.links.create_external_issue(creds, installation, body)
+        except SentryApiError as exc:
+            LINKED.labels("failed").inc()
+            log.warning(
+                "sentry link failed", extra={"incident_id": target.incident_id, "reason": str(exc)}
+            )
+            return
+        linked = IncidentLinkedV1(
+            incident_id=target.incident_id,
+            tenant_id=target.tenant_id,
+            connection_id=target.connection_id,
+            sentry_issue_id=target.sentry_issue_id,
+            external_issue_id=str(made.get("id", "")),
+            sentry_web_url=event.payload.sentry.web_url,
+            incident_url=web_url,
+            linked_at=self.clock(),
+        )
+        await self.producer.send(
+            "incident-enrichments",
+            new_event(
+                linked,
+                key=target.incident_id,
+                tenant=target.tenant_id,
+                event_id=_derived_id(event, "linked"),
+            ),
+        )
+        LINKED.labels("linked").inc()
 
     async def _fetch(self, target: IncidentRef) -> tuple[dict[str, Any], list[Any]]:
         for attempt in (1, 2):

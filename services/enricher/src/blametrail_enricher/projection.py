@@ -126,6 +126,17 @@ ON CONFLICT (incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, computed_a
     candidates = EXCLUDED.candidates, suspects = EXCLUDED.suspects
 WHERE cur.computed_at <= EXCLUDED.computed_at
 """
+# Not one of TABLES (a rebuild leaves it alone): the control plane writes links made from
+# Sentry's issue-link component here too. This only records the external issue made in Sentry.
+_LINKS = """
+INSERT INTO sentry_issue_links (incident_id, connection_id, sentry_issue_id, web_url, external_issue_id,
+    linked_at)
+VALUES (%(incident_id)s, %(connection_id)s, %(sentry_issue_id)s, %(web_url)s, %(external_issue_id)s,
+    %(linked_at)s)
+ON CONFLICT (incident_id, connection_id, sentry_issue_id) DO UPDATE SET
+    external_issue_id = EXCLUDED.external_issue_id,
+    web_url = COALESCE(EXCLUDED.web_url, sentry_issue_links.web_url)
+"""
 
 
 class Projection:
@@ -154,6 +165,7 @@ class Projection:
                 ("failed", _FAILED),
                 ("audit", _AUDIT),
                 ("suspects", _SUSPECTS),
+                ("links", _LINKS),
             )
         ]
 

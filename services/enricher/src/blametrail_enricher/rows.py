@@ -14,7 +14,11 @@ import orjson
 from blametrail_common.events import DecodeError, decode
 from blametrail_common.events.audit import WebhookAuditedV1
 from blametrail_common.events.deploys import IncidentSuspectsV1
-from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentEnrichmentFailedV1
+from blametrail_common.events.enrichment import (
+    IncidentEnrichedV1,
+    IncidentEnrichmentFailedV1,
+    IncidentLinkedV1,
+)
 from blametrail_common.events.incidents import (
     IncidentAssignedV1,
     IncidentEvent,
@@ -48,6 +52,7 @@ class Rows:
     failed: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     suspects: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
     undecodable: list[tuple[Any, str]] = field(default_factory=list)  # (record, reason)
 
     def __len__(self) -> int:
@@ -61,6 +66,7 @@ class Rows:
                     self.failed,
                     self.audit,
                     self.suspects,
+                    self.links,
                 ),
             )
         )
@@ -131,6 +137,17 @@ def rows_for(records: list[Any]) -> Rows:
             )
         elif isinstance(p, WebhookAuditedV1):
             out.audit.append(_audit(env.id, p))
+        elif isinstance(p, IncidentLinkedV1):
+            out.links.append(
+                {
+                    "incident_id": p.incident_id,
+                    "connection_id": p.connection_id,
+                    "sentry_issue_id": p.sentry_issue_id,
+                    "external_issue_id": p.external_issue_id,
+                    "web_url": pg_text(p.sentry_web_url),
+                    "linked_at": p.linked_at,
+                }
+            )
         elif isinstance(p, IncidentSuspectsV1):
             suspects, _ = pg_json([s.model_dump(mode="json") for s in p.suspects])
             out.suspects.append(

@@ -17,6 +17,10 @@ class EnricherSettings(BaseBlametrailSettings):
         default=256 * 1024, validation_alias=f"{PREFIX}ENRICHER_MAX_RECORD_BYTES"
     )
     max_attempts: int = Field(default=5, validation_alias=f"{PREFIX}ENRICHER_MAX_ATTEMPTS")
+    incident_url: str = Field(
+        default="http://127.0.0.1:8082/api/v1/incidents/{incident_id}",
+        validation_alias=f"{PREFIX}ENRICHER_INCIDENT_URL",
+    )
     concurrency_per_org: int = Field(
         default=4, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
     )

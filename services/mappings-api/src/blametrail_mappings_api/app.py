@@ -314,6 +314,7 @@ async def get_incident(c: Ctx) -> Response:
             "fetched_at": enrichment["fetched_at"],
             **(enrichment["record"] or {}),
         },
+        "sentry_links": found["links"],
         "suspects": None
         if found["suspects"] is None
         else {

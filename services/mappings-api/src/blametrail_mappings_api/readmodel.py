@@ -95,7 +95,20 @@ class ReadModel:
                     (ident,),
                 )
             ).fetchone()
-        return {**row, "timeline": timeline, "enrichment": enrichment, "suspects": suspects}
+            links = await (
+                await conn.execute(
+                    "SELECT connection_id, sentry_issue_id, web_url, external_issue_id, linked_at"
+                    " FROM sentry_issue_links WHERE incident_id = %s ORDER BY linked_at",
+                    (ident,),
+                )
+            ).fetchall()
+        return {
+            **row,
+            "timeline": timeline,
+            "enrichment": enrichment,
+            "suspects": suspects,
+            "links": links,
+        }
 
     async def _page(
         self,

@@ -191,6 +191,7 @@ def _issue_ref(ctx: _Ctx, issue: dict[str, Any], slug: str, pid: str | None) -> 
         issue_id=_str(issue.get("id")),
         short_id=_str(issue.get("shortId")),
         web_url=_str(issue.get("web_url") or issue.get("permalink")),
+        installation_uuid=ctx.hook.installation_uuid,
     )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "ExceptionInfo",
     "IncidentEnrichedV1",
     "IncidentEnrichmentFailedV1",
+    "IncidentLinkedV1",
     "ReleaseInfo",
     "StackFrame",
     "TagSummary",
@@ -135,3 +136,17 @@ class IncidentEnrichmentFailedV1(EventPayload):
     reason: str
     attempts: int
     failed_at: AwareDatetime
+
+
+@event_type("incident.linked", 1)
+class IncidentLinkedV1(EventPayload):
+    """The incident is shown on its Sentry issue (a Sentry external issue, PROTOCOL §4/§5)."""
+
+    incident_id: str
+    tenant_id: str
+    connection_id: str
+    sentry_issue_id: str
+    external_issue_id: str
+    sentry_web_url: str | None  # the Sentry issue's page
+    incident_url: str  # what the Sentry issue links to
+    linked_at: AwareDatetime

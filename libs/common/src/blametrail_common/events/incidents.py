@@ -71,6 +71,7 @@ class SentryRef(_Part):
     web_url: str | None = None
     metric_alert_id: str | None = None
     alert_rule: str | None = None
+    installation_uuid: str | None = None  # the Sentry app installation the webhook came from
 
 
 class Assignee(_Part):
