@@ -331,7 +331,7 @@ def test_env_checkers_catch_a_typo_and_a_missing_setting() -> None:
 
 
 def test_every_service_runs_on_the_port_make_up_uses(objs: list[Obj]) -> None:
-    ports = {s.module: s.port for s in SERVICES if s.port is not None}
+    ports = {s.module: s.port for s in SERVICES if s.port is not None and not s.dev_only}
     deployments = of_kind(objs, "Deployment")
     assert sorted(entry(pod_spec(d)["containers"][0]["args"]) for d in deployments) == sorted(ports)
     for d in deployments:
@@ -491,7 +491,7 @@ def test_compose_services_get_known_settings_and_everything_they_need() -> None:
 
 
 def test_compose_ports_healthchecks_and_start_order_match_make_up() -> None:
-    ports = {s.module: s.port for s in SERVICES if s.port is not None}
+    ports = {s.module: s.port for s in SERVICES if s.port is not None and not s.dev_only}
     services = compose()["services"]
     for dep in ("kafka", "postgres"):
         assert services[dep]["healthcheck"]["test"]

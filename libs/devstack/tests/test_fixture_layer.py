@@ -40,3 +40,12 @@ def test_env_vars_are_used_and_no_second_broker_starts(infra: Infra) -> None:
         assert found.started == []
         assert (found.bootstrap, found.server_dsn) == (infra.bootstrap, infra.server_dsn)
         assert _java_brokers() == before
+
+
+def test_the_edge_sends_webhooks_to_ingest_and_the_rest_to_the_api() -> None:
+    from blametrail_devstack.edge import upstream_for
+
+    assert upstream_for("/webhooks/sentry/abc", "I", "A") == "I"
+    assert upstream_for("/webhooks/sentry", "I", "A") == "I"
+    for path in ("/sentry/issue-link/create", "/integrations/sentry/oauth/callback", "/api/v1/x"):
+        assert upstream_for(path, "I", "A") == "A"

@@ -26,11 +26,18 @@ class ServiceSpec:
     port: int | None  # HTTP port serving /readyz, if any
     url_var: str | None = None  # variable written to stack.env with the service's base URL
     env: dict[str, str] = field(default_factory=dict)
+    dev_only: bool = False  # no counterpart in the deployment manifests
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("sentry-stub", "blametrail_sentry_stub", None, "BLAMETRAIL_SENTRY_STUB_URL"),
-    ServiceSpec("mappings-api", "blametrail_mappings_api", 8082, "BLAMETRAIL_API_URL"),
+    ServiceSpec(
+        "mappings-api",
+        "blametrail_mappings_api",
+        8082,
+        "BLAMETRAIL_API_URL",
+        {"BLAMETRAIL_PUBLIC_INGEST_URL": "http://127.0.0.1:8080"},  # webhook URLs via the edge
+    ),
     ServiceSpec(
         "ingest",
         "blametrail_ingest",
@@ -38,6 +45,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "BLAMETRAIL_INGEST_URL",
         {"BLAMETRAIL_INGEST_SPOOL_DIR": str(local_dir() / "spool")},
     ),
+    # One public host, as the Ingress is in Kubernetes: webhooks to ingest, the rest to the API.
+    ServiceSpec("edge", "blametrail_devstack.edge", 8080, "BLAMETRAIL_EDGE_URL", dev_only=True),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
     ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
     ServiceSpec("projector", "blametrail_enricher.projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),

@@ -1,0 +1,71 @@
+"""``python -m blametrail_devstack.edge``: one public host for ``make up``, as the Ingress is in
+Kubernetes (``deploy/k8s/base/ingress.yaml``). Sentry appends UI-component paths to the host of
+the webhook URL, so ``/webhooks/sentry…`` goes to ingest and everything else (``/sentry/…``,
+``/integrations/sentry/…``, ``/api/…``) to the mappings-api. Development only: a plain
+forwarding proxy, bodies and headers passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["Edge", "main", "upstream_for"]
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+
+
+def upstream_for(path: str, ingest: str, api: str) -> str:
+    """Pure: which service serves ``path``."""
+    return ingest if path.startswith("/webhooks/sentry") else api
+
+
+class Edge:
+    def __init__(self, ingest: str, api: str) -> None:
+        self.ingest, self.api = ingest, api
+        self.client = httpx.AsyncClient(timeout=10)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        if request.url.path in ("/healthz", "/readyz"):
+            await JSONResponse({"status": "ok"})(scope, receive, send)
+            return
+        base = upstream_for(request.url.path, self.ingest, self.api)
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        try:
+            upstream = await self.client.request(
+                request.method, url, headers=headers, content=await request.body()
+            )
+        except httpx.HTTPError as exc:
+            response: Response = JSONResponse(
+                {"error": "upstream", "message": f"{base} did not answer: {type(exc).__name__}"},
+                502,
+            )
+        else:
+            response = Response(
+                upstream.content,
+                upstream.status_code,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
+            )
+        await response(scope, receive, send)
+
+
+def main() -> None:
+    edge = Edge(
+        os.environ.get("BLAMETRAIL_INGEST_URL", "http://127.0.0.1:8081"),
+        os.environ.get("BLAMETRAIL_API_URL", "http://127.0.0.1:8082"),
+    )
+    port = int(os.environ.get("BLAMETRAIL_EDGE_PORT", "8080"))
+    uvicorn.run(edge, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
