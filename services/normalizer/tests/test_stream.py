@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +171,101 @@ async def test_mapped_unmapped_inactive_and_edited_mappings_through_the_real_str
         dead_records = [r for b in polled.values() for r in b]
     finally:
         await consumer.stop()
-    assert True  # decoded read above cannot hold non-events; check raw bytes instead
     assert [r.value for r in dead_records] == [b"not an envelope"]
     assert dict(dead_records[0].headers)["dlq-reason"].startswith(b"event is not valid JSON")
+
+
+def _alert(issue_id: str, settings: list[dict[str, str]]) -> bytes:
+    doc = json.loads(signed_fixture("event_alert.triggered")[0])
+    doc["data"]["issue_alert"]["settings"] = settings
+    doc["data"]["event"]["issue_id"] = issue_id
+    return json.dumps(doc).encode()
+
+
+async def test_alert_rule_action_settings_decide_severity_service_and_filter_on_the_stream(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """The settings Sentry saved for our alert-rule action (severity, service, environment)
+    route and grade the incident, through the real worker on the broker."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"a{uuid.uuid4().hex[:6]}."
+    )
+    from blametrail_common.kafka.admin import ensure_topics
+
+    await ensure_topics(kafka)
+    conn, tenant = "conn-a", "tenant-a"
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    states: list[tuple[str, Any]] = [
+        (
+            "cp-connections",
+            new_event(
+                ConnectionStateV1(
+                    connection_id=conn,
+                    tenant_id=tenant,
+                    mode="internal",
+                    enabled=True,
+                    sentry_org_slug="acme",
+                    api_base_url="https://sentry.io",
+                    client_secrets_enc=[],
+                    updated_at=NOW,
+                ),
+                key=conn,
+            ),
+        ),
+        *(
+            (
+                "cp-services",
+                new_event(
+                    ServiceStateV1(
+                        service_id=sid, tenant_id=tenant, slug=sid, name=sid, updated_at=NOW
+                    ),
+                    key=sid,
+                ),
+            )
+            for sid in ("svc-mapped", "svc-oncall")
+        ),
+        (
+            "cp-mappings",
+            new_event(
+                MappingStateV1(
+                    mapping_id="m-1",
+                    tenant_id=tenant,
+                    connection_id=conn,
+                    sentry_project_slug="checkout-api",
+                    service_id="svc-mapped",
+                    active=True,
+                    updated_at=NOW,
+                ),
+                key=mapping_key(conn, "checkout-api"),
+            ),
+        ),
+    ]
+    await producer.send_many(states)
+    routed = [{"name": "severity", "value": "sev1"}, {"name": "service", "value": "svc-oncall"}]
+    plain = [{"name": "team", "value": "payments"}]
+    filtered = [*routed, {"name": "environment", "value": "staging"}]  # the event is production
+    foreign = [{"name": "service", "value": "svc-of-someone-else"}]
+    for issue_id, settings in (
+        ("2001", routed),
+        ("2002", plain),
+        ("2003", filtered),
+        ("2004", foreign),
+    ):
+        await producer.send(
+            "sentry-webhooks-raw",
+            _raw(conn, _alert(issue_id, settings), resource="event_alert", action="triggered"),
+        )
+    normalizer = create_app(NormalizerSettings(app_id=f"norm-alert-{uuid.uuid4().hex[:6]}"), kafka)
+    normalizer.app.finalize()
+    await normalizer.app.start()
+    try:
+        incidents = await _collect(kafka, "incident-events", 2)
+        audits = await _collect(kafka, "webhook-audit", 2)
+    finally:
+        await normalizer.close()
+        await producer.stop()
+    got = {e.payload.sentry.issue_id: (e.payload.service_id, e.payload.severity) for e in incidents}
+    assert got["2001"] == ("svc-oncall", "sev1")  # both settings honoured, no mapping needed
+    assert got["2002"][0] == "svc-mapped"  # no service setting: the mapping routes it
+    assert sorted(a.payload.reason for a in audits) == ["environment_filtered", "unknown_service"]
