@@ -9,6 +9,9 @@ A release named by an enrichment but unknown to the deploy history is imported f
 reported of its last deploy, onto ``deploys`` (the control plane stores it; see
 ``blametrail_mappings_api.deploy_import``).
 
+Run one worker (one member of its group): it must see every deploy and both an incident's events
+and its enrichment, which a group with several members would split between them.
+
 Known limit: the recent incidents are process memory. After a restart, a late deploy re-scores
 only incidents seen since (each incident is scored again anyway on its next event or enrichment).
 """
