@@ -107,7 +107,8 @@ async def test_deploys_api_worker_projection_and_incident_api(
         state = SuspectState()
         worker = SuspectsWorker(state, producer)
         assert await worker.load_deploys(kafka) == 2
-        consumer = create_consumer(kafka, INPUTS, f"suspects-{uuid.uuid4().hex[:6]}")
+        group = f"suspects-{uuid.uuid4().hex[:6]}"
+        consumer = create_consumer(kafka, INPUTS, group)
         await consumer.start()
 
         async def run_worker() -> None:
@@ -146,6 +147,15 @@ async def test_deploys_api_worker_projection_and_incident_api(
         await _until(kafka, {"incident-suspects": 2})
         stop.set()
         await worker_task
+
+        # A restarted worker warms up from the log: the incident is known again, nothing published.
+        fresh = SuspectsWorker(SuspectState(), producer)
+        assert await fresh.load_deploys(kafka) == 3
+        assert await fresh.warm_up(kafka, group) == 1
+        assert list(fresh.state.incidents) == [incident_id]
+        assert (await end_offsets(kafka, ["incident-suspects"]))[
+            kafka.topic_prefix + "incident-suspects"
+        ] == 2
 
         # Projection, then the incident API.
         end = await end_offsets(kafka, PROJECTED_TOPICS)

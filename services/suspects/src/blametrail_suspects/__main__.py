@@ -26,6 +26,7 @@ async def serve() -> None:
     async def loop(stop: asyncio.Event) -> None:
         await producer.start()
         await worker.load_deploys(kafka)
+        await worker.warm_up(kafka, settings.group_id)
         loaded.set()
         await consumer.start()
         try:

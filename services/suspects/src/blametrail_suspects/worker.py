@@ -12,8 +12,11 @@ reported of its last deploy, onto ``deploys`` (the control plane stores it; see
 Run one worker (one member of its group): it must see every deploy and both an incident's events
 and its enrichment, which a group with several members would split between them.
 
-Known limit: the recent incidents are process memory. After a restart, a late deploy re-scores
-only incidents seen since (each incident is scored again anyway on its next event or enrichment).
+The recent incidents are process memory. On start, :meth:`SuspectsWorker.warm_up` reads the last
+``window`` incident events and enrichments before the group's committed offsets back into it
+(their suspects were published before, so nothing is published again), so an enrichment arriving
+just after a restart still finds its incident. Incidents older than that window are re-scored on
+their next event, not on a late deploy.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from blametrail_common.events import DecodeError, Envelope, decode
 from blametrail_common.events.deploys import DeployRecordedV1, IncidentSuspectsV1
 from blametrail_common.events.enrichment import IncidentEnrichedV1
 from blametrail_common.events.incidents import IncidentEvent
-from blametrail_common.kafka import EventProducer, publish_to_dlq
+from blametrail_common.kafka import EventProducer, create_consumer, publish_to_dlq
+from blametrail_common.kafka.admin import admin_client
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
+from blametrail_common.topics import topic_name
 from prometheus_client import Counter
 
 from blametrail_suspects.state import SuspectState
@@ -57,6 +62,54 @@ class SuspectsWorker:
             return len(table)
         finally:
             await table.stop()
+
+    async def warm_up(self, kafka: KafkaSettings, group: str, window: int = 10_000) -> int:
+        """Feed the state the last ``window`` records per partition of the incident topics before
+        ``group``'s committed offsets, publishing nothing; returns how many were read."""
+        names = [
+            topic_name(t, kafka.topic_prefix) for t in ("incident-events", "incident-enrichments")
+        ]
+        admin = admin_client(kafka)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        ends = {
+            tp: meta.offset
+            for tp, meta in committed.items()
+            if tp.topic in names and meta.offset > 0
+        }
+        if not ends:
+            return 0
+        reader = create_consumer(kafka, [], None)
+        await reader.start()
+        read = 0
+        try:
+            reader.assign(list(ends))
+            begins = await reader.beginning_offsets(list(ends))
+            for tp, end in ends.items():
+                reader.seek(tp, max(begins[tp], end - window))
+            while todo := [tp for tp in ends if await reader.position(tp) < ends[tp]]:
+                polled = await reader.getmany(*todo, timeout_ms=1000)
+                for tp, records in polled.items():
+                    for record in records:
+                        if record.offset < ends[tp]:
+                            read += 1
+                            self._feed(record)
+        finally:
+            await reader.stop()
+        return read
+
+    def _feed(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            p: Any = decode(record.value or b"").payload
+        except DecodeError:
+            return
+        if isinstance(p, IncidentEnrichedV1):
+            self.state.on_enrichment(p)
+        elif isinstance(p, IncidentEvent):
+            self.state.on_incident(p)
 
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         out: list[tuple[str, Envelope[Any]]] = []
