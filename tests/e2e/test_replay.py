@@ -7,10 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from blametrail_common.cli import build_parser
+from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_common.db import migrate
 from blametrail_common.events import (
     ConnectionStateV1,
@@ -37,6 +39,9 @@ from blametrail_common.topics import topic_name
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
+from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.repository import Repository, create_pool
+from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
 from blametrail_replay.offsets import describe_group
@@ -145,13 +150,13 @@ async def test_reset_refuses_with_live_members_dry_run_changes_nothing_then_rese
 # -- projection rebuild -------------------------------------------------------------------------
 
 
-def _incident(i: int, resolved: bool = False) -> Any:
+def _incident(i: int, resolved: bool = False, tenant: str = "t") -> Any:
     incident_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"replay-{i}"))
     kind = IncidentResolvedV1 if resolved else IncidentOpenedV1
     at = NOW + timedelta(seconds=i + (3600 if resolved else 0))
     payload = kind(
         incident_id=incident_id,
-        tenant_id="t",
+        tenant_id=tenant,
         service_id="svc",
         source="sentry_issue",
         severity="sev2",
@@ -159,7 +164,7 @@ def _incident(i: int, resolved: bool = False) -> Any:
         sentry=SentryRef(connection_id="c", issue_id=str(i)),
         snapshot=IssueSnapshot(title=f"KeyError {i}", count=i),
     )
-    return new_event(payload, key=incident_id, tenant="t", occurred_at=at)
+    return new_event(payload, key=incident_id, tenant=tenant, occurred_at=at)
 
 
 async def test_rebuild_while_events_flow_swaps_in_tables_equal_to_a_rebuild_from_scratch(
@@ -171,9 +176,22 @@ async def test_rebuild_while_events_flow_swaps_in_tables_equal_to_a_rebuild_from
     scratch = create_database(infra.server_dsn, f"bt_rb_scratch_{uuid.uuid4().hex[:6]}")
     migrate(live)
     migrate(scratch)
+    # The API reads the live tables all through the rebuild, as its users would.
+    pool = create_pool(live, 2)
+    await pool.open()
+    repo = Repository(pool, SecretBox(generate_key()))
+    auth = {"Authorization": f"Bearer {await repo.create_api_key('acme')}"}
+    async with pool.connection() as c:
+        org = await (await c.execute("SELECT id FROM organizations WHERE slug = 'acme'")).fetchone()
+    assert org is not None
+    tenant = str(org["id"])
+    app = create_app(ApiSettings(public_ingest_url="https://hooks.example"), repo, {})
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
-    await producer.send_many([("incident-events", _incident(i)) for i in range(2000)])
+    await producer.send_many(
+        [("incident-events", _incident(i, tenant=tenant)) for i in range(2000)]
+    )
     await producer.send_raw("incident-events", b"junk", b"\xff not an event")  # dead-lettered once
 
     stop_live, stop_feed = asyncio.Event(), asyncio.Event()
@@ -188,30 +206,40 @@ async def test_rebuild_while_events_flow_swaps_in_tables_equal_to_a_rebuild_from
     async def feed() -> None:  # new incidents and resolutions of old ones, all through the rebuild
         nonlocal fed
         while not stop_feed.is_set():
-            batch = [("incident-events", _incident(2000 + fed + j)) for j in range(20)]
-            batch += [("incident-events", _incident(fed + j, resolved=True)) for j in range(20)]
+            batch = [
+                ("incident-events", _incident(2000 + fed + j, tenant=tenant)) for j in range(20)
+            ]
+            batch += [
+                ("incident-events", _incident(fed + j, resolved=True, tenant=tenant))
+                for j in range(20)
+            ]
             await producer.send_many(batch)
             fed += 20
             await asyncio.sleep(0.05)
 
     reads, errors = 0, []
 
-    async def read() -> None:  # what the API does meanwhile: every query must answer
+    first_id = str(uuid.uuid5(uuid.NAMESPACE_OID, "replay-0"))
+
+    async def read() -> None:  # API requests meanwhile: every one must answer 200
         nonlocal reads
-        async with await psycopg.AsyncConnection.connect(live, autocommit=True) as conn:
-            while not stop_feed.is_set():
+        while not stop_feed.is_set():
+            for path in ("/api/v1/incidents?status=open", f"/api/v1/incidents/{first_id}"):
                 try:
-                    await conn.execute(
-                        "SELECT i.status, count(t.*) FROM incidents i LEFT JOIN incident_timeline t"
-                        " USING (incident_id) GROUP BY i.status"
-                    )
-                    reads += 1
-                except psycopg.Error as exc:
-                    errors.append(repr(exc))
-                await asyncio.sleep(0.01)
+                    resp = await api.get(path, headers=auth)
+                    if resp.status_code != 200:
+                        errors.append(f"{path}: {resp.status_code} {resp.text[:200]}")
+                except Exception as exc:
+                    errors.append(f"{path}: {exc!r}")
+                reads += 1
+            await asyncio.sleep(0.01)
 
     async with await psycopg.AsyncConnection.connect(live) as conn:
         oid = await (await conn.execute("SELECT 'incidents'::regclass::oid")).fetchone()
+    for _ in range(300):  # the live projection has shown the first incident: now it must stay
+        if (await api.get(f"/api/v1/incidents/{first_id}", headers=auth)).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
     feeder, reader = asyncio.create_task(feed()), asyncio.create_task(read())
     try:
         await asyncio.sleep(1.0)
@@ -264,6 +292,8 @@ async def test_rebuild_while_events_flow_swaps_in_tables_equal_to_a_rebuild_from
 
     await project_until(kafka, scratch, "scratch", PROJECTED_TOPICS, Projection(None).apply, end)
     await producer.stop()
+    await api.aclose()
+    await pool.close()
     assert await table_checksums(live, CHECKSUM_KEYS) == await table_checksums(
         scratch, CHECKSUM_KEYS
     )
