@@ -160,3 +160,21 @@ def test_a_release_unknown_to_the_history_is_imported_from_sentrys_last_deploy()
     assert suspects.suspects[0].deploy_id == deploy.deploy_id  # scored at once, as the release
     again = state.on_enrichment(record.model_copy(update={"release": release}))
     assert again == []  # known now: not imported twice, and the ranking did not change
+
+
+def test_deploys_of_the_service_the_project_is_mapped_to_are_candidates_too() -> None:
+    """An alert-rule action routed the incident to an on-call service; the code that broke is
+    deployed as the service its Sentry project is mapped to."""
+    state = SuspectState()
+    routed = opened().model_copy(
+        update={
+            "service_id": "svc-oncall",
+            "sentry": SentryRef(connection_id="c", issue_id="1", project_slug="checkout-api"),
+        }
+    )
+    assert state.on_incident(routed)[0].payload.candidates == 0
+    state.mapped_service = lambda conn, slug: (
+        "svc" if (conn, slug) == ("c", "checkout-api") else None
+    )
+    (late,) = state.on_deploy(deploy("d-mapped", 15, "svc@4.0"))
+    assert [s.deploy_id for s in late.payload.suspects] == ["d-mapped"]

@@ -21,10 +21,12 @@ async def serve() -> None:
     producer = EventProducer(create_producer(kafka), kafka)
     consumer = create_consumer(kafka, INPUTS, settings.group_id)
     worker = SuspectsWorker(state, producer)
+    mappings = worker.follow_mappings(kafka)
     loaded = asyncio.Event()
 
     async def loop(stop: asyncio.Event) -> None:
         await producer.start()
+        await mappings.start()
         await worker.load_deploys(kafka)
         await worker.warm_up(kafka, settings.group_id)
         loaded.set()
@@ -33,6 +35,7 @@ async def serve() -> None:
             await run_batches(consumer, worker.handle, stop)
         finally:
             await consumer.stop()
+            await mappings.stop()
             await producer.stop()
 
     async def ready() -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +72,9 @@ class SuspectState:
         self.deploys: dict[str, tuple[Deploy, DeployRecordedV1]] = {}
         self.incidents: OrderedDict[str, _Incident] = OrderedDict()
         self.max_incidents, self.lookback = max_incidents, lookback
+        # The service the incident's Sentry project is mapped to, when an alert-rule action
+        # routed the incident elsewhere: its deploys are candidates too.
+        self.mapped_service: Callable[[str, str], str | None] = lambda _conn, _slug: None
 
     def remember(self, p: DeployRecordedV1) -> Deploy:
         deploy = deploy_of(p)
@@ -84,9 +88,8 @@ class SuspectState:
         for incident_id, known in list(self.incidents.items()):
             first_seen = known.event.snapshot.first_seen or known.event.status_at
             gap = first_seen.timestamp() - deploy.start_ts
-            if (
-                known.event.service_id == deploy.service
-                and -SKEW <= gap <= self.lookback.total_seconds()
+            if deploy.service in self._services(known.event) and (
+                -SKEW <= gap <= self.lookback.total_seconds()
             ):
                 out += self._score(incident_id, known)
         return out
@@ -158,6 +161,16 @@ class SuspectState:
             recorded_at=enrichment.fetched_at,
         )
 
+    def _services(self, event: IncidentEvent) -> tuple[str, ...]:
+        """The incident's service, and the one its Sentry project is mapped to if different."""
+        slug = event.sentry.project_slug
+        mapped = self.mapped_service(event.sentry.connection_id, slug) if slug else None
+        return (
+            (event.service_id,)
+            if mapped in (None, event.service_id)
+            else (event.service_id, mapped)
+        )
+
     def _candidates(self, services: tuple[str, ...], first_seen: float) -> int:
         """How many deploys the scoring considered (it ranks them all, keeps the best ``TOP``)."""
         low, high = first_seen - self.lookback.total_seconds(), first_seen + SKEW
@@ -169,7 +182,7 @@ class SuspectState:
 
     def _score(self, incident_id: str, known: _Incident) -> list[Envelope[IncidentSuspectsV1]]:
         event = known.event
-        facts = facts_from_events(event, known.enrichment)
+        facts = facts_from_events(event, known.enrichment, mapped_from=self._services(event))
         ranked = score(
             facts, (d for d, _ in self.deploys.values()), lookback=self.lookback, limit=TOP
         )

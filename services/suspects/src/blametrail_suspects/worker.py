@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from blametrail_common.events import DecodeError, Envelope, decode
+from blametrail_common.events import DecodeError, Envelope, MappingStateV1, decode, mapping_key
 from blametrail_common.events.deploys import DeployRecordedV1, IncidentSuspectsV1
 from blametrail_common.events.enrichment import IncidentEnrichedV1
 from blametrail_common.events.incidents import IncidentEvent
@@ -50,6 +50,18 @@ EMITTED = Counter("blametrail_suspects_events_total", "incident.suspects events 
 class SuspectsWorker:
     def __init__(self, state: SuspectState, producer: EventProducer) -> None:
         self.state, self.producer = state, producer
+
+    def follow_mappings(self, kafka: KafkaSettings) -> CompactedTable[MappingStateV1]:
+        """The project mappings (``cp-mappings``), for the deploys of the service an incident's
+        project is mapped to; the caller starts and stops the table."""
+        table = CompactedTable(kafka, "cp-mappings", MappingStateV1)
+
+        def mapped(connection_id: str, slug: str) -> str | None:
+            found = table.get(mapping_key(connection_id, slug))
+            return found.service_id if found is not None else None
+
+        self.state.mapped_service = mapped
+        return table
 
     async def load_deploys(self, kafka: KafkaSettings) -> int:
         """Every deploy recorded so far, from the compacted topic (no scoring for these)."""
