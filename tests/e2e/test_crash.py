@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 from blametrail_common.crypto import SecretBox, generate_key
@@ -41,7 +42,7 @@ async def _counts(dsn: str) -> tuple[int, int, int]:
 
 
 async def test_kill_minus_nine_while_2000_incidents_flow(
-    kafka_settings: KafkaSettings, infra: Infra
+    kafka_settings: KafkaSettings, infra: Infra, tmp_path: Path
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"k{uuid.uuid4().hex[:6]}."
@@ -103,16 +104,20 @@ async def test_kill_minus_nine_while_2000_incidents_flow(
             "BLAMETRAIL_LOG_LEVEL": "WARNING",
             "BLAMETRAIL_ENRICHER_PORT": str(free_port()),
             "BLAMETRAIL_PROJECTION_PORT": str(free_port()),
+            "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
         }
         modules = {"enricher": "blametrail_enricher", "projector": "blametrail_enricher.projector"}
 
+        logs = {name: tmp_path / f"{name}.log" for name in modules}
+
         def start(name: str) -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", modules[name]],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            with logs[name].open("ab") as log:
+                return subprocess.Popen(
+                    [sys.executable, "-m", modules[name]],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
 
         procs = {name: start(name) for name in modules}
         kills = 0
@@ -131,8 +136,19 @@ async def test_kill_minus_nine_while_2000_incidents_flow(
         finally:
             for proc in procs.values():
                 proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                proc.wait(30)
+            hung = []
+            for name, proc in procs.items():
+                try:  # bounded: 10 s grace, then cancel, then a hard exit
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    hung.append(f"{name}:\n" + logs[name].read_text()[-4000:])
+            assert not hung, "SIGTERM did not stop:\n" + "\n".join(hung)
+            codes = {name: proc.returncode for name, proc in procs.items()}
+            assert codes == {name: 0 for name in modules}, (
+                codes,
+                {n: logs[n].read_text()[-2000:] for n in modules},
+            )
 
     assert await _counts(dsn) == (N, N, N)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:

@@ -62,6 +62,14 @@ class LogSettings(BaseBlametrailSettings):
     log_format: Literal["json", "console"] = "json"
 
 
+class RunnerSettings(BaseBlametrailSettings):
+    """How a consumer service stops (see :func:`blametrail_common.runner.run_with_health`)."""
+
+    shutdown_grace_s: float = Field(default=120.0, validation_alias=f"{PREFIX}SHUTDOWN_GRACE_S")
+    """After SIGTERM, how long the batch in hand may take before it is cancelled (and
+    redelivered). Keep it below the pod's terminationGracePeriodSeconds."""
+
+
 class SecretsSettings(BaseBlametrailSettings):
     """Key used to encrypt secrets at rest and on the connections topic (Fernet, urlsafe base64).
 
