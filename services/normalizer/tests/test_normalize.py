@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from blametrail_common.events.incidents import (
     IncidentUpdatedV1,
     incident_id_for,
 )
+from blametrail_common.events.installations import SentryInstallationV1
 from blametrail_common.testing import FIXTURES, signed_fixture
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
@@ -205,16 +207,44 @@ def test_oauth_webhooks_resolve_the_tenant_by_installation() -> None:
 
 
 def test_unsupported_and_other_resources_are_audited() -> None:
-    for name in ("comment.created", "installation.created"):
-        assert (
-            only(normalize(raw(name), lookup()), WebhookAuditedV1).payload.reason == "unsupported"
-        )
+    assert (
+        only(normalize(raw("comment.created"), lookup()), WebhookAuditedV1).payload.reason
+        == "unsupported"
+    )
     assert (
         only(
             normalize(raw("issue.created", supported=False), lookup()), WebhookAuditedV1
         ).payload.reason
         == "unsupported"
     )
+
+
+def test_installation_webhooks_go_to_the_control_plane_with_their_grant() -> None:
+    # No connection exists yet for a new installation: none is needed.
+    created = normalize(raw("installation.created", connection_id=None), MemoryLookup())
+    [(topic, env)] = created.events
+    assert topic == "sentry-installations"
+    assert env.key == INSTALL
+    assert isinstance(env.payload, SentryInstallationV1)
+    assert (env.payload.action, env.payload.sentry_org_slug, env.payload.app_slug) == (
+        "created",
+        "acme",
+        "acme-triage",
+    )
+    assert (
+        env.payload.code
+        == json.loads(signed_fixture("installation.created")[0])["data"]["installation"]["code"]
+    )
+    [(_, deleted)] = normalize(raw("installation.deleted", connection_id=None), lookup()).events
+    assert isinstance(deleted.payload, SentryInstallationV1)
+    assert (deleted.payload.action, deleted.payload.code) == ("deleted", None)
+    # deterministic: a replay overwrites rather than duplicates
+    assert (
+        normalize(raw("installation.deleted", connection_id=None), lookup()).events[0][1].id
+        == deleted.id
+    )
+    bad = normalize(raw("installation.created", body=b'{"action":"renamed","data":{}}'), lookup())
+    assert only(bad, WebhookAuditedV1).payload.reason == "invalid_payload"
 
 
 def test_invalid_payload_is_audited_never_raised() -> None:

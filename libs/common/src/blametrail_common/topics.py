@@ -116,6 +116,26 @@ _DEPLOYS = TopicSpec(
     producers=("mappings-api", "suspects"),  # suspects: releases Sentry reported, unknown here
     consumers=("suspects", "mappings-api"),
 )
+_INSTALLATIONS = TopicSpec(
+    name="sentry-installations",
+    key="installation uuid",
+    description="Installation webhooks of the public app (created with its grant code, deleted).",
+    partitions=1,
+    cleanup_policy="delete",
+    retention_ms=7 * DAY_MS,  # a grant lives ten minutes; a week is for investigations
+    producers=("normalizer",),
+    consumers=("mappings-api",),
+)
+_REFRESH_REQUESTS = TopicSpec(
+    name="oauth-refresh-requests",
+    key="connection id",
+    description="Early token refresh requests from readers whose token Sentry rejected.",
+    partitions=1,
+    cleanup_policy="delete",
+    retention_ms=DAY_MS,
+    producers=("enricher",),
+    consumers=("mappings-api",),
+)
 _SERVICES = TopicSpec(
     name="cp-services",
     key="service id",
@@ -157,6 +177,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     _dlq(_SUSPECTS, ()),
     _DEPLOYS,
     _dlq(_DEPLOYS, ()),
+    _INSTALLATIONS,
+    _REFRESH_REQUESTS,
     _SERVICES,
     _CONNECTIONS,
     _MAPPINGS,

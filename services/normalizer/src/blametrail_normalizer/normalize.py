@@ -35,6 +35,7 @@ from blametrail_common.events.incidents import (
     incident_id_for,
     severity_for_level,
 )
+from blametrail_common.events.installations import SentryInstallationV1
 from blametrail_common.text import scrub_surrogates
 
 from blametrail_normalizer.lookup import Lookup
@@ -92,6 +93,8 @@ def normalize(raw: Envelope[WebhookReceivedV1], lookup: Lookup) -> Normalized:
     ctx = _Ctx(raw, lookup)
     try:
         doc = _parse(ctx)
+        if ctx.hook.resource == "installation":
+            return Normalized([("sentry-installations", _installation(ctx, doc))])
         ctx.conn = _connection(ctx)
         payloads = _route(ctx, doc)
     except _Skip as skip:
@@ -139,6 +142,34 @@ def _route(ctx: _Ctx, doc: dict[str, Any]) -> list[IncidentEvent]:
     if resource == "metric_alert":
         return _metric_alert(ctx, doc.get("action"), data)
     raise _Skip("unsupported", f"{resource} webhooks do not create incidents")
+
+
+# -- installation ------------------------------------------------------------------------------
+def _installation(ctx: _Ctx, doc: dict[str, Any]) -> Envelope[Any]:
+    """The control plane's copy of an installation webhook: it exchanges the grant of ``created``
+    and disables the connection on ``deleted``. No connection is needed (there is none yet)."""
+    inst = _obj(doc["data"].get("installation"))
+    uuid_ = _str(inst.get("uuid")) or ctx.hook.installation_uuid
+    action = doc.get("action")
+    if not uuid_ or action not in ("created", "deleted"):
+        raise _Skip("invalid_payload", "installation webhook without uuid or known action")
+    record = SentryInstallationV1(
+        installation_uuid=uuid_,
+        action=action,
+        sentry_org_slug=_str(_obj(inst.get("organization")).get("slug")),
+        app_slug=_str(_obj(inst.get("app")).get("slug")),
+        code=_str(inst.get("code")) if action == "created" else None,
+        connection_id=ctx.hook.connection_id,
+        raw_event_id=str(ctx.raw.id),
+        received_at=ctx.hook.received_at,
+    )
+    return new_event(
+        record,
+        key=uuid_,
+        occurred_at=ctx.status_at(),
+        event_id=uuid.uuid5(ctx.raw.id, "normalizer:installation"),
+        produced_at=ctx.hook.received_at,
+    )
 
 
 # -- issue -------------------------------------------------------------------------------------
