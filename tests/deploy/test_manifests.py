@@ -28,12 +28,14 @@ from blametrail_common.settings import (
     KafkaSettings,
     LogSettings,
     PostgresSettings,
+    RunnerSettings,
     SecretsSettings,
 )
 from blametrail_common.topics import TOPICS
 from blametrail_devstack.services import SERVICES
 from blametrail_enricher.settings import EnricherSettings, ProjectionSettings
 from blametrail_ingest.settings import IngestSettings
+from blametrail_mappings_api.oauth import OAuthSettings
 from blametrail_mappings_api.sentry_ui import SentryUiSettings
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.settings import NormalizerSettings
@@ -57,11 +59,17 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
         PostgresSettings,
         SecretsSettings,
         SentryUiSettings,
+        OAuthSettings,
     ),
     "blametrail_normalizer": (*COMMON, NormalizerSettings),
-    "blametrail_enricher": (*COMMON, EnricherSettings, SecretsSettings),
-    "blametrail_enricher.projector": (*COMMON, ProjectionSettings, PostgresSettings),
-    "blametrail_suspects": (*COMMON, SuspectsSettings),
+    "blametrail_enricher": (*COMMON, EnricherSettings, SecretsSettings, RunnerSettings),
+    "blametrail_enricher.projector": (
+        *COMMON,
+        ProjectionSettings,
+        PostgresSettings,
+        RunnerSettings,
+    ),
+    "blametrail_suspects": (*COMMON, SuspectsSettings, RunnerSettings),
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }

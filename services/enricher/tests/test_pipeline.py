@@ -35,7 +35,8 @@ class Creds:
     def credentials(self, connection_id: str) -> SentryCredentials | None:
         return self.current
 
-    async def request_refresh(self, connection_id: str) -> None:
+    async def request_refresh(self, connection_id: str, rejected: SentryCredentials) -> None:
+        assert rejected.token == self.current.token
         self.refresh_requests += 1
 
 

@@ -6,6 +6,9 @@ rotated without downtime. Plaintext never leaves this module in a log or an erro
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 __all__ = ["SecretBox", "SecretBoxError", "generate_key"]
@@ -31,6 +34,15 @@ class SecretBox:
             self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in parts])
         except ValueError as exc:
             raise SecretBoxError("BLAMETRAIL_SECRET_KEYS holds a malformed key") from exc
+        self._keys = [k.encode("ascii") for k in parts]
+
+    def mac_keys(self, purpose: str) -> list[bytes]:
+        """HMAC keys for ``purpose``, one derived from each configured key (the first is the
+        current one; the others verify what older keys signed). Never the keys themselves."""
+        return [
+            hmac.new(k, b"blametrail:" + purpose.encode(), hashlib.sha256).digest()
+            for k in self._keys
+        ]
 
     def encrypt(self, plaintext: str) -> str:
         """Return an ASCII token that only holders of a configured key can read."""

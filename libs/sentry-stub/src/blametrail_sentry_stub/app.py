@@ -49,7 +49,7 @@ def _guard(
     async def endpoint(request: Request) -> Response:
         state.requests.append({"route": name, "method": request.method, "path": request.url.path})
         fault = state.take_fault(name)
-        if fault is not None:
+        if fault is not None and fault.kind != "lost":
             early = await _apply(fault)
             if early is not None:
                 return early
@@ -65,6 +65,8 @@ def _guard(
             )
             return JSONResponse({"detail": detail}, status_code=429, headers=headers)
         response = await handler(request, state, token)
+        if fault is not None and fault.kind == "lost":  # done here, the answer never arrives
+            return _DropConnection()
         response.headers.update(headers)
         return response
 

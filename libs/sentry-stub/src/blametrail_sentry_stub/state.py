@@ -14,7 +14,9 @@ from blametrail_common.testing import fixture_bytes
 GRANT_LIFE_S = 10 * 60
 TOKEN_LIFE_S = 8 * 60 * 60
 
-FaultKind = Literal["429", "500", "502", "503", "slow", "reset", "401"]
+FaultKind = Literal["429", "500", "502", "503", "slow", "reset", "lost", "401"]
+"""``reset`` drops the connection before the request is handled; ``lost`` after (the effect
+happened, the answer never arrives)."""
 
 
 @dataclass

@@ -33,7 +33,7 @@ async def serve() -> None:
         api = HttpxSentryApi(http, policy)
         enricher = Enricher(
             api,
-            ConnectionCredentials(table, box),
+            ConnectionCredentials(table, box, producer),
             producer,
             Limits(breadcrumbs=settings.breadcrumbs, max_bytes=settings.max_record_bytes),
             links=api,

@@ -1,11 +1,19 @@
-"""Sentry credentials per connection, learnt from ``cp-connections`` (tokens arrive encrypted)."""
+"""Sentry credentials per connection, learnt from ``cp-connections`` (tokens arrive encrypted).
+
+An OAuth token has one owner, the control plane's token keeper: a rejected one is reported on
+``oauth-refresh-requests`` (naming the token by fingerprint) and the new one arrives here through
+``cp-connections``. Refreshing here would race the keeper: refresh tokens are single use.
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from blametrail_common.crypto import SecretBox, SecretBoxError
-from blametrail_common.events import ConnectionStateV1
+from blametrail_common.events import ConnectionStateV1, new_event
+from blametrail_common.events.installations import TokenRefreshRequestedV1, token_fingerprint
+from blametrail_common.kafka import EventProducer
 from blametrail_common.kafka.table import CompactedTable
 
 from blametrail_enricher.client import SentryCredentials
@@ -18,8 +26,13 @@ log = logging.getLogger(__name__)
 class ConnectionCredentials:
     """:class:`~blametrail_enricher.pipeline.CredentialSource` over the connections table."""
 
-    def __init__(self, table: CompactedTable[ConnectionStateV1], box: SecretBox) -> None:
-        self._table, self._box = table, box
+    def __init__(
+        self,
+        table: CompactedTable[ConnectionStateV1],
+        box: SecretBox,
+        producer: EventProducer | None = None,
+    ) -> None:
+        self._table, self._box, self._producer = table, box, producer
 
     def credentials(self, connection_id: str) -> SentryCredentials | None:
         conn = self._table.get(connection_id)
@@ -32,8 +45,21 @@ class ConnectionCredentials:
             return None
         return SentryCredentials(conn.api_base_url, conn.sentry_org_slug, token)
 
-    async def request_refresh(self, connection_id: str) -> None:
-        # Internal-integration tokens never expire: a 401 means a revoked token, which only a
-        # person can fix. OAuth refresh (single owner, early-refresh requests) comes with the
-        # public-integration work; until then a rejected token fails the enrichment.
-        log.warning("sentry rejected the token", extra={"connection_id": connection_id})
+    async def request_refresh(self, connection_id: str, rejected: SentryCredentials) -> None:
+        conn = self._table.get(connection_id)
+        if conn is None or conn.mode != "oauth" or self._producer is None:
+            # Internal-integration tokens never expire: a 401 means a revoked token, which only
+            # a person can fix (PATCH the connection's auth_token).
+            log.warning("sentry rejected the token", extra={"connection_id": connection_id})
+            return
+        request = TokenRefreshRequestedV1(
+            connection_id=connection_id,
+            rejected_token=token_fingerprint(rejected.token),
+            reason="sentry answered 401",
+            requested_at=datetime.now(UTC),
+        )
+        await self._producer.send(
+            "oauth-refresh-requests",
+            new_event(request, key=connection_id, tenant=conn.tenant_id),
+        )
+        log.info("early token refresh requested", extra={"connection_id": connection_id})

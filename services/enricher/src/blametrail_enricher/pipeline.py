@@ -43,8 +43,9 @@ class CredentialSource(Protocol):
 
     def credentials(self, connection_id: str) -> SentryCredentials | None: ...
 
-    async def request_refresh(self, connection_id: str) -> None:
-        """Ask the token's owner for an early refresh (OAuth); a no-op for internal tokens."""
+    async def request_refresh(self, connection_id: str, rejected: SentryCredentials) -> None:
+        """Ask the token's owner for an early refresh of ``rejected`` (OAuth); internal tokens
+        never expire, so for them this only logs."""
         ...
 
 
@@ -178,7 +179,7 @@ class Enricher:
             except TokenRejected:
                 if attempt == 2:
                     raise
-                await self.creds.request_refresh(target.connection_id)
+                await self.creds.request_refresh(target.connection_id, creds)
                 await self._await_new_token(target.connection_id, creds)
         raise AssertionError("unreachable")
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
@@ -16,8 +17,11 @@ from starlette.applications import Starlette
 
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.deploy_import import SentryDeployStore
+from blametrail_mappings_api.oauth import OAuth, OAuthSettings
 from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Repository, create_pool
+from blametrail_mappings_api.sentry_app import SentryApp
+from blametrail_mappings_api.sentry_ui import SentryUiSettings
 from blametrail_mappings_api.settings import ApiSettings
 
 
@@ -30,6 +34,17 @@ async def serve() -> None:
     store = SentryDeployStore(pool)
     consumer = create_consumer(kafka, ["deploys"], settings.deploy_store_group)
     stop = asyncio.Event()
+    http = httpx.AsyncClient()
+    oauth_settings, secrets = OAuthSettings(), SentryUiSettings().public_secrets()
+    oauth = None
+    if oauth_settings.client_id and secrets:
+        app_client = SentryApp(
+            http, oauth_settings.sentry_url, oauth_settings.client_id, secrets[0]
+        )
+        oauth = OAuth(pool, box, app_client, oauth_settings)
+        oauth_consumer = create_consumer(
+            kafka, ["sentry-installations", "oauth-refresh-requests"], oauth_settings.group_id
+        )
 
     async def store_deploys() -> None:
         await consumer.start()
@@ -37,6 +52,17 @@ async def serve() -> None:
             await run_batches(consumer, store.handle, stop)
         finally:
             await consumer.stop()
+
+    async def run_oauth() -> None:
+        if oauth is None:
+            return
+        keeper = asyncio.create_task(oauth.keep(stop, dsn))
+        await oauth_consumer.start()
+        try:
+            await run_batches(oauth_consumer, oauth.handle, stop)
+        finally:
+            await oauth_consumer.stop()
+            await keeper
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -46,11 +72,14 @@ async def serve() -> None:
             await producer.start()
             task = asyncio.create_task(relay.run(stop, dsn))
         deploys = asyncio.create_task(store_deploys())
+        installs = asyncio.create_task(run_oauth())
         try:
             yield
         finally:
             stop.set()
             await deploys
+            await installs
+            await http.aclose()
             if task is not None:
                 await task
                 await producer.stop()
@@ -65,7 +94,7 @@ async def serve() -> None:
         return relay.running or not settings.relay_enabled
 
     app = create_app(
-        settings, Repository(pool, box), {"postgres": db_ok, "relay": relay_ok}, lifespan
+        settings, Repository(pool, box), {"postgres": db_ok, "relay": relay_ok}, lifespan, oauth
     )
     config = uvicorn.Config(
         app,

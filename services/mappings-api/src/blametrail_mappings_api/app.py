@@ -10,7 +10,7 @@ import contextlib
 import html
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,12 +23,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from blametrail_mappings_api.errors import Conflict, Invalid, NotFound
+from blametrail_mappings_api.oauth import ConnectState, OAuth, oauth_routes
 from blametrail_mappings_api.readmodel import ReadModel
 from blametrail_mappings_api.repository import Repository, Row
 from blametrail_mappings_api.schemas import (
     ConnectionCreate,
     ConnectionOut,
     ConnectionPatch,
+    ConnectLinkOut,
     DeployCreate,
     DeployOut,
     MappingCreate,
@@ -159,11 +161,13 @@ def _connection(c: Ctx) -> Callable[[Row], dict[str, Any]]:
                     "api_base_url",
                     "enabled",
                     "installation_uuid",
+                    "token_expires_at",
                     "created_at",
                     "updated_at",
                 )
             },
-            "webhook_url": f"{c.settings.public_ingest_url.rstrip('/')}/webhooks/sentry/{row['id']}",
+            "webhook_url": f"{c.settings.public_ingest_url.rstrip('/')}/webhooks/sentry"
+            + ("" if row["mode"] == "oauth" else f"/{row['id']}"),
             "client_secrets_set": len(row["client_secrets_enc"]),
             "auth_token_set": row["auth_token_enc"] is not None,
         }
@@ -191,6 +195,19 @@ async def get_connection(c: Ctx) -> Response:
 async def patch_connection(c: Ctx) -> Response:
     row = await c.repo.update_connection(c.org, c.param("id"), await c.body(ConnectionPatch))
     return _json(ConnectionOut, _connection(c)(row))
+
+
+async def create_connect_link(c: Ctx) -> Response:
+    oauth: OAuth | None = c.request.app.state.oauth
+    if oauth is None:
+        raise _Http(
+            503, "not_configured", "OAuth installs are off: set BLAMETRAIL_SENTRY_CLIENT_ID"
+        )
+    now = oauth.clock()
+    state = c.request.app.state.connect_states.sign(c.org, now, oauth.settings.connect_ttl_s)
+    url = f"{c.settings.public_ingest_url.rstrip('/')}/integrations/sentry/connect?state={state}"
+    expires = datetime.fromtimestamp(now + oauth.settings.connect_ttl_s, UTC)
+    return _json(ConnectLinkOut, {"url": url, "expires_at": expires}, 201)
 
 
 async def delete_connection(c: Ctx) -> Response:
@@ -390,6 +407,14 @@ ENDPOINTS = (
         ConnectionCreate,
         ConnectionOut,
     ),
+    Endpoint(
+        "POST",
+        "/api/v1/integrations/sentry/connect",
+        create_connect_link,
+        "A link that installs the public Sentry app for this organization (OAuth)",
+        None,
+        ConnectLinkOut,
+    ),
     Endpoint("GET", CONN + "/{id}", get_connection, "Get a connection", None, ConnectionOut),
     Endpoint(
         "PATCH",
@@ -548,6 +573,7 @@ def create_app(
     repo: Repository,
     checks: dict[str, ReadinessCheck],
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None,
+    oauth: OAuth | None = None,
 ) -> Starlette:
     doc = openapi()
     reads = ReadModel(repo.pool)
@@ -604,6 +630,10 @@ def create_app(
     routes: list[BaseRoute] = [route(e) for e in ENDPOINTS]
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs), *health_routes(checks)]
     routes += ui_routes(repo.pool, repo.box, settings.public_ingest_url)
-    return Starlette(
+    states = ConnectState(repo.box.mac_keys("sentry connect state"))
+    routes += oauth_routes(oauth, states, settings.public_ingest_url)
+    app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan
     )
+    app.state.oauth, app.state.connect_states = oauth, states
+    return app

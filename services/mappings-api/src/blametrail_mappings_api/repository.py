@@ -29,12 +29,40 @@ from blametrail_mappings_api import auth
 from blametrail_mappings_api.errors import Conflict, Invalid, NotFound
 from blametrail_mappings_api.outbox import enqueue, enqueue_tombstone
 
-__all__ = ["Conn", "Page", "Pool", "Repository", "create_pool", "decode_cursor"]
+__all__ = [
+    "Conn",
+    "Page",
+    "Pool",
+    "Repository",
+    "create_pool",
+    "decode_cursor",
+    "publish_connection",
+]
 
 Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Conn]
 Page = tuple[list[Row], str | None]
+
+
+async def publish_connection(conn: Conn, row: Row) -> None:
+    """Put a ``sentry_connections`` row's state on ``cp-connections`` (outbox, same transaction)."""
+    state = ConnectionStateV1(
+        connection_id=str(row["id"]),
+        tenant_id=str(row["org_id"]),
+        mode=row["mode"],
+        enabled=row["enabled"],
+        sentry_org_slug=row["sentry_org_slug"],
+        api_base_url=row["api_base_url"],
+        installation_uuid=row["installation_uuid"],
+        client_secrets_enc=list(row["client_secrets_enc"]),
+        auth_token_enc=row["auth_token_enc"],
+        token_expires_at=row["token_expires_at"],
+        updated_at=row["updated_at"],
+    )
+    await enqueue(
+        conn, "cp-connections", new_event(state, key=state.connection_id, tenant=state.tenant_id)
+    )
 
 
 def create_pool(dsn: str, max_size: int = 10) -> Pool:
@@ -297,24 +325,7 @@ class Repository:
             await enqueue_tombstone(conn, "cp-connections", str(row["id"]))
 
     async def _publish_connection(self, conn: Conn, row: Row) -> None:
-        state = ConnectionStateV1(
-            connection_id=str(row["id"]),
-            tenant_id=str(row["org_id"]),
-            mode=row["mode"],
-            enabled=row["enabled"],
-            sentry_org_slug=row["sentry_org_slug"],
-            api_base_url=row["api_base_url"],
-            installation_uuid=row["installation_uuid"],
-            client_secrets_enc=list(row["client_secrets_enc"]),
-            auth_token_enc=row["auth_token_enc"],
-            token_expires_at=row["token_expires_at"],
-            updated_at=row["updated_at"],
-        )
-        await enqueue(
-            conn,
-            "cp-connections",
-            new_event(state, key=state.connection_id, tenant=state.tenant_id),
-        )
+        await publish_connection(conn, row)
 
     # -- mappings ------------------------------------------------------------------------------
     async def list_mappings(

@@ -106,8 +106,18 @@ class ConnectionOut(BaseModel):
     client_secrets_set: int
     auth_token_set: bool
     installation_uuid: str | None
+    token_expires_at: datetime | None = None
+    """OAuth connections: when the current token expires (it is refreshed an hour before)."""
     created_at: datetime
     updated_at: datetime
+
+
+class ConnectLinkOut(BaseModel):
+    """Open ``url`` in a browser signed in to Sentry to install the public app for this
+    organization; it expires at ``expires_at``."""
+
+    url: str
+    expires_at: datetime
 
 
 class MappingCreate(_In):
