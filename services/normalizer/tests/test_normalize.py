@@ -195,6 +195,8 @@ def test_unknown_and_disabled_connections_are_audited() -> None:
         ).payload.reason
         == "uninstalled"
     )
+    audited = only(normalize(raw("issue.created"), lookup(enabled=False)), WebhookAuditedV1)
+    assert (audited.payload.tenant_id, audited.key) == (TENANT, TENANT)  # the tenant sees it
 
 
 def test_oauth_webhooks_resolve_the_tenant_by_installation() -> None:

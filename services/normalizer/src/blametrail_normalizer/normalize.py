@@ -129,6 +129,7 @@ def _connection(ctx: _Ctx) -> ConnectionStateV1:
     if conn is None:
         raise _Skip("unknown_connection", "no connection for this webhook's URL or installation")
     if not conn.enabled:
+        ctx.conn = conn  # the audit record belongs to the connection's tenant, who may look
         raise _Skip("uninstalled", "the connection is disabled")
     return conn
 
