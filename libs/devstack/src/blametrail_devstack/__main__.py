@@ -91,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         top = incident["suspects"]["ranked"][0]
         print(f"top suspect: {top['version']} (score {top['score']:.2f}): {top['explain']}")
+        oauth = demo.connect_public_app(env)
+        print(
+            f"public app: Sentry organization {oauth['sentry_org_slug']!r} connected by OAuth"
+            f" (connection {oauth['id']}, token expires {oauth['token_expires_at']})"
+        )
     elif args.command == "services-down":
         stop_all()
     else:

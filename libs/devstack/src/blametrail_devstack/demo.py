@@ -137,6 +137,27 @@ def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
     raise RuntimeError("the demo incident did not appear in time; see .local/run/*.log")
 
 
+def connect_public_app(env: dict[str, str], timeout_s: float = 30) -> dict[str, Any]:
+    """Connect Sentry organization ``globex`` to the demo tenant through the public (OAuth) app,
+    as a person's browser would: the connect link, the stand-in's install page (which also sends
+    ``installation.created`` through ingest), the callback. Once: a second run finds it."""
+    auth = {"Authorization": f"Bearer {env['BLAMETRAIL_DEMO_API_KEY']}"}
+    with httpx.Client(base_url=env["BLAMETRAIL_API_URL"], headers=auth, timeout=10) as api:
+
+        def oauth_connections() -> list[dict[str, Any]]:
+            items = _ok(api.get("/api/v1/integrations/sentry/connections"))["items"]
+            return [c for c in items if c["mode"] == "oauth"]
+
+        if not oauth_connections():
+            link = _ok(api.post("/api/v1/integrations/sentry/connect"))
+            with httpx.Client(follow_redirects=True, timeout=timeout_s) as browser:
+                page = browser.get(link["url"])
+            if page.status_code != 200:
+                raise RuntimeError(f"OAuth connect failed: {page.status_code} {page.text}")
+        (connection,) = oauth_connections()
+        return dict(connection)
+
+
 def _ok(resp: httpx.Response) -> Any:
     if resp.status_code >= 400:
         raise RuntimeError(

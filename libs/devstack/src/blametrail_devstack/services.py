@@ -29,21 +29,29 @@ class ServiceSpec:
     dev_only: bool = False  # no counterpart in the deployment manifests
 
 
+STUB_PORT = 8090
+EDGE_URL = "http://127.0.0.1:8080"
+# The public (OAuth) app, played against the stand-in: its install page sends the signed
+# installation.created to the edge and redirects the browser to our callback, as Sentry does.
+PUBLIC_APP = {
+    "BLAMETRAIL_SENTRY_URL": f"http://127.0.0.1:{STUB_PORT}",
+    "BLAMETRAIL_SENTRY_CLIENT_ID": "blametrail-demo",
+    "BLAMETRAIL_SENTRY_APP_SLUG": "blametrail",
+    "BLAMETRAIL_INGEST_PUBLIC_CLIENT_SECRETS": "demo-public-app-secret",
+    "BLAMETRAIL_PUBLIC_INGEST_URL": EDGE_URL,  # webhook URLs via the edge
+}
+
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("sentry-stub", "blametrail_sentry_stub", None, "BLAMETRAIL_SENTRY_STUB_URL"),
     ServiceSpec(
-        "mappings-api",
-        "blametrail_mappings_api",
-        8082,
-        "BLAMETRAIL_API_URL",
-        {"BLAMETRAIL_PUBLIC_INGEST_URL": "http://127.0.0.1:8080"},  # webhook URLs via the edge
+        "sentry-stub", "blametrail_sentry_stub", None, "BLAMETRAIL_SENTRY_STUB_URL", PUBLIC_APP
     ),
+    ServiceSpec("mappings-api", "blametrail_mappings_api", 8082, "BLAMETRAIL_API_URL", PUBLIC_APP),
     ServiceSpec(
         "ingest",
         "blametrail_ingest",
         8081,
         "BLAMETRAIL_INGEST_URL",
-        {"BLAMETRAIL_INGEST_SPOOL_DIR": str(local_dir() / "spool")},
+        {**PUBLIC_APP, "BLAMETRAIL_INGEST_SPOOL_DIR": str(local_dir() / "spool")},
     ),
     # One public host, as the Ingress is in Kubernetes: webhooks to ingest, the rest to the API.
     ServiceSpec("edge", "blametrail_devstack.edge", 8080, "BLAMETRAIL_EDGE_URL", dev_only=True),
@@ -52,7 +60,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("projector", "blametrail_enricher.projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
     ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL"),
 )
-STUB_PORT = 8090
 
 
 def run_dir() -> Path:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import orjson
+from blametrail_common.signature import sign
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -252,6 +256,47 @@ async def release_deploys(request: Request, state: StubState, token: Token | Non
     return JSONResponse(state.deploys.get(key, []))
 
 
+async def external_install(request: Request) -> Response:
+    """Sentry's install page, as if the signed-in user picked ``?organization=`` (default
+    ``globex``) and pressed Install: an installation and its grant, the ``installation.created``
+    webhook sent (signed), and the browser redirected with ``installationId``, ``code``,
+    ``orgSlug``."""
+    state: StubState = request.app.state.stub
+    app = state.public_app
+    if app is None or app.slug != request.path_params["slug"]:
+        return JSONResponse({"detail": "No such app"}, 404)
+    org = request.query_params.get("organization", "globex")
+    inst, code = state.add_installation(org, app.client_id, app.client_secret)
+    body = orjson.dumps(
+        {
+            "action": "created",
+            "installation": {"uuid": inst.uuid},
+            "data": {
+                "installation": {
+                    "app": {"uuid": "stub-app", "slug": app.slug},
+                    "organization": {"slug": org},
+                    "uuid": inst.uuid,
+                    "status": "pending",
+                    "code": code,
+                }
+            },
+            "actor": {"type": "user", "id": 1, "name": "Stub User"},
+        }
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "Request-ID": secrets.token_hex(16),
+        "Sentry-Hook-Resource": "installation",
+        "Sentry-Hook-Timestamp": str(int(state.now())),
+        "Sentry-Hook-Signature": sign(body, app.client_secret),
+    }
+    async with httpx.AsyncClient() as http:  # Sentry sends it around the same time
+        with contextlib.suppress(httpx.HTTPError):
+            await http.post(app.webhook_url, content=body, headers=headers, timeout=5)
+    query = urlencode({"installationId": inst.uuid, "code": code, "orgSlug": org})
+    return RedirectResponse(f"{app.redirect_url}?{query}", 302)
+
+
 def _control_routes(state: StubState) -> list[Route]:
     async def faults(request: Request) -> Response:
         body = orjson.loads(await request.body())
@@ -322,6 +367,9 @@ def create_app(state: StubState) -> Starlette:
             _guard("external_issues", external_issues, state),
             methods=["DELETE"],
         ),
+        Route("/sentry-apps/{slug}/external-install/", external_install),
         *_control_routes(state),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.stub = state
+    return app

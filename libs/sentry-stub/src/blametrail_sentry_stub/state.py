@@ -47,6 +47,18 @@ class Installation:
     status: str = "pending"
 
 
+@dataclass(frozen=True)
+class PublicApp:
+    """The public app as Sentry knows it: who installs it is sent ``installation.created`` at
+    ``webhook_url`` (signed with ``client_secret``) and redirected to ``redirect_url``."""
+
+    slug: str
+    client_id: str
+    client_secret: str
+    webhook_url: str
+    redirect_url: str
+
+
 @dataclass
 class StubState:
     """Everything the stub knows. Mutate it directly in tests or through ``/_stub/`` routes."""
@@ -63,6 +75,7 @@ class StubState:
     releases: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # org -> newest first
     deploys: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    public_app: PublicApp | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
 

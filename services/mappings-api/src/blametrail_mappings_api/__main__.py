@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
+from blametrail_common.health import ReadinessCheck
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.logging import configure_logging
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
@@ -24,6 +26,8 @@ from blametrail_mappings_api.sentry_app import SentryApp
 from blametrail_mappings_api.sentry_ui import SentryUiSettings
 from blametrail_mappings_api.settings import ApiSettings
 
+log = logging.getLogger(__name__)
+
 
 async def serve() -> None:
     settings, kafka, dsn = ApiSettings(), KafkaSettings(), PostgresSettings().database_url
@@ -34,9 +38,12 @@ async def serve() -> None:
     store = SentryDeployStore(pool)
     consumer = create_consumer(kafka, ["deploys"], settings.deploy_store_group)
     stop = asyncio.Event()
+    workers: dict[str, asyncio.Task[None]] = {}
     http = httpx.AsyncClient()
     oauth_settings, secrets = OAuthSettings(), SentryUiSettings().public_secrets()
     oauth = None
+    if oauth_settings.client_id and not secrets:
+        log.error("BLAMETRAIL_SENTRY_CLIENT_ID is set but no public client secret: OAuth is off")
     if oauth_settings.client_id and secrets:
         app_client = SentryApp(
             http, oauth_settings.sentry_url, oauth_settings.client_id, secrets[0]
@@ -71,14 +78,15 @@ async def serve() -> None:
         if settings.relay_enabled:
             await producer.start()
             task = asyncio.create_task(relay.run(stop, dsn))
-        deploys = asyncio.create_task(store_deploys())
-        installs = asyncio.create_task(run_oauth())
+        workers["deploys"] = asyncio.create_task(store_deploys())
+        workers["oauth"] = asyncio.create_task(run_oauth())
+        for name, worker in workers.items():
+            worker.add_done_callback(_report(name, stop))
         try:
             yield
         finally:
             stop.set()
-            await deploys
-            await installs
+            await asyncio.gather(*workers.values(), return_exceptions=True)
             await http.aclose()
             if task is not None:
                 await task
@@ -93,9 +101,15 @@ async def serve() -> None:
     async def relay_ok() -> bool:
         return relay.running or not settings.relay_enabled
 
-    app = create_app(
-        settings, Repository(pool, box), {"postgres": db_ok, "relay": relay_ok}, lifespan, oauth
-    )
+    async def workers_ok() -> bool:  # a consumer that ended before shutdown has crashed
+        return all(not w.done() for name, w in workers.items() if name != "oauth" or oauth)
+
+    checks: dict[str, ReadinessCheck] = {
+        "postgres": db_ok,
+        "relay": relay_ok,
+        "consumers": workers_ok,
+    }
+    app = create_app(settings, Repository(pool, box), checks, lifespan, oauth)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -106,6 +120,18 @@ async def serve() -> None:
         timeout_graceful_shutdown=10,
     )
     await uvicorn.Server(config).serve()
+
+
+def _report(name: str, stop: asyncio.Event) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not stop.is_set():
+            log.error(
+                "background consumer crashed; /readyz fails until a restart",
+                extra={"worker": name},
+                exc_info=task.exception(),
+            )
+
+    return done
 
 
 def main() -> None:
