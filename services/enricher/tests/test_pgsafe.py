@@ -1,6 +1,7 @@
 import math
 
-from blametrail_enricher.pgsafe import pg_json, pg_text
+import orjson
+from blametrail_enricher.pgsafe import pg_json, pg_jsonb, pg_text
 
 
 def test_text_loses_nul_and_lone_surrogates_only() -> None:
@@ -15,3 +16,18 @@ def test_json_is_cleaned_recursively_and_reports_it() -> None:
     assert changed
     assert cleaned == {"k\ufffd": [1, None, {"x": "\ufffd"}, None], "ok": 10**40}
     assert pg_json({"a": ["b", 1.5]}) == ({"a": ["b", 1.5]}, False)
+
+
+def test_jsonb_encoding_is_the_cleaned_value_in_one_pass() -> None:
+    poison = {"k\x00": ["\ud83d", "a\x00"], "ok": 10**40}
+    encoded, changed = pg_jsonb(poison)
+    assert changed
+    assert orjson.loads(encoded.decode().replace("1" + "0" * 40, "0")) == {
+        "k\ufffd": ["\ufffd", "a\ufffd"],
+        "ok": 0,
+    }
+    assert b"\\u0000" not in encoded
+    assert pg_jsonb({"a": ["b", 1.5, None]}) == (b'{"a":["b",1.5,null]}', False)
+    for clean in ({"t": "caf\u00e9 \U0001f600"}, [1, 2, {"x": None}], "s"):
+        encoded, changed = pg_jsonb(clean)
+        assert (orjson.loads(encoded), changed) == (clean, False)

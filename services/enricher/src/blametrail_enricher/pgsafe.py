@@ -12,7 +12,9 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Sanitized", "pg_json", "pg_text"]
+import orjson
+
+__all__ = ["Sanitized", "pg_json", "pg_jsonb", "pg_text"]
 
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -56,6 +58,27 @@ def pg_json(value: Any) -> tuple[Any, bool]:
     s = Sanitized()
     cleaned = s.json(value)
     return cleaned, s.changed
+
+
+def pg_jsonb(value: Any) -> tuple[bytes, bool]:
+    """``value`` encoded as JSON that ``jsonb`` accepts, and whether anything had to be replaced.
+
+    One orjson pass in the common case: it refuses lone surrogates (and integers past 64 bits),
+    escapes NUL as ``\\u0000`` (which ``jsonb`` refuses: that costs the slow path), and writes
+    non-finite floats as ``null`` itself, unflagged (pydantic's JSON mode has already turned those
+    in free-form dicts into ``None``; typed floats are our own computed scores).
+    """
+    try:
+        out = orjson.dumps(value)
+        if b"\\u0000" not in out:
+            return out, False
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    cleaned, changed = pg_json(value)
+    try:
+        return orjson.dumps(cleaned), changed
+    except TypeError:  # e.g. an integer past 64 bits: jsonb takes it as numeric
+        return json.dumps(cleaned, ensure_ascii=False).encode(), changed
 
 
 def _clean_json(value: Any) -> bool:

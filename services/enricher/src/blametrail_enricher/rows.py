@@ -27,18 +27,28 @@ from blametrail_common.events.incidents import (
 )
 from psycopg.types.json import Jsonb
 
-from blametrail_enricher.pgsafe import pg_json, pg_text
+from blametrail_enricher.pgsafe import pg_jsonb, pg_text
 
 __all__ = ["Rows", "rows_for"]
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
 
 
 def _jsonb(value: Any) -> Jsonb:
     """jsonb parameters serialized by orjson (psycopg's default is the slower stdlib json)."""
     return Jsonb(value, dumps=_dumps)
+
+
+def _encoded(value: bytes) -> bytes:
+    return value
+
+
+def _safe_jsonb(value: Any) -> tuple[Jsonb, bool]:
+    """A jsonb parameter Postgres accepts (``pgsafe``), encoded once, and whether it was cleaned."""
+    encoded, changed = pg_jsonb(value)
+    return Jsonb(encoded, dumps=_encoded), changed
 
 
 _STATUS_OF_SENTRY = {"unresolved": "open", "resolved": "resolved", "ignored": "muted"}
@@ -94,7 +104,7 @@ def rows_for(records: list[Any]) -> Rows:
         p = env.payload
         if isinstance(p, IncidentEvent):
             out.incidents.append(_incident(p))
-            payload, changed = pg_json(p.model_dump(mode="json"))
+            payload, changed = _safe_jsonb(p.model_dump(mode="json"))
             out.timeline.append(
                 {
                     "event_id": env.id,
@@ -104,12 +114,12 @@ def rows_for(records: list[Any]) -> Rows:
                     "occurred_at": p.status_at,
                     "log_partition": record.partition,
                     "log_offset": record.offset,
-                    "payload": _jsonb(payload),
+                    "payload": payload,
                     "sanitized": changed,
                 }
             )
         elif isinstance(p, IncidentEnrichedV1):
-            record_json, changed = pg_json(p.model_dump(mode="json"))
+            record_json, changed = _safe_jsonb(p.model_dump(mode="json"))
             out.enriched.append(
                 {
                     "incident_id": p.incident_id,
@@ -117,7 +127,7 @@ def rows_for(records: list[Any]) -> Rows:
                     "event_id": env.id,
                     "status": "enriched",
                     "reason": None,
-                    "record": _jsonb(record_json),
+                    "record": record_json,
                     "fetched_at": p.fetched_at,
                     "sanitized": changed,
                 }
@@ -149,7 +159,7 @@ def rows_for(records: list[Any]) -> Rows:
                 }
             )
         elif isinstance(p, IncidentSuspectsV1):
-            suspects, _ = pg_json([s.model_dump(mode="json") for s in p.suspects])
+            suspects, _ = _safe_jsonb([s.model_dump(mode="json") for s in p.suspects])
             out.suspects.append(
                 {
                     "incident_id": p.incident_id,
@@ -157,7 +167,7 @@ def rows_for(records: list[Any]) -> Rows:
                     "event_id": env.id,
                     "computed_at": p.computed_at,
                     "candidates": p.candidates,
-                    "suspects": _jsonb(suspects),
+                    "suspects": suspects,
                 }
             )
         else:
@@ -167,10 +177,10 @@ def rows_for(records: list[Any]) -> Rows:
 
 def _incident(p: IncidentEvent) -> dict[str, Any]:
     s = p.snapshot
-    sentry, _ = pg_json(p.sentry.model_dump(mode="json", exclude_none=True))
+    sentry, _ = _safe_jsonb(p.sentry.model_dump(mode="json", exclude_none=True))
     assignee = None
     if isinstance(p, IncidentAssignedV1) and p.assignee is not None:
-        assignee = _jsonb(pg_json(p.assignee.model_dump(mode="json"))[0])
+        assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]
     status = status_for(p)
     return {
         "incident_id": p.incident_id,
@@ -183,7 +193,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "culprit": pg_text(s.culprit),
         "assignee": assignee,
         "sets_assignee": isinstance(p, IncidentAssignedV1),
-        "sentry": _jsonb(sentry),
+        "sentry": sentry,
         "first_seen": s.first_seen,
         "last_seen": s.last_seen,
         "event_count": s.count,

@@ -7,6 +7,7 @@ build does not know is refused with :class:`UnknownEventVersion` rather than hal
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -123,12 +124,37 @@ def encode(event: Envelope[Any]) -> bytes:
     return event.__pydantic_serializer__.to_json(event)
 
 
+# Our encoder writes ``id``, ``type``, ``version`` first: the model can be chosen from the head
+# and the bytes validated in one pass (pydantic's JSON parser, ~1.4x orjson + validate_python).
+_HEAD = re.compile(rb'"type":"([A-Za-z0-9_.\-]{1,100})","version":([0-9]{1,9})[,}]')
+
+
+def _decode_by_head(data: bytes) -> Envelope[Any] | None:
+    """The fast path of :func:`decode`, or ``None`` (then the full path decides and explains)."""
+    head = _HEAD.search(data, 0, 256) if isinstance(data, bytes) else None
+    if head is None:
+        return None
+    name, version = head[1].decode(), int(head[2])
+    adapter = _ADAPTERS.get((name, version))
+    if adapter is None:
+        return None
+    try:
+        env = adapter.validate_json(data)
+    except ValidationError:
+        return None
+    # The match may have been a nested object's: only the envelope's own type counts.
+    return env if (env.type, env.version) == (name, version) else None
+
+
 def decode(data: bytes) -> Envelope[Any]:
     """Parse bytes into an envelope with its registered payload model.
 
     Raises :class:`DecodeError` (or a subclass) with a message naming what is wrong; never
     another exception type for bad input.
     """
+    fast = _decode_by_head(data)
+    if fast is not None:
+        return fast
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
