@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from blametrail_common.kafka.admin import admin_client
+from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.settings import KafkaSettings, PostgresSettings
 from blametrail_common.topics import TOPICS
 from blametrail_enricher.settings import ProjectionSettings
@@ -156,7 +156,7 @@ async def _kafka_committed_topics(kafka: KafkaSettings, group: str) -> set[str]:
     admin = admin_client(kafka)
     await admin.start()
     try:
-        return {tp.topic for tp in await admin.list_consumer_group_offsets(group)}
+        return {tp.topic for tp in await committed_offsets(admin, group)}
     finally:
         await admin.close()
 

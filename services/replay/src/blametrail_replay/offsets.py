@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from blametrail_common.kafka.admin import admin_client
+from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 
@@ -180,7 +180,7 @@ async def read_offsets(
     admin = admin_client(kafka)
     await admin.start()
     try:
-        for tp, meta in (await admin.list_consumer_group_offsets(group, partitions=tps)).items():
+        for tp, meta in (await committed_offsets(admin, group, tps)).items():
             if meta.offset >= 0:
                 committed[tp] = meta.offset
     finally:

@@ -31,7 +31,7 @@ from blametrail_common.events.deploys import DeployRecordedV1, IncidentSuspectsV
 from blametrail_common.events.enrichment import IncidentEnrichedV1
 from blametrail_common.events.incidents import IncidentEvent
 from blametrail_common.kafka import EventProducer, create_consumer, publish_to_dlq
-from blametrail_common.kafka.admin import admin_client
+from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
@@ -84,7 +84,7 @@ class SuspectsWorker:
         admin = admin_client(kafka)
         await admin.start()
         try:
-            committed = await admin.list_consumer_group_offsets(group)
+            committed = await committed_offsets(admin, group)
         finally:
             await admin.close()
         ends = {

@@ -8,11 +8,23 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorError,
+)
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import TOPICS, TopicSpec
 
-__all__ = ["TopicChange", "admin_client", "describe_topic_configs", "ensure_topics"]
+__all__ = [
+    "TopicChange",
+    "admin_client",
+    "committed_offsets",
+    "describe_topic_configs",
+    "ensure_topics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +40,34 @@ def admin_client(settings: KafkaSettings) -> AIOKafkaAdminClient:
         client_id=f"{settings.client_id}-admin",
         request_timeout_ms=max(settings.request_timeout_ms, 15000),
     )
+
+
+async def committed_offsets(
+    admin: AIOKafkaAdminClient,
+    group: str,
+    partitions: list[TopicPartition] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """A group's committed offsets, waiting out a coordinator that is not there yet: on a new
+    cluster the first lookup is what creates ``__consumer_offsets``, and until its partitions
+    have leaders the broker answers "coordinator not available"."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + timeout_s, 0.1
+    while True:
+        try:
+            found: dict[
+                TopicPartition, OffsetAndMetadata
+            ] = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            return found
+        except (
+            GroupCoordinatorNotAvailableError,
+            CoordinatorLoadInProgressError,
+            NotCoordinatorError,
+        ):
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def describe_topic_configs(
