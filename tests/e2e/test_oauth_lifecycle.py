@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -83,6 +85,10 @@ def webhook(name: str, **changes: Any) -> tuple[bytes, dict[str, str]]:
         "Sentry-Hook-Signature": sign(body, TEST_SECRET),
     }
     return body, headers
+
+
+async def _at_least(value: int, wanted: int) -> bool:
+    return value >= wanted
 
 
 async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 60) -> Any:
@@ -186,6 +192,8 @@ async def test_two_organizations_install_enrich_refresh_uninstall_reinstall(
                 acme, globex = await org_of("acme"), await org_of("globex")
                 # Both install at once; each org's webhook and redirect race each other.
                 await asyncio.gather(acme.install(), globex.install())
+                # Both installation webhooks handled too, whichever came first: one exchange each.
+                await _until(lambda: _at_least(oauth.installation_events, 2), "the webhooks")
                 for org in (acme, globex):
                     assert stub.installations[org.installation].status == "installed"
                     assert org.exchanges() == 1  # one grant, one exchange
@@ -216,6 +224,8 @@ async def test_two_organizations_install_enrich_refresh_uninstall_reinstall(
                 connection = acme.connection
                 await acme.install()
                 assert acme.connection == connection
+                await _until(lambda: _at_least(oauth.installation_events, 4), "the webhooks")
+                assert acme.exchanges() == 1
                 await acme.incident("104")
         finally:
             await normalizer.close()
@@ -259,12 +269,20 @@ class Org:
         self.installation = inst.uuid
 
         async def redirect() -> None:
+            cookie = {"Cookie": f"{COOKIE}={state}"}
             page = await self.api.get(
                 "/integrations/sentry/oauth/callback",
                 params={"installationId": inst.uuid, "code": code, "orgSlug": self.name},
-                headers={"Cookie": f"{COOKIE}={state}"},
+                headers=cookie,
             )
             assert page.status_code == 200, page.text
+            form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))
+            done = await self.api.post(  # the person presses Connect
+                "/integrations/sentry/oauth/confirm",
+                content=urlencode(form),
+                headers={**cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert done.status_code == 200, done.text
 
         await asyncio.gather(
             self.post("installation.created", installation=inst.uuid, org=self.name, code=code),

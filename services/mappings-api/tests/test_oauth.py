@@ -6,12 +6,13 @@ reinstall."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import httpx
 import pytest
@@ -59,12 +60,24 @@ class World:
         assert "Secure" in opened.headers["set-cookie"]  # the public URL is https
         return opened.cookies[COOKIE]
 
-    async def callback(self, installation: str, code: str, state: str | None) -> httpx.Response:
+    async def callback(
+        self, installation: str, code: str, state: str | None, confirm: bool = True
+    ) -> httpx.Response:
+        """Sentry's redirect; then, as the person would, press Connect on the page it shows."""
         self.api.cookies.clear()
-        return await self.api.get(
+        cookie = {"Cookie": f"{COOKIE}={state}"} if state else {}
+        page = await self.api.get(
             "/integrations/sentry/oauth/callback",
             params={"installationId": installation, "code": code, "orgSlug": "acme"},
-            headers={"Cookie": f"{COOKIE}={state}"} if state else {},
+            headers=cookie,
+        )
+        form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))
+        if not confirm or page.status_code != 200 or not form:
+            return page
+        return await self.api.post(
+            "/integrations/sentry/oauth/confirm",
+            content=urlencode(form),
+            headers={**cookie, "Content-Type": "application/x-www-form-urlencoded"},
         )
 
     def exchanges(self, installation: str) -> int:
@@ -181,7 +194,8 @@ async def test_replayed_expired_and_unsigned_installs_are_refused(world: World) 
     # No connect state, a forged one, an expired one.
     inst2, code2 = world.stub.add_installation("acme", CLIENT_ID, CLIENT_SECRET)
     assert (await world.callback(inst2.uuid, code2, None)).status_code == 400
-    assert (await world.callback(inst2.uuid, code2, state_a[:-2] + "00")).status_code == 400
+    forged = state_a[:-1] + ("0" if state_a[-1] != "0" else "1")
+    assert (await world.callback(inst2.uuid, code2, forged)).status_code == 400
     states = ConnectState(world.box.mac_keys("sentry connect state"))
     old = states.sign("any", time.time() - 1000, 900)
     expired = await world.callback(inst2.uuid, code2, old)
@@ -328,3 +342,78 @@ def _record(env: Any) -> ConsumerRecord[bytes, bytes]:
 
 def _dsn(world: World) -> str:
     return str(world.pool.conninfo)
+
+
+async def test_nothing_is_bound_until_the_person_confirms_which_organization(world: World) -> None:
+    org, auth = await world.tenant()
+    _, other_auth = await world.tenant()
+    state = await world.start_connect(auth)
+    inst, code = world.stub.add_installation("acme", CLIENT_ID, CLIENT_SECRET)
+    page = await world.callback(inst.uuid, code, state, confirm=False)
+    assert page.status_code == 200
+    slug = await world.oauth.org_slug(org)
+    assert "<b>acme</b>" in page.text
+    assert f"<b>{slug}</b>" in page.text
+    async with world.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM sentry_connections WHERE installation_uuid = %s",
+            (inst.uuid,),
+        )
+        assert await cur.fetchone() == {"n": 0}
+    form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))
+
+    async def post(token: str, cookie_state: str) -> httpx.Response:
+        world.api.cookies.clear()
+        return await world.api.post(
+            "/integrations/sentry/oauth/confirm",
+            content=urlencode({**form, "token": token}),
+            headers={
+                "Cookie": f"{COOKIE}={cookie_state}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+
+    assert (await post("0" * 64, state)).status_code == 400  # a forged confirmation
+    other_state = await world.start_connect(other_auth)  # another browser's confirmation
+    assert (await post(form["token"], other_state)).status_code == 400
+    done = await post(form["token"], state)
+    assert done.status_code == 200
+    assert str((await world.connection(inst.uuid))["org_id"]) == org
+
+
+async def test_a_wrong_or_stale_code_never_disturbs_or_binds_an_exchange(world: World) -> None:
+    _, auth = await world.tenant()
+    state = await world.start_connect(auth)
+    inst, code = world.stub.add_installation("acme", CLIENT_ID, CLIENT_SECRET)
+    await world.oauth.claim(inst.uuid, code, "acme")  # the webhook came first
+    with pytest.raises(OAuthRefused):  # someone who saw the installation id tries a code
+        await world.oauth.claim(inst.uuid, "guessed-code")
+    assert (await world.callback(inst.uuid, code, state)).status_code == 200  # unharmed
+    assert world.exchanges(inst.uuid) == 1
+
+    # An exchange nobody bound within the grant's ten minutes cannot be bound later.
+    late, late_code = world.stub.add_installation("acme", CLIENT_ID, CLIENT_SECRET)
+    await world.oauth.claim(late.uuid, late_code, "acme")
+    world.oauth.clock = lambda: time.time() + 11 * 60
+    state = await world.start_connect(auth)
+    refused = await world.callback(late.uuid, late_code, state)
+    assert refused.status_code == 409
+    assert "install again" in refused.text
+
+
+async def test_the_keeper_goes_on_past_a_connection_it_cannot_refresh(world: World) -> None:
+    inst_bad, bad = await _bound(world)
+    inst_good, good = await _bound(world)
+    async with world.pool.connection() as conn:  # e.g. encrypted under a key since removed
+        await conn.execute(
+            "UPDATE sentry_connections SET refresh_token_enc = 'gAAAA-not-a-token',"
+            " refresh_requested_at = now() WHERE id = %s",
+            (bad["id"],),
+        )
+        await conn.execute(
+            "UPDATE sentry_connections SET refresh_requested_at = now() WHERE id = %s",
+            (good["id"],),
+        )
+    await world.oauth._refresh_due()
+    assert world.token(await world.connection(inst_good)) != world.token(good)
+    assert world.token(await world.connection(inst_bad)) == world.token(bad)  # left, logged

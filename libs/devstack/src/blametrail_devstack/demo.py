@@ -8,6 +8,7 @@ until the incident, enriched, is visible in the API.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -151,7 +152,12 @@ def connect_public_app(env: dict[str, str], timeout_s: float = 30) -> dict[str, 
         if not oauth_connections():
             link = _ok(api.post("/api/v1/integrations/sentry/connect"))
             with httpx.Client(follow_redirects=True, timeout=timeout_s) as browser:
-                page = browser.get(link["url"])
+                page = browser.get(link["url"])  # -> install page -> callback: "Connect?"
+                form = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))
+                if page.status_code == 200 and form:  # press Connect
+                    page = browser.post(
+                        page.url.join("/integrations/sentry/oauth/confirm"), data=form
+                    )
             if page.status_code != 200:
                 raise RuntimeError(f"OAuth connect failed: {page.status_code} {page.text}")
         (connection,) = oauth_connections()

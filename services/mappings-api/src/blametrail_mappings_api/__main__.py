@@ -60,16 +60,12 @@ async def serve() -> None:
         finally:
             await consumer.stop()
 
-    async def run_oauth() -> None:
-        if oauth is None:
-            return
-        keeper = asyncio.create_task(oauth.keep(stop, dsn))
+    async def run_oauth(oauth: OAuth) -> None:
         await oauth_consumer.start()
         try:
             await run_batches(oauth_consumer, oauth.handle, stop)
         finally:
             await oauth_consumer.stop()
-            await keeper
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -79,7 +75,9 @@ async def serve() -> None:
             await producer.start()
             task = asyncio.create_task(relay.run(stop, dsn))
         workers["deploys"] = asyncio.create_task(store_deploys())
-        workers["oauth"] = asyncio.create_task(run_oauth())
+        if oauth is not None:
+            workers["oauth-installations"] = asyncio.create_task(run_oauth(oauth))
+            workers["oauth-token-keeper"] = asyncio.create_task(oauth.keep(stop, dsn))
         for name, worker in workers.items():
             worker.add_done_callback(_report(name, stop))
         try:
@@ -102,7 +100,7 @@ async def serve() -> None:
         return relay.running or not settings.relay_enabled
 
     async def workers_ok() -> bool:  # a consumer that ended before shutdown has crashed
-        return all(not w.done() for name, w in workers.items() if name != "oauth" or oauth)
+        return all(not w.done() for w in workers.values())
 
     checks: dict[str, ReadinessCheck] = {
         "postgres": db_ok,

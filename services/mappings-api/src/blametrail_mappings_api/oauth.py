@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 import psycopg
@@ -71,6 +72,7 @@ __all__ = ["ConnectState", "OAuth", "OAuthRefused", "OAuthSettings", "oauth_rout
 
 log = logging.getLogger(__name__)
 COOKIE = "bt_sentry_connect"
+GRANT_LIFE = timedelta(minutes=10)  # Sentry's grant life; also our window to bind an exchange
 KEEPER_LOCK = 0x6274_6B70  # "btkp": one token keeper at a time
 
 
@@ -105,7 +107,11 @@ class ConnectState:
     """Signed, expiring ``state``: ``b64(json{org, exp, nonce}).hex(hmac)``, under keys derived
     from ``BLAMETRAIL_SECRET_KEYS`` (all of them verify, the first signs: key rotation)."""
 
-    keys: Sequence[bytes]
+    keys: Sequence[bytes] = field(repr=False)
+
+    def confirm_token(self, state: str, installation: str) -> str:
+        """Ties the confirmation form to this browser's state and this installation."""
+        return self._mac(self.keys[0], f"confirm\0{state}\0{installation}")
 
     def _mac(self, key: bytes, body: str) -> str:
         return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
@@ -124,7 +130,10 @@ class ConnectState:
                 " no connect state",
             )
         body, _, mac = state.partition(".")
-        if not body or not any(hmac.compare_digest(mac, self._mac(k, body)) for k in self.keys):
+        given = mac.encode("utf-8", "replace")
+        if not body or not any(
+            hmac.compare_digest(given, self._mac(k, body).encode()) for k in self.keys
+        ):
             raise OAuthRefused(
                 400, "this connect link is not valid; create a new one in BlameTrail"
             )
@@ -154,6 +163,7 @@ class OAuth:
     owner: bool = False
     refreshes: int = 0
     recoveries: int = 0
+    installation_events: int = 0
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -161,32 +171,46 @@ class OAuth:
     @contextlib.asynccontextmanager
     async def _locked(self, installation: str) -> AsyncIterator[Conn]:
         """A connection holding the installation's session advisory lock (autocommit: what
-        it commits inside stays committed even if the caller fails after)."""
+        it commits inside stays committed even if the caller fails after). A lock a cancelled
+        caller could not release is released by the pool's reset (``create_pool``)."""
         key = f"sentry-installation:{installation}"
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            await conn.execute("SET lock_timeout = '30s'")
             try:
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
                 yield conn
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                await conn.execute("RESET lock_timeout")
                 await conn.set_autocommit(False)
 
     async def claim(self, installation: str, code: str, org_slug: str | None = None) -> Row:
-        """Exchange the grant once; the installation row (status ``exchanged`` or ``bound``)."""
+        """Exchange the grant once; the installation row (status ``exchanged`` or ``bound``).
+
+        Only the grant that was exchanged gets the result back, and only within the grant's own
+        ten minutes: a code seen later (browser history, a log) binds nothing. Another code for
+        an installation that has one in use or in doubt is refused without touching the row.
+        """
         code_sha = _sha(code)
         async with self._locked(installation) as conn:
             row = await _one(
                 conn, "SELECT * FROM sentry_installations WHERE uuid = %s", installation
             )
             same_grant = row is not None and row["code_sha256"] == code_sha
-            if row is not None and same_grant and row["status"] in ("exchanged", "bound"):
-                return row  # the race's second caller, or a replay: nothing to exchange
             if row is not None and row["status"] in ("bound", "deleted"):
+                if same_grant and row["status"] == "bound":
+                    return row  # a replay of the bound grant: the binding decides who may see it
                 raise OAuthRefused(409, f"installation {installation} is {row['status']} already")
+            if row is not None and row["status"] == "exchanged":
+                if same_grant and self._fresh(row["exchanged_at"]):
+                    return row  # the race's second caller: nothing to exchange
+                raise OAuthRefused(409, "this install code was used already; install again")
+            in_doubt = row is not None and row["exchange_started_at"] is not None
+            if in_doubt and not same_grant:
+                raise OAuthRefused(409, "another install code of this installation is in use")
             # A call for this very grant went out before and never came back: Sentry may have
             # used the grant, so ask for a pair with the JWT-bearer grant instead.
-            unknown = same_grant and row is not None and row["exchange_started_at"] is not None
             await conn.execute(
                 "INSERT INTO sentry_installations"
                 " (uuid, sentry_org_slug, status, code_sha256, exchange_started_at)"
@@ -198,37 +222,45 @@ class OAuth:
                 (installation, org_slug, code_sha, self.now()),
             )
             try:
-                if unknown:
+                if in_doubt:
                     self.recoveries += 1
                     pair = await self.app.recover(installation, self.clock())
                 else:
                     pair = await self.app.exchange(installation, code)
             except SentryAuthRefused:
-                await conn.execute(
-                    "UPDATE sentry_installations SET exchange_started_at = NULL WHERE uuid = %s",
-                    (installation,),
-                )
+                if not in_doubt:  # refused for good: the call is no longer in doubt
+                    await conn.execute(
+                        "UPDATE sentry_installations SET exchange_started_at = NULL"
+                        " WHERE uuid = %s",
+                        (installation,),
+                    )
                 raise
             log.info("sentry grant exchanged", extra={"installation": installation})
             stored = await _one(
                 conn,
                 "UPDATE sentry_installations SET status = 'exchanged', exchange_started_at = NULL,"
-                " auth_token_enc = %s, refresh_token_enc = %s, token_expires_at = %s,"
-                " updated_at = now() WHERE uuid = %s RETURNING *",
+                " exchanged_at = %s, auth_token_enc = %s, refresh_token_enc = %s,"
+                " token_expires_at = %s, updated_at = now() WHERE uuid = %s RETURNING *",
+                self.now(),
                 *self._enc(pair),
                 installation,
             )
             assert stored is not None
             return stored
 
-    async def connect(self, installation: str, code: str, org: str) -> Row:
-        """The redirect: claim the grant, verify the installation, bind it to ``org``."""
+    def _fresh(self, exchanged_at: datetime | None) -> bool:
+        """Within the grant's ten-minute life: the window in which an exchange may be bound."""
+        return exchanged_at is not None and self.now() - exchanged_at < GRANT_LIFE
+
+    async def prepare(self, installation: str, code: str, org: str) -> Row:
+        """The redirect: claim the grant and verify the installation (whose answer names the
+        Sentry organization, recorded on the row). The binding waits for :meth:`confirm`."""
         row = await self.claim(installation, code)
         if row["status"] == "bound":
-            return await self._bound_connection(row, org)
-        token = self.box.decrypt(row["auth_token_enc"])
+            await self._bound_connection(row, org)  # refuses another organization
+            return row
         try:
-            doc = await self.app.verify(installation, token)
+            doc = await self.app.verify(installation, self._dec(row["auth_token_enc"]))
         except SentryAuthRefused as exc:
             raise OAuthRefused(
                 502, f"Sentry refused to verify the installation: {exc.detail}"
@@ -236,7 +268,42 @@ class OAuth:
         slug = (doc.get("organization") or {}).get("slug") or row["sentry_org_slug"]
         if not slug:
             raise OAuthRefused(502, "Sentry did not say which organization installed the app")
-        return await self._bind(installation, org, str(slug))
+        async with self.pool.connection() as conn:
+            verified = await _one(
+                conn,
+                "UPDATE sentry_installations SET sentry_org_slug = %s, verified_at = %s"
+                " WHERE uuid = %s RETURNING *",
+                str(slug),
+                self.now(),
+                installation,
+            )
+            await conn.commit()
+        assert verified is not None
+        return verified
+
+    async def confirm(self, installation: str, org: str) -> Row:
+        """Bind the verified installation to ``org`` (the person confirmed it)."""
+        async with self.pool.connection() as conn:
+            row = await _one(
+                conn, "SELECT * FROM sentry_installations WHERE uuid = %s", installation
+            )
+        if row is not None and row["status"] == "bound":
+            return await self._bound_connection(row, org)
+        if row is None or row["status"] != "exchanged" or row["verified_at"] is None:
+            raise OAuthRefused(409, "this installation is not ready to connect; install again")
+        if not self._fresh(row["exchanged_at"]):
+            raise OAuthRefused(409, "this install took longer than ten minutes; install again")
+        return await self._bind(installation, org, str(row["sentry_org_slug"]))
+
+    async def connect(self, installation: str, code: str, org: str) -> Row:
+        """:meth:`prepare` and :meth:`confirm` in one (no person in the loop: tests, scripts)."""
+        await self.prepare(installation, code, org)
+        return await self.confirm(installation, org)
+
+    async def org_slug(self, org: str) -> str:
+        async with self.pool.connection() as conn:
+            row = await _one(conn, "SELECT slug FROM organizations WHERE id = %s", org)
+        return str(row["slug"]) if row else org
 
     async def _bound_connection(self, row: Row, org: str) -> Row:
         async with self.pool.connection() as conn:
@@ -401,9 +468,10 @@ class OAuth:
                     "UPDATE sentry_connections SET auth_token_enc = %s, refresh_token_enc = %s,"
                     " token_expires_at = %s, refresh_started_at = NULL,"
                     " refresh_requested_at = NULL, updated_at = now()"
-                    " WHERE id = %s AND enabled RETURNING *",
+                    " WHERE id = %s AND enabled AND installation_uuid = %s RETURNING *",
                     *self._enc(pair),
                     connection_id,
+                    installation,
                 )
                 if saved is not None:
                     await publish_connection(conn, saved)
@@ -429,6 +497,8 @@ class OAuth:
                         await lock.execute("SELECT 1")  # still holding the lock?
             except (psycopg.Error, OSError) as exc:
                 log.warning("token keeper lost its database session", extra={"error": str(exc)})
+            except Exception:
+                log.exception("token keeper failed; starting over")
             self.owner = False
             await _wait_any(stop, asyncio.Event(), self.settings.check_s)
 
@@ -441,6 +511,12 @@ class OAuth:
                     "sentry token refresh failed; retrying at the next check",
                     extra={"connection_id": connection_id, "error": str(exc)},
                 )
+            except psycopg.Error:
+                raise  # the keeper's session may be gone: let keep() start over
+            except (
+                Exception
+            ):  # one bad connection (an undecryptable token...) must not stop the rest
+                log.exception("sentry token refresh failed", extra={"connection_id": connection_id})
 
     # -- Kafka handlers --------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -457,6 +533,7 @@ class OAuth:
                 await self.request_refresh(payload.connection_id, payload.rejected_token)
             elif isinstance(payload, SentryInstallationV1):
                 await self._installation_event(payload)
+                self.installation_events += 1
 
     async def _installation_event(self, event: SentryInstallationV1) -> None:
         if event.action == "deleted":
@@ -526,7 +603,8 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
 
 
 def oauth_routes(oauth: OAuth | None, states: ConnectState, public_url: str) -> list[BaseRoute]:
-    """``GET /integrations/sentry/connect`` and ``GET /integrations/sentry/oauth/callback``."""
+    """``GET /integrations/sentry/connect``, ``GET /integrations/sentry/oauth/callback`` and
+    ``POST /integrations/sentry/oauth/confirm``."""
     secure = public_url.startswith("https://")
 
     async def connect(request: Request) -> Response:
@@ -554,15 +632,19 @@ def oauth_routes(oauth: OAuth | None, states: ConnectState, public_url: str) -> 
         return resp
 
     async def callback(request: Request) -> Response:
+        """Exchange and verify, then ask the person to confirm which BlameTrail organization
+        gets this Sentry organization: a connect link someone else slipped into the browser
+        names *their* organization, and this page says so before anything is bound."""
         if oauth is None:
             return _page(503, "Not configured", "OAuth installs are not configured here.")
         q = request.query_params
         installation, code = q.get("installationId"), q.get("code")
         if not installation or not code:
             return _page(400, "Cannot connect Sentry", "installationId and code are required")
+        state = request.cookies.get(COOKIE)
         try:
-            org = states.verify(request.cookies.get(COOKIE), oauth.clock())
-            row = await oauth.connect(installation, code, org)
+            org = states.verify(state, oauth.clock())
+            row = await oauth.prepare(installation, code, org)
         except OAuthRefused as exc:
             return _page(exc.status, "Cannot connect Sentry", exc.message)
         except SentryAuthRefused as exc:
@@ -573,6 +655,41 @@ def oauth_routes(oauth: OAuth | None, states: ConnectState, public_url: str) -> 
             )
         except SentryUnavailable:
             return _page(502, "Cannot connect Sentry", "Sentry did not answer; reload to retry.")
+        if row["status"] == "bound":
+            return _connected(await oauth.confirm(installation, org))
+        token = states.confirm_token(str(state), installation)
+        sentry_org, bt_org = row["sentry_org_slug"], await oauth.org_slug(org)
+        body = (
+            "<!doctype html><title>Connect Sentry</title><h1>Connect Sentry</h1>"
+            f"<p>Send incidents of Sentry organization <b>{html.escape(sentry_org)}</b> to the"
+            f" BlameTrail organization <b>{html.escape(bt_org)}</b>?</p>"
+            '<form method="post" action="/integrations/sentry/oauth/confirm">'
+            f'<input type="hidden" name="installationId" value="{html.escape(installation)}">'
+            f'<input type="hidden" name="token" value="{token}">'
+            '<button type="submit">Connect</button></form>'
+            "<p>If you did not start this from your BlameTrail organization, close this page"
+            " and uninstall the app in Sentry.</p>"
+        )
+        return HTMLResponse(body, 200)
+
+    async def confirm(request: Request) -> Response:
+        if oauth is None:
+            return _page(503, "Not configured", "OAuth installs are not configured here.")
+        form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        installation = (form.get("installationId") or [""])[0]
+        token = (form.get("token") or [""])[0]
+        state = request.cookies.get(COOKIE)
+        try:
+            org = states.verify(state, oauth.clock())
+            expected = states.confirm_token(str(state), installation)
+            if not installation or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise OAuthRefused(400, "this confirmation is not valid; install again")
+            row = await oauth.confirm(installation, org)
+        except OAuthRefused as exc:
+            return _page(exc.status, "Cannot connect Sentry", exc.message)
+        return _connected(row)
+
+    def _connected(row: Row) -> Response:
         resp = _page(
             200,
             "Sentry connected",
@@ -585,4 +702,5 @@ def oauth_routes(oauth: OAuth | None, states: ConnectState, public_url: str) -> 
     return [
         Route("/integrations/sentry/connect", connect, methods=["GET"]),
         Route("/integrations/sentry/oauth/callback", callback, methods=["GET"]),
+        Route("/integrations/sentry/oauth/confirm", confirm, methods=["POST"]),
     ]

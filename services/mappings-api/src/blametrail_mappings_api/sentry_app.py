@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,7 +94,7 @@ class SentryApp:
     http: httpx.AsyncClient
     base_url: str
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     timeout_s: float = 10.0
 
     def _inst(self, installation: str) -> str:
@@ -140,9 +140,10 @@ class SentryApp:
             raise SentryUnavailable(f"{method} {url}: {type(exc).__name__}") from None
         if 400 <= resp.status_code < 500 and resp.status_code != 429:
             try:
-                detail = str(resp.json().get("detail", resp.text[:200]))
+                doc = resp.json()
             except ValueError:
-                detail = resp.text[:200]
+                doc = None
+            detail = str(doc.get("detail")) if isinstance(doc, dict) else resp.text[:200]
             raise SentryAuthRefused(resp.status_code, detail)
         if resp.status_code >= 300:
             raise SentryUnavailable(f"{method} {url}: HTTP {resp.status_code}")

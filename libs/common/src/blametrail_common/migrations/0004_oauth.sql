@@ -19,6 +19,7 @@ CREATE TABLE sentry_installations (
     status               text NOT NULL CHECK (status IN ('pending', 'exchanged', 'bound', 'deleted')),
     code_sha256          text,
     exchange_started_at  timestamptz,   -- as refresh_started_at: set before the call, cleared after
+    exchanged_at         timestamptz,   -- the grant's pair is ours; binding it is allowed for ten minutes
     auth_token_enc       text,
     refresh_token_enc    text,
     token_expires_at     timestamptz,
