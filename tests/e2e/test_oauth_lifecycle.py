@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.db import migrate
 from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.admin import ensure_topics
@@ -28,6 +29,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import fixture_bytes
 from blametrail_common.topics import topic_name
+from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
@@ -102,7 +104,7 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: floa
 
 
 async def test_two_organizations_install_enrich_refresh_uninstall_reinstall(
-    kafka_settings: KafkaSettings, database_url: str, tmp_path: Path
+    kafka_settings: KafkaSettings, infra: Infra, tmp_path: Path
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"o{uuid.uuid4().hex[:6]}."
@@ -110,10 +112,11 @@ async def test_two_organizations_install_enrich_refresh_uninstall_reinstall(
     await ensure_topics(kafka)
     box = SecretBox(generate_key())
     stub = StubState()
+    # A database of its own: the token keeper looks at every OAuth connection there is.
+    database_url = create_database(infra.server_dsn, f"bt_oauth_e2e_{uuid.uuid4().hex[:8]}")
+    migrate(database_url)
     pool: Pool = create_pool(database_url, 8)
     await pool.open()
-    async with pool.connection() as c:  # earlier tests' state events stay out of our topics
-        await c.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
     http = httpx.AsyncClient()

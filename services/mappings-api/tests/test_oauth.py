@@ -18,8 +18,10 @@ import httpx
 import pytest
 from aiokafka import ConsumerRecord
 from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.db import migrate
 from blametrail_common.events import decode, encode, new_event
 from blametrail_common.events.installations import SentryInstallationV1, token_fingerprint
+from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.oauth import COOKIE, ConnectState, OAuth, OAuthRefused, OAuthSettings
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
@@ -98,8 +100,11 @@ class World:
 
 
 @pytest.fixture
-async def world(database_url: str) -> AsyncIterator[World]:
-    pool = create_pool(database_url, 6)
+async def world(infra: Infra) -> AsyncIterator[World]:
+    # A database of its own: the token keeper looks at every OAuth connection there is.
+    dsn = create_database(infra.server_dsn, f"bt_oauth_{uuid.uuid4().hex[:8]}")
+    migrate(dsn)
+    pool = create_pool(dsn, 6)
     await pool.open()
     box = SecretBox(generate_key())
     stub = StubState()
