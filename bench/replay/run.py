@@ -125,7 +125,10 @@ async def bare(kafka: KafkaSettings, progress: Progress) -> float:
     try:
         reader.assign(tps)
         ends = await reader.end_offsets(tps)
-        await reader.seek_to_beginning(*tps)
+        # Explicit positions: after seek_to_beginning on manually assigned partitions this
+        # reader fetched nothing on a fresh broker (aiokafka 0.14), and the bench waited forever.
+        for tp, first in (await reader.beginning_offsets(tps)).items():
+            reader.seek(tp, first)
         began, seen, size = time.perf_counter(), 0, 0
         while seen < N:
             for records in (await reader.getmany(timeout_ms=500)).values():
