@@ -7,10 +7,9 @@ uninstall (audited ``uninstalled``, the other organization unaffected) -> reinst
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -21,13 +20,13 @@ import pytest
 from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_common.db import migrate
 from blametrail_common.events import ConnectionStateV1
-from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka import EventProducer, consume, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
-from blametrail_common.testing import fixture_bytes
+from blametrail_common.testing import background, fixture_bytes
 from blametrail_common.topics import topic_name
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
@@ -48,21 +47,6 @@ from blametrail_sentry_stub import StubState, serve
 from blametrail_sentry_stub.state import TOKEN_LIFE_S
 
 CLIENT_ID = "bt-public-app"
-Loop = Callable[[asyncio.Event], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def background(*loops: Loop) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        for t in tasks:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
 
 
 def webhook(name: str, **changes: Any) -> tuple[bytes, dict[str, str]]:
@@ -147,26 +131,17 @@ async def test_two_organizations_install_enrich_refresh_uninstall_reinstall(
             await Relay(pool, producer).run(stop, database_url)
 
         async def control_plane(stop: asyncio.Event) -> None:  # as the mappings-api runs it
-            consumer = create_consumer(
-                kafka,
-                ["sentry-installations", "oauth-refresh-requests"],
-                f"o-api-{uuid.uuid4().hex[:6]}",
-            )
-            await consumer.start()
+            topics = ["sentry-installations", "oauth-refresh-requests"]
+            group = f"o-api-{uuid.uuid4().hex[:6]}"
             keeper = asyncio.create_task(oauth.keep(stop, database_url))
             try:
-                await run_batches(consumer, oauth.handle, stop)
+                await consume(kafka, topics, group, oauth.handle, stop)
             finally:
-                await consumer.stop()
                 await keeper
 
         async def enrich(stop: asyncio.Event) -> None:
-            consumer = create_consumer(kafka, ["incident-events"], f"o-enr-{uuid.uuid4().hex[:6]}")
-            await consumer.start()
-            try:
-                await run_batches(consumer, enricher.handle, stop)
-            finally:
-                await consumer.stop()
+            group = f"o-enr-{uuid.uuid4().hex[:6]}"
+            await consume(kafka, ["incident-events"], group, enricher.handle, stop)
 
         async def project(stop: asyncio.Event) -> None:
             consumer = create_consumer(kafka, [], f"o-proj-{uuid.uuid4().hex[:6]}")

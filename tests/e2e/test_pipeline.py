@@ -4,22 +4,20 @@ ingest becomes an incident with its enrichment in the API; a resolve webhook res
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_common.events import ConnectionStateV1
-from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka import EventProducer, consume, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
-from blametrail_common.testing import signed_fixture
+from blametrail_common.testing import background, signed_fixture
 from blametrail_common.topics import topic_name
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
@@ -38,20 +36,6 @@ from blametrail_sentry_stub.state import Installation
 
 CLIENT_SECRET = "e2e-client-secret"
 INSTALL = "7d1f2c3a-9b8e-4f6d-a1c2-3e4f5a6b7c8d"  # the fixtures' installation uuid
-
-
-@contextlib.asynccontextmanager
-async def background(*loops: Any) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
-    try:
-        yield stop
-    finally:
-        stop.set()
-        for t in tasks:
-            if t.done() and t.exception():
-                raise t.exception()  # type: ignore[misc]
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
 
 
 async def test_webhook_to_enriched_incident_then_resolved(
@@ -134,14 +118,8 @@ async def test_webhook_to_enriched_incident_then_resolved(
         )
 
         async def enrich(stop: asyncio.Event) -> None:
-            consumer = create_consumer(
-                kafka, ["incident-events"], f"e2e-enricher-{uuid.uuid4().hex[:6]}"
-            )
-            await consumer.start()
-            try:
-                await run_batches(consumer, enricher.handle, stop)
-            finally:
-                await consumer.stop()
+            group = f"e2e-enricher-{uuid.uuid4().hex[:6]}"
+            await consume(kafka, ["incident-events"], group, enricher.handle, stop)
 
         async def project(stop: asyncio.Event) -> None:
             consumer = create_consumer(kafka, [], f"e2e-projection-{uuid.uuid4().hex[:6]}")

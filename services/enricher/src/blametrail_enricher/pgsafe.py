@@ -17,7 +17,6 @@ import orjson
 __all__ = ["Sanitized", "pg_json", "pg_jsonb", "pg_text"]
 
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 
 
@@ -53,8 +52,6 @@ def pg_text(value: str | None) -> str | None:
 
 def pg_json(value: Any) -> tuple[Any, bool]:
     """``value`` safe for ``jsonb``, and whether anything had to be replaced."""
-    if _clean_json(value):
-        return value, False
     s = Sanitized()
     cleaned = s.json(value)
     return cleaned, s.changed
@@ -79,16 +76,3 @@ def pg_jsonb(value: Any) -> tuple[bytes, bool]:
         return orjson.dumps(cleaned), changed
     except TypeError:  # e.g. an integer past 64 bits: jsonb takes it as numeric
         return json.dumps(cleaned, ensure_ascii=False).encode(), changed
-
-
-def _clean_json(value: Any) -> bool:
-    """Fast check (C encoder) that ``value`` needs no replacement; ``False`` may be a false alarm.
-
-    Without ``ensure_ascii`` the encoder escapes NUL as ``\\u0000`` and leaves lone surrogates
-    as they are; it refuses non-finite numbers and anything that is not plain JSON.
-    """
-    try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return "\\u0000" not in text and _LONE_SURROGATE.search(text) is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from blametrail_common.events import DecodeError, decode
 from blametrail_common.events.audit import WebhookAuditedV1
 from blametrail_common.events.deploys import IncidentSuspectsV1
@@ -30,15 +29,6 @@ from psycopg.types.json import Jsonb
 from blametrail_enricher.pgsafe import pg_jsonb, pg_text
 
 __all__ = ["Rows", "rows_for"]
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
-def _jsonb(value: Any) -> Jsonb:
-    """jsonb parameters serialized by orjson (psycopg's default is the slower stdlib json)."""
-    return Jsonb(value, dumps=_dumps)
 
 
 def _encoded(value: bytes) -> bytes:
@@ -213,14 +203,14 @@ def _audit(event_id: Any, p: WebhookAuditedV1) -> dict[str, Any]:
         "action": pg_text(p.action),
         "project_slug": pg_text(p.project_slug),
         "project_id": p.project_id,
-        "detail": _jsonb(
+        "detail": _safe_jsonb(
             {
-                "detail": pg_text(p.detail),
+                "detail": p.detail,
                 "raw_event_id": p.raw_event_id,
                 "body_sha256": p.body_sha256,
                 "installation_uuid": p.installation_uuid,
             }
-        ),
+        )[0],
         "received_at": p.received_at,
         "sanitized": False,
     }

@@ -12,7 +12,7 @@ import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
 from blametrail_common.health import ReadinessCheck
-from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.logging import configure_logging
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
 from starlette.applications import Starlette
@@ -36,7 +36,6 @@ async def serve() -> None:
     producer = EventProducer(create_producer(kafka), kafka)
     relay = Relay(pool, producer)
     store = SentryDeployStore(pool)
-    consumer = create_consumer(kafka, ["deploys"], settings.deploy_store_group)
     stop = asyncio.Event()
     workers: dict[str, asyncio.Task[None]] = {}
     http = httpx.AsyncClient()
@@ -49,23 +48,6 @@ async def serve() -> None:
             http, oauth_settings.sentry_url, oauth_settings.client_id, secrets[0]
         )
         oauth = OAuth(pool, box, app_client, oauth_settings)
-        oauth_consumer = create_consumer(
-            kafka, ["sentry-installations", "oauth-refresh-requests"], oauth_settings.group_id
-        )
-
-    async def store_deploys() -> None:
-        await consumer.start()
-        try:
-            await run_batches(consumer, store.handle, stop)
-        finally:
-            await consumer.stop()
-
-    async def run_oauth(oauth: OAuth) -> None:
-        await oauth_consumer.start()
-        try:
-            await run_batches(oauth_consumer, oauth.handle, stop)
-        finally:
-            await oauth_consumer.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -74,9 +56,14 @@ async def serve() -> None:
         if settings.relay_enabled:
             await producer.start()
             task = asyncio.create_task(relay.run(stop, dsn))
-        workers["deploys"] = asyncio.create_task(store_deploys())
+        workers["deploys"] = asyncio.create_task(
+            consume(kafka, ["deploys"], settings.deploy_store_group, store.handle, stop)
+        )
         if oauth is not None:
-            workers["oauth-installations"] = asyncio.create_task(run_oauth(oauth))
+            topics = ["sentry-installations", "oauth-refresh-requests"]
+            workers["oauth-installations"] = asyncio.create_task(
+                consume(kafka, topics, oauth_settings.group_id, oauth.handle, stop)
+            )
             workers["oauth-token-keeper"] = asyncio.create_task(oauth.keep(stop, dsn))
         for name, worker in workers.items():
             worker.add_done_callback(_report(name, stop))

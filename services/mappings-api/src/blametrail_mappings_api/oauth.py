@@ -171,8 +171,8 @@ class OAuth:
     @contextlib.asynccontextmanager
     async def _locked(self, installation: str) -> AsyncIterator[Conn]:
         """A connection holding the installation's session advisory lock (autocommit: what
-        it commits inside stays committed even if the caller fails after). A lock a cancelled
-        caller could not release is released by the pool's reset (``create_pool``)."""
+        it commits inside stays committed even if the caller fails after). The lock is taken
+        inside ``try``: a caller cancelled just as it was granted still releases it."""
         key = f"sentry-installation:{installation}"
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
@@ -294,11 +294,6 @@ class OAuth:
         if not self._fresh(row["exchanged_at"]):
             raise OAuthRefused(409, "this install took longer than ten minutes; install again")
         return await self._bind(installation, org, str(row["sentry_org_slug"]))
-
-    async def connect(self, installation: str, code: str, org: str) -> Row:
-        """:meth:`prepare` and :meth:`confirm` in one (no person in the loop: tests, scripts)."""
-        await self.prepare(installation, code, org)
-        return await self.confirm(installation, org)
 
     async def org_slug(self, org: str) -> str:
         async with self.pool.connection() as conn:

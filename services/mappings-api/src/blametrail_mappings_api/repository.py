@@ -74,16 +74,7 @@ def create_pool(dsn: str, max_size: int = 10) -> Pool:
         max_size=max_size,
         open=False,
         kwargs={"row_factory": dict_row},
-        reset=_reset,
     )
-
-
-async def _reset(conn: Conn) -> None:
-    """Back into the pool as it came out: no session advisory lock a cancelled holder left
-    behind (see ``oauth._locked``), autocommit off."""
-    await conn.set_autocommit(True)
-    await conn.execute("SELECT pg_advisory_unlock_all()")
-    await conn.set_autocommit(False)
 
 
 def encode_cursor(ts: datetime, ident: Any) -> str:

@@ -19,7 +19,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
 
-__all__ = ["BatchHandler", "create_consumer", "install_stop_signals", "run_batches"]
+__all__ = ["BatchHandler", "consume", "create_consumer", "install_stop_signals", "run_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,22 @@ async def run_batches(
             continue
         await handle(records)
         await consumer.commit(_next_offsets(polled))
+
+
+async def consume(
+    settings: KafkaSettings,
+    topics: Sequence[str],
+    group_id: str,
+    handle: BatchHandler,
+    stop: asyncio.Event,
+) -> None:
+    """A group consumer of ``topics`` through :func:`run_batches` until ``stop``; then it leaves."""
+    consumer = create_consumer(settings, topics, group_id)
+    await consumer.start()
+    try:
+        await run_batches(consumer, handle, stop)
+    finally:
+        await consumer.stop()
 
 
 def _next_offsets(
