@@ -27,14 +27,15 @@ def _raw(body: str) -> WebhookReceivedV1:
     )
 
 
-async def _read(settings: KafkaSettings, topic: str, n: int) -> list:
+async def _read(settings: KafkaSettings, topic: str, n: int, key: bytes | None = None) -> list:
+    """At least ``n`` records of ``topic`` (with ``key``, if given: other modules share topics)."""
     consumer = create_consumer(settings, [topic], group_id=None)
     await consumer.start()
     try:
         out: list = []
         for _ in range(40):
             polled = await consumer.getmany(timeout_ms=500)
-            out.extend(r for batch in polled.values() for r in batch)
+            out.extend(r for batch in polled.values() for r in batch if key is None or r.key == key)
             if len(out) >= n:
                 return out
         return out
@@ -54,11 +55,11 @@ async def test_produce_consume_round_trip_keeps_key_headers_and_event(
     kafka_settings: KafkaSettings, producer: EventProducer
 ) -> None:
     body = '{"action":"created","data":{"x":"\\u20ac"}}'
-    event = new_event(_raw(body), key="5912345678", tenant=None)
+    key = f"issue-{uuid.uuid4()}"  # unique: other modules publish the fixture's issue id here
+    event = new_event(_raw(body), key=key, tenant=None)
     meta = await producer.send("sentry-webhooks-raw", event, headers=[("trace", b"abc")])
     assert meta.offset >= 0
-    records = await _read(kafka_settings, "sentry-webhooks-raw", 1)
-    mine = [r for r in records if r.key == b"5912345678"]
+    mine = await _read(kafka_settings, "sentry-webhooks-raw", 1, key=key.encode())
     assert len(mine) == 1
     record = mine[0]
     assert decode(record.value) == event
@@ -73,9 +74,7 @@ async def test_dead_letter_keeps_bytes_and_says_why(
     kafka_settings: KafkaSettings, producer: EventProducer
 ) -> None:
     await producer.send_raw("incident-events", b"poison", b"\xff not an event", [("h", b"1")])
-    source = next(
-        r for r in await _read(kafka_settings, "incident-events", 1) if r.key == b"poison"
-    )
+    source = (await _read(kafka_settings, "incident-events", 1, key=b"poison"))[0]
     await publish_to_dlq(producer, "incident-events-dlq", source, "cannot decode", ValueError("x"))
     dead = (await _read(kafka_settings, "incident-events-dlq", 1))[-1]
     assert dead.value == b"\xff not an event"

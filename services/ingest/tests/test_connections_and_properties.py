@@ -176,7 +176,10 @@ header_values = st.one_of(
 def test_property_never_5xx_never_unverified_publish(
     ingest_url: str, published: list[bytes], body: bytes, headers: list[tuple[str, str]]
 ) -> None:
-    ascii_headers = [(k, v) for k, v in headers if v.isascii() and v.isprintable()]
+    # What an HTTP client can send at all: h11 refuses a value with leading or trailing blanks.
+    ascii_headers = [
+        (k, v) for k, v in headers if v.isascii() and v.isprintable() and v == v.strip(" \t")
+    ]
     resp = httpx.post(
         f"{ingest_url}/webhooks/sentry", content=body, headers=ascii_headers, timeout=5
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
+from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
+from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.spool import Spool, SpoolFull
 from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
 
@@ -97,3 +100,55 @@ def test_spool_survives_torn_writes_and_refuses_past_its_bound(tmp_path: Path) -
     assert [(r.key, r.value) for r in batch] == [(b"k1", b"v1")]
     with pytest.raises(SpoolFull, match="bound 200"):
         asyncio.run(spool.append(b"k", b"x" * 300))
+
+
+class _StallingProducer(EventProducer):
+    """The real producer, whose first hand-over stalls like a broker that stopped answering."""
+
+    def __init__(self, kafka: KafkaSettings, stall_s: float) -> None:
+        super().__init__(create_producer(kafka, linger_ms=0), kafka)
+        self.stall_s, self.calls = stall_s, 0
+
+    async def enqueue_raw(self, topic, records, headers=()):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(self.stall_s)
+        return await super().enqueue_raw(topic, records, headers)
+
+
+async def test_a_batch_kafka_does_not_take_in_time_is_spooled_with_everything_behind_it(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Group commit under a stall: the stuck batch answers from the spool within the publish
+    timeout, the records behind it follow it there, and the drain keeps their order on Kafka
+    (the stuck batch may arrive twice: a duplicate, never a loss)."""
+    producer = _StallingProducer(kafka_settings, stall_s=1.0)
+    publisher = WebhookPublisher(producer, Spool(tmp_path, 10**9), timeout_s=0.2)
+    async with RawTopic(kafka_settings) as raw:
+        await publisher.start()
+        try:
+            for _ in range(200):
+                if publisher.connected:
+                    break
+                await asyncio.sleep(0.02)
+            started = asyncio.get_running_loop().time()
+            first = [asyncio.create_task(publisher.publish(b"777", b"v%d" % i)) for i in range(5)]
+            await asyncio.sleep(0.05)  # the first batch is stuck in the hand-over
+            second = [
+                asyncio.create_task(publisher.publish(b"777", b"v%d" % i)) for i in range(5, 10)
+            ]
+            landed = await asyncio.gather(*first, *second)
+            answered_in = asyncio.get_running_loop().time() - started
+            later = [await publisher.publish(b"777", b"v%d" % i) for i in range(10, 15)]
+            assert await publisher.drained(timeout_s=20)
+            records = await raw.read(15, where=lambda r: r.key == b"777")
+            records += await raw.read(5, timeout_s=2.0, where=lambda r: r.key == b"777")
+        finally:
+            await publisher.stop()
+    assert landed == ["spool"] * 10, landed
+    assert answered_in < 0.8  # the 0.2 s timeout decided, not the 1 s stall
+    assert later == ["spool"] * 5  # behind a backlog, order beats speed
+    values = [r.value for r in records]
+    first_seen = list(dict.fromkeys(values))
+    assert first_seen == [b"v%d" % i for i in range(15)]
+    assert len(values) <= 20  # at most the stuck batch twice

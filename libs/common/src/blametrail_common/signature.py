@@ -6,7 +6,6 @@ time and all are tried, so timing says neither whether nor which secret matched.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def sign(body: bytes, secret: str) -> str:
     """The signature Sentry sends for ``body`` under ``secret``."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), body, "sha256").hex()  # one-shot, in C
 
 
 def is_well_formed(header_value: str) -> bool:

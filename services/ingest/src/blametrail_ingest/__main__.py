@@ -9,7 +9,6 @@ import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
-from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
 from blametrail_common.settings import KafkaSettings, SecretsSettings
@@ -18,7 +17,6 @@ from blametrail_ingest.app import create_app
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.settings import IngestSettings
-from blametrail_ingest.spool import Spool
 
 log = logging.getLogger("blametrail_ingest")
 
@@ -37,10 +35,7 @@ async def _keep_table(table: CompactedTable[ConnectionStateV1]) -> None:
 async def serve() -> None:
     settings, kafka = IngestSettings(), KafkaSettings()
     keys = SecretsSettings().secret_keys.get_secret_value()
-    producer = EventProducer(create_producer(kafka), kafka)
-    publisher = WebhookPublisher(
-        producer, Spool(settings.spool_dir, settings.spool_max_bytes), settings.publish_timeout_s
-    )
+    publisher = WebhookPublisher.build(settings, kafka)
     table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     app = create_app(
         settings, publisher, ConnectionSecrets(table, SecretBox(keys) if keys else None)

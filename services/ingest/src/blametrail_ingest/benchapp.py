@@ -3,7 +3,6 @@ benchmarks: built from the environment exactly like ``__main__``, without the co
 
 from __future__ import annotations
 
-from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.settings import KafkaSettings
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
@@ -11,7 +10,6 @@ from starlette.types import Receive, Scope, Send
 from blametrail_ingest.app import create_app
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.settings import IngestSettings
-from blametrail_ingest.spool import Spool
 from blametrail_ingest.testing import NoConnections
 
 
@@ -24,11 +22,7 @@ class _LazyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._app is None:
             settings, kafka = IngestSettings(), KafkaSettings()
-            publisher = WebhookPublisher(
-                EventProducer(create_producer(kafka), kafka),
-                Spool(settings.spool_dir, settings.spool_max_bytes),
-                settings.publish_timeout_s,
-            )
+            publisher = WebhookPublisher.build(settings, kafka)
             self._app = create_app(settings, publisher, NoConnections())
         await self._app(scope, receive, send)
 

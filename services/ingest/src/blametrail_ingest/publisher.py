@@ -10,14 +10,18 @@ forwards the backlog in order as soon as the broker is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
-from blametrail_common.kafka import EventProducer
+from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.settings import KafkaSettings
 from prometheus_client import Gauge, Histogram
 
+from blametrail_ingest.settings import IngestSettings
 from blametrail_ingest.spool import Spool, SpoolError
 
 __all__ = ["Unavailable", "WebhookPublisher"]
@@ -30,59 +34,166 @@ PUBLISH_SECONDS = Histogram(
     ["path"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+KAFKA_SECONDS, SPOOL_SECONDS = PUBLISH_SECONDS.labels("kafka"), PUBLISH_SECONDS.labels("spool")
 SPOOL_DEPTH = Gauge("blametrail_ingest_spool_bytes", "Bytes waiting in the spool")
 HEADERS = [("bt-type", b"sentry.webhook.received"), ("bt-version", b"1")]
 TOPIC = "sentry-webhooks-raw"
+Landed = Literal["kafka", "spool"]
 
 
 class Unavailable(Exception):
     """Neither Kafka nor the spool could take the record."""
 
 
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Records handed to Kafka together; settled once, by the broker's ack or by the spool."""
+
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    waiters: list[asyncio.Future[Landed]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    spooling: bool = False
+    settled: bool = False
+
+
 class WebhookPublisher:
+    """Group commit: the records of concurrent requests share one Kafka batch and one ack.
+
+    A request appends its record to the open batch and waits on a future of its own. One
+    shipper task hands the open batch to the producer whenever the producer can take it (while
+    the previous batch of a partition is still lingering or in flight, the open one fills up);
+    the batch's ack wakes its waiters. One timer per batch enforces ``timeout_s``: a batch not
+    acknowledged by then goes to the spool with one fsync, and its requests answer from there.
+    """
+
+    @classmethod
+    def build(cls, settings: IngestSettings, kafka: KafkaSettings) -> WebhookPublisher:
+        """The publisher from the environment's settings, with a producer that does not linger:
+        a batch waits for the previous one of its partition anyway, and lingering as well would
+        add the linger to every batch in a queue (p50 at 200 webhooks/s: 22 ms, not 5)."""
+        return cls(
+            EventProducer(create_producer(kafka, linger_ms=0), kafka),
+            Spool(settings.spool_dir, settings.spool_max_bytes),
+            settings.publish_timeout_s,
+        )
+
     def __init__(self, producer: EventProducer, spool: Spool, timeout_s: float) -> None:
         self.producer, self.spool, self.timeout_s = producer, spool, timeout_s
         self.connected = False
         self._wake = asyncio.Event()
+        self._ship_wake = asyncio.Event()
+        self._open: _Batch | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._spooling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start the producer in the background (ingest must serve while Kafka is down) and the drainer."""
+        """Start the producer in the background (ingest must serve while Kafka is down), the
+        shipper and the drainer."""
         SPOOL_DEPTH.set(self.spool.pending_bytes())
-        self._tasks = [asyncio.create_task(self._connect()), asyncio.create_task(self._drain())]
+        self._tasks = [
+            asyncio.create_task(self._connect()),
+            asyncio.create_task(self._ship()),
+            asyncio.create_task(self._drain()),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._open is not None:  # requests cut off by shutdown: their records stay durable
+            self._fall_back(self._open, "stopping")
+        await asyncio.gather(*self._tasks, *self._spooling, return_exceptions=True)
         if self.connected:
             await self.producer.stop()
 
-    async def publish(self, key: bytes, value: bytes) -> Literal["kafka", "spool"]:
+    async def publish(self, key: bytes, value: bytes) -> Landed:
         began = time.perf_counter()
-        path: Literal["kafka", "spool"] = "kafka"
-        if self.connected and self.spool.is_empty():
-            try:
-                async with asyncio.timeout(
-                    self.timeout_s
-                ):  # no extra task per request, unlike wait_for
-                    await self.producer.send_raw(TOPIC, key, value, HEADERS)
-            except (TimeoutError, KafkaError) as exc:
-                log.warning(
-                    "publish to kafka failed, spooling", extra={"error": type(exc).__name__}
+        if self.connected and not self._spooling and self.spool.is_empty():
+            batch = self._open
+            if batch is None:
+                batch = self._open = _Batch()
+                batch.timer = asyncio.get_running_loop().call_later(
+                    self.timeout_s, self._fall_back, batch, "timeout"
                 )
-                path = "spool"
+                self._ship_wake.set()
+            waiter: asyncio.Future[Landed] = asyncio.get_running_loop().create_future()
+            batch.records.append((key, value))
+            batch.waiters.append(waiter)
+            path = await waiter
         else:
-            path = "spool"
-        if path == "spool":
             try:
                 await self.spool.append(key, value)
             except SpoolError as exc:
                 raise Unavailable(str(exc)) from exc
-            SPOOL_DEPTH.set(self.spool.pending_bytes())
-            self._wake.set()
-        PUBLISH_SECONDS.labels(path).observe(time.perf_counter() - began)
+            self._spooled()
+            path = "spool"
+        (KAFKA_SECONDS if path == "kafka" else SPOOL_SECONDS).observe(time.perf_counter() - began)
         return path
+
+    async def _ship(self) -> None:
+        while True:
+            await self._ship_wake.wait()
+            self._ship_wake.clear()
+            batch, self._open = self._open, None
+            if batch is None or batch.spooling or batch.settled:
+                continue
+            try:
+                acks = await self.producer.enqueue_raw(TOPIC, batch.records, HEADERS)
+            except Exception as exc:  # the shipper must outlive any one batch
+                self._fall_back(batch, type(exc).__name__)
+                continue
+            asyncio.gather(*acks).add_done_callback(functools.partial(self._acked, batch))
+
+    def _acked(self, batch: _Batch, acks: asyncio.Future[list[Any]]) -> None:
+        if acks.cancelled() or acks.exception() is not None:
+            error = "cancelled" if acks.cancelled() else type(acks.exception()).__name__
+            self._fall_back(batch, error)
+        else:
+            self._settle(batch, "kafka")
+
+    def _settle(self, batch: _Batch, outcome: Landed | Exception) -> bool:
+        if batch.settled:
+            return False
+        batch.settled = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        for waiter in batch.waiters:
+            if waiter.done():  # its request was cancelled; the record is stored all the same
+                continue
+            if isinstance(outcome, Exception):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        return True
+
+    def _fall_back(self, batch: _Batch, error: str) -> None:
+        """Kafka did not take ``batch`` in time: spool it, and the open batch behind it, so that
+        order survives (they may still reach Kafka as well: a duplicate is harmless downstream,
+        a loss is not). Until the spool is drained, new records go to the spool too."""
+        if batch.settled or batch.spooling:
+            return
+        later = self._open if self._open is not None and self._open is not batch else None
+        self._open = None
+        log.warning("publish to kafka failed, spooling", extra={"error": error})
+        for b in (batch, later) if later is not None else (batch,):
+            b.spooling = True
+            if b.timer is not None:
+                b.timer.cancel()
+            task = asyncio.create_task(self._spool_batch(b))  # the spool's lock keeps this order
+            self._spooling.add(task)
+            task.add_done_callback(self._spooling.discard)
+
+    async def _spool_batch(self, batch: _Batch) -> None:
+        try:
+            await self.spool.append_many(batch.records)
+        except SpoolError as exc:
+            self._settle(batch, Unavailable(str(exc)))
+            return
+        self._settle(batch, "spool")
+        self._spooled()
+
+    def _spooled(self) -> None:
+        SPOOL_DEPTH.set(self.spool.pending_bytes())
+        self._wake.set()
 
     async def _connect(self) -> None:
         delay = 0.2
@@ -106,9 +217,10 @@ class WebhookPublisher:
                 if not batch:
                     break
                 try:
-                    await self.producer.send_many_raw(
+                    acks = await self.producer.enqueue_raw(
                         TOPIC, [(r.key, r.value) for r in batch], HEADERS
                     )
+                    await asyncio.gather(*acks)
                 except KafkaError as exc:
                     log.warning("spool drain paused", extra={"error": type(exc).__name__})
                     await asyncio.sleep(1.0)

@@ -11,9 +11,11 @@ resends a few records: duplicates are harmless downstream, losses are impossible
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +81,21 @@ class Spool:
     # -- append -----------------------------------------------------------------------------
     async def append(self, key: bytes, value: bytes) -> None:
         """Durably append one record; raises :class:`SpoolFull` or :class:`SpoolError`."""
-        async with self._lock:
-            await asyncio.to_thread(self._append, key, value)
+        await self.append_many([(key, value)])
 
-    def _append(self, key: bytes, value: bytes) -> None:
-        payload = struct.pack(">I", len(key)) + key + value
-        frame = _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-        if self.pending_bytes() + len(frame) > self.max_bytes:
+    async def append_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Durably append records in order with one fsync (group commit); on an error none of
+        them counts as taken, and a partial write is cut off again so later frames stay readable."""
+        async with self._lock:
+            await asyncio.to_thread(self._append, records)
+
+    def _append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        frames = []
+        for key, value in records:
+            payload = struct.pack(">I", len(key)) + key + value
+            frames.append(_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
+        data = b"".join(frames)
+        if self.pending_bytes() + len(data) > self.max_bytes:
             raise SpoolFull(f"spool holds {self.pending_bytes()} bytes, bound {self.max_bytes}")
         segs = self._segments()
         n = (
@@ -95,15 +105,25 @@ class Spool:
         )
         try:
             new = not self._path(n).exists()
-            with open(self._path(n), "ab") as f:
-                f.write(frame)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(self._path(n), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
             if new:
                 _fsync_dir(self.directory)
         except OSError as exc:
             raise SpoolError(f"spool write failed: {exc.strerror}") from exc
-        self._pending += len(frame)
+        self._pending += len(data)
 
     # -- drain ------------------------------------------------------------------------------
     def read_batch(self, max_records: int = 500) -> list[SpooledRecord]:

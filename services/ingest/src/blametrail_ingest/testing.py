@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from aiokafka import ConsumerRecord
 from blametrail_common.events import WebhookReceivedV1, decode
-from blametrail_common.kafka import EventProducer, create_consumer, create_producer
+from blametrail_common.kafka import create_consumer
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import TEST_SECRET
 
@@ -23,7 +23,6 @@ from blametrail_ingest.app import create_app
 from blametrail_ingest.connections import SecretsLookup
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.settings import IngestSettings
-from blametrail_ingest.spool import Spool
 
 
 class NoConnections:
@@ -47,10 +46,7 @@ async def running_ingest(
     connections: SecretsLookup | None = None,
     limit_concurrency: int | None = None,
 ) -> AsyncIterator[tuple[str, WebhookPublisher]]:
-    producer = EventProducer(create_producer(kafka), kafka)
-    publisher = WebhookPublisher(
-        producer, Spool(settings.spool_dir, settings.spool_max_bytes), settings.publish_timeout_s
-    )
+    publisher = WebhookPublisher.build(settings, kafka)
     app = create_app(settings, publisher, connections or NoConnections())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
 from blametrail_common.events import Envelope, encode
@@ -16,6 +17,7 @@ from blametrail_common.topics import topic_name
 __all__ = ["EventProducer", "create_producer"]
 
 Headers = Sequence[tuple[str, bytes]]
+_PARTITIONER = DefaultPartitioner()
 
 
 def create_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -97,6 +99,41 @@ class EventProducer:
         name, hdrs = self.topic(topic), list(headers)
         futures = [await self.producer.send(name, value=v, key=k, headers=hdrs) for k, v in records]
         return list(await asyncio.gather(*futures))
+
+    async def enqueue_raw(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        headers: Headers = (),
+    ) -> list[asyncio.Future[Any]]:
+        """Hand records to the producer as one batch per partition, without waiting for the
+        broker; each returned future resolves when the broker acknowledged its batch.
+
+        The partition is the default one (murmur2 of the key, as the Java client and
+        :meth:`send_raw` choose), and order within a partition is kept, also across calls.
+        Per record this costs an append to a batch: no future, no coroutine, no timer, which is
+        what makes it the hot path of ingest.
+        """
+        name, hdrs = self.topic(topic), list(headers)
+        partitions = sorted(await self.producer.partitions_for(name))
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        for key, value in records:
+            by_partition.setdefault(_PARTITIONER(key, partitions, partitions), []).append(
+                (key, value)
+            )
+        futures: list[asyncio.Future[Any]] = []
+        for partition, batch in by_partition.items():
+            builder = self.producer.create_batch()
+            for key, value in batch:
+                if builder.append(timestamp=None, key=key, value=value, headers=hdrs) is None:
+                    # Full: ship it; the record opens the next batch (a first record always fits).
+                    futures.append(
+                        await self.producer.send_batch(builder, name, partition=partition)
+                    )
+                    builder = self.producer.create_batch()
+                    builder.append(timestamp=None, key=key, value=value, headers=hdrs)
+            futures.append(await self.producer.send_batch(builder, name, partition=partition))
+        return futures
 
 
 def _type_headers(event: Envelope[Any]) -> list[tuple[str, bytes]]:
