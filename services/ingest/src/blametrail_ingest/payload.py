@@ -11,7 +11,6 @@ hazard that one has (deep nesting, ``NaN``, huge integers) becomes :class:`BadPa
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -28,7 +27,10 @@ SUPPORTED: dict[str, frozenset[str]] = {
 }
 
 
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# Digits to "0", every other byte to ".": a run of 19 digits is then a plain substring search
+# (a regex scan costs 5x the orjson parse it guards).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_LONG_RUN = b"0" * 19
 
 
 class BadPayload(ValueError):
@@ -43,7 +45,7 @@ def parse(body: bytes) -> dict[str, Any]:
     """Decode and parse the body; raises :class:`BadPayload` with a clear reason."""
     if not body:
         raise BadPayload("empty body")
-    if _LONG_NUMBER.search(body) is None:  # orjson turns integers past 64 bits into floats
+    if _LONG_RUN not in body.translate(_DIGITS_ONLY):  # orjson reads big integers as floats
         try:
             fast = orjson.loads(body)
         except orjson.JSONDecodeError:
