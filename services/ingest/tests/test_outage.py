@@ -152,3 +152,52 @@ async def test_a_batch_kafka_does_not_take_in_time_is_spooled_with_everything_be
     first_seen = list(dict.fromkeys(values))
     assert first_seen == [b"v%d" % i for i in range(15)]
     assert len(values) <= 20  # at most the stuck batch twice
+
+
+class _SlowAcks(EventProducer):
+    """The real producer (records reach the broker), whose acks reach us ``delay_s`` late."""
+
+    def __init__(self, kafka: KafkaSettings, delay_s: float) -> None:
+        super().__init__(create_producer(kafka, linger_ms=0), kafka)
+        self.delay_s = delay_s
+
+    async def enqueue_raw(self, topic, records, headers=()):  # type: ignore[no-untyped-def]
+        acks = await super().enqueue_raw(topic, records, headers)
+
+        async def late() -> list[object]:
+            await asyncio.sleep(self.delay_s)
+            return list(await asyncio.gather(*acks))
+
+        return [asyncio.ensure_future(late())]
+
+
+async def test_a_timeout_spools_every_outstanding_batch_oldest_first_and_new_ones_behind(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Three batches in flight when the first one times out: all three (and the open one) go to
+    the spool in their order, and webhooks arriving right after queue up behind them."""
+    publisher = WebhookPublisher(_SlowAcks(kafka_settings, 2.0), Spool(tmp_path, 10**9), 0.3)
+    await publisher.start()
+    try:
+        for _ in range(200):
+            if publisher.connected:
+                break
+            await asyncio.sleep(0.02)
+        publisher._tasks[-1].cancel()  # no drainer: the spool keeps what it was given, to read
+        batches = []
+        for b in range(3):  # batches A, B, C, 50 ms apart: each has its own timer
+            batches.append(
+                [
+                    asyncio.create_task(publisher.publish(b"9", b"v%02d" % (3 * b + i)))
+                    for i in range(3)
+                ]
+            )
+            await asyncio.sleep(0.05)
+        assert await asyncio.gather(*batches[0]) == ["spool"] * 3  # A timed out
+        behind = [asyncio.create_task(publisher.publish(b"9", b"v%02d" % i)) for i in range(9, 12)]
+        landed = await asyncio.gather(*batches[1], *batches[2], *behind)
+    finally:
+        await publisher.stop()
+    assert landed == ["spool"] * 9
+    spooled = await asyncio.to_thread(Spool(tmp_path, 10**9).read_batch)
+    assert [r.value for r in spooled] == [b"v%02d" % i for i in range(12)]

@@ -76,6 +76,7 @@ def test_fast_path_agrees_on_any_bytes(body: bytes) -> None:
         (b'{"a": NaN}', "non-finite number NaN"),
         (b'{"a": -Infinity}', "non-finite number -Infinity"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested too deeply"),  # orjson would take it
         (b'{"a": ' + b"9" * 5000 + b"}", "invalid JSON"),
         (b"\xff{}", "not valid UTF-8"),
         (b"[1, 2]", "must be a JSON object"),

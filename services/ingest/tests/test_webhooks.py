@@ -265,3 +265,23 @@ async def test_rotated_secrets_both_verify(kafka_settings: KafkaSettings, spool_
             assert (
                 await client.post("/webhooks/sentry", content=GOOD, headers=headers)
             ).status_code == 200
+
+
+async def test_a_body_within_the_limit_whose_event_exceeds_a_kafka_record_gets_413(
+    kafka_settings: KafkaSettings, spool_dir: Path
+) -> None:
+    """Under the 1 MiB body limit, but over one Kafka record once wrapped: 413, nothing sent
+    (the broker would refuse it, and an idempotent producer would then stall its partition)."""
+    body = b'{"action":"created","data":{"issue":{"id":"1"},"x":"' + b"a" * 1_000_100 + b'"}}'
+    async with (
+        RawTopic(kafka_settings) as raw,
+        running_ingest(kafka_settings, make_settings(spool_dir)) as (url, _),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        resp = await client.post("/webhooks/sentry", content=body, headers=_signed(body))
+        assert resp.status_code == 413, resp.text
+        assert resp.json()["error"] == "too_large"
+        ok = await client.post("/webhooks/sentry", content=GOOD, headers=_signed(GOOD))
+        assert ok.status_code == 200
+        records = await raw.read(2, timeout_s=3.0)
+    assert [payload_of(r).body.encode() for r in records] == [GOOD]  # only the good one

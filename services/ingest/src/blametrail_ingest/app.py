@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from blametrail_ingest import payload
 from blametrail_ingest.connections import SecretsLookup
-from blametrail_ingest.publisher import Unavailable, WebhookPublisher
+from blametrail_ingest.publisher import TooLarge, Unavailable, WebhookPublisher
 from blametrail_ingest.settings import IngestSettings
 
 __all__ = ["create_app"]
@@ -122,6 +122,10 @@ class WebhookEndpoint:
         except _Disconnected:
             REJECTED.labels("client_disconnected").inc()
             await _answer(send, 400, {"error": "client_disconnected", "message": "body cut off"})
+            return
+        except TooLarge as exc:
+            REJECTED.labels("too_large").inc()
+            await _answer(send, 413, {"error": "too_large", "message": str(exc)})
             return
         except Unavailable:
             REJECTED.labels("unavailable").inc()

@@ -2,8 +2,8 @@
 
 The standard library's parser decides what is acceptable: orjson refuses lone surrogate
 escapes (``"\\ud800"``), which Sentry may send and which we must accept byte for byte, and
-reads integers past 64 bits as floats. orjson is only the fast path, skipped by any body with a
-run of 19 digits: what it accepts, the standard parser accepts too, with the same result (a
+reads integers past 64 bits as floats, and nests deeper. orjson is only the fast path, skipped
+by any body with a run of 19 digits or over 512 brackets: what it accepts, the standard parser accepts too, with the same result (a
 property test holds us to that). Whatever it refuses goes to the standard parser, and every
 hazard that one has (deep nesting, ``NaN``, huge integers) becomes :class:`BadPayload`.
 """
@@ -31,6 +31,9 @@ SUPPORTED: dict[str, frozenset[str]] = {
 # (a regex scan costs 5x the orjson parse it guards).
 _DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
 _LONG_RUN = b"0" * 19
+# orjson nests up to 1,023 levels; the standard parser raises RecursionError earlier (how much
+# earlier depends on the stack). Fewer brackets than this in all cannot nest that deep.
+_MAX_FAST_BRACKETS = 512
 
 
 class BadPayload(ValueError):
@@ -45,7 +48,10 @@ def parse(body: bytes) -> dict[str, Any]:
     """Decode and parse the body; raises :class:`BadPayload` with a clear reason."""
     if not body:
         raise BadPayload("empty body")
-    if _LONG_RUN not in body.translate(_DIGITS_ONLY):  # orjson reads big integers as floats
+    if (
+        _LONG_RUN not in body.translate(_DIGITS_ONLY)  # orjson reads big integers as floats
+        and body.count(b"[") + body.count(b"{") <= _MAX_FAST_BRACKETS  # and nests deeper
+    ):
         try:
             fast = orjson.loads(body)
         except orjson.JSONDecodeError:

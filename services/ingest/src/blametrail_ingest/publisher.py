@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from blametrail_common.settings import KafkaSettings
 from prometheus_client import Gauge, Histogram
 
 from blametrail_ingest.settings import IngestSettings
-from blametrail_ingest.spool import Spool, SpoolError
+from blametrail_ingest.spool import Spool
 
 __all__ = ["Unavailable", "WebhookPublisher"]
 
@@ -38,6 +39,8 @@ KAFKA_SECONDS, SPOOL_SECONDS = PUBLISH_SECONDS.labels("kafka"), PUBLISH_SECONDS.
 SPOOL_DEPTH = Gauge("blametrail_ingest_spool_bytes", "Bytes waiting in the spool")
 HEADERS = [("bt-type", b"sentry.webhook.received"), ("bt-version", b"1")]
 TOPIC = "sentry-webhooks-raw"
+# One record per Kafka request and below the broker's default max.message.bytes (1,048,588).
+MAX_RECORD_BYTES = 1_000_000
 Landed = Literal["kafka", "spool"]
 
 
@@ -45,15 +48,26 @@ class Unavailable(Exception):
     """Neither Kafka nor the spool could take the record."""
 
 
+class TooLarge(Exception):
+    """The record exceeds what one Kafka record may hold (the route answers 413)."""
+
+
 @dataclass(eq=False, slots=True)
 class _Batch:
-    """Records handed to Kafka together; settled once, by the broker's ack or by the spool."""
+    """Records that travel together; settled once, by the broker's ack or by the spool."""
 
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     waiters: list[asyncio.Future[Landed]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     spooling: bool = False
     settled: bool = False
+    direct: bool = False  # spool-only: records that arrived behind a backlog, never sent to Kafka
+
+    def add(self, key: bytes, value: bytes) -> asyncio.Future[Landed]:
+        waiter: asyncio.Future[Landed] = asyncio.get_running_loop().create_future()
+        self.records.append((key, value))
+        self.waiters.append(waiter)
+        return waiter
 
 
 class WebhookPublisher:
@@ -61,9 +75,12 @@ class WebhookPublisher:
 
     A request appends its record to the open batch and waits on a future of its own. One
     shipper task hands the open batch to the producer whenever the producer can take it (while
-    the previous batch of a partition is still lingering or in flight, the open one fills up);
-    the batch's ack wakes its waiters. One timer per batch enforces ``timeout_s``: a batch not
-    acknowledged by then goes to the spool with one fsync, and its requests answer from there.
+    the previous batch of a partition is in flight, the open one fills up); the batch's ack
+    wakes its waiters. One timer per batch enforces ``timeout_s``.
+
+    When a batch fails or times out, every unsettled batch, oldest first through the open one,
+    goes to the spool, and so does every new record until the spool is drained: one writer
+    task appends them in that order, with one fsync per round (group commit for outages too).
     """
 
     @classmethod
@@ -80,52 +97,59 @@ class WebhookPublisher:
     def __init__(self, producer: EventProducer, spool: Spool, timeout_s: float) -> None:
         self.producer, self.spool, self.timeout_s = producer, spool, timeout_s
         self.connected = False
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the drainer's
         self._ship_wake = asyncio.Event()
+        self._write_wake = asyncio.Event()
         self._open: _Batch | None = None
+        self._unsettled: deque[_Batch] = deque()  # Kafka-bound batches, oldest first
+        self._to_spool: deque[_Batch] = deque()  # waiting for the writer, in order
+        self._writing = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._spooling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the producer in the background (ingest must serve while Kafka is down), the
-        shipper and the drainer."""
+        shipper, the spool writer and the drainer."""
         SPOOL_DEPTH.set(self.spool.pending_bytes())
         self._tasks = [
             asyncio.create_task(self._connect()),
             asyncio.create_task(self._ship()),
+            asyncio.create_task(self._write()),
             asyncio.create_task(self._drain()),
         ]
 
     async def stop(self) -> None:
+        """Stop; records still waiting for Kafka are spooled first, so they stay durable."""
+        if self._unsettled:
+            self._fall_back(self._unsettled[0], "stopping")
+        for _ in range(100):
+            if not (self._to_spool or self._writing):
+                break
+            await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
-        if self._open is not None:  # requests cut off by shutdown: their records stay durable
-            self._fall_back(self._open, "stopping")
-        await asyncio.gather(*self._tasks, *self._spooling, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.connected:
             await self.producer.stop()
 
     async def publish(self, key: bytes, value: bytes) -> Landed:
+        if len(key) + len(value) > MAX_RECORD_BYTES:
+            raise TooLarge(f"the event is {len(value)} bytes, over {MAX_RECORD_BYTES}")
         began = time.perf_counter()
-        if self.connected and not self._spooling and self.spool.is_empty():
+        if self.connected and not (self._to_spool or self._writing) and self.spool.is_empty():
             batch = self._open
             if batch is None:
                 batch = self._open = _Batch()
                 batch.timer = asyncio.get_running_loop().call_later(
                     self.timeout_s, self._fall_back, batch, "timeout"
                 )
+                self._unsettled.append(batch)
                 self._ship_wake.set()
-            waiter: asyncio.Future[Landed] = asyncio.get_running_loop().create_future()
-            batch.records.append((key, value))
-            batch.waiters.append(waiter)
-            path = await waiter
-        else:
-            try:
-                await self.spool.append(key, value)
-            except SpoolError as exc:
-                raise Unavailable(str(exc)) from exc
-            self._spooled()
-            path = "spool"
+        else:  # behind a backlog, order beats speed: join the spool's queue
+            if not self._to_spool or not self._to_spool[-1].direct:
+                self._to_spool.append(_Batch(spooling=True, direct=True))
+                self._write_wake.set()
+            batch = self._to_spool[-1]
+        path = await batch.add(key, value)
         (KAFKA_SECONDS if path == "kafka" else SPOOL_SECONDS).observe(time.perf_counter() - began)
         return path
 
@@ -163,37 +187,47 @@ class WebhookPublisher:
                 waiter.set_exception(outcome)
             else:
                 waiter.set_result(outcome)
+        while self._unsettled and (self._unsettled[0].settled or self._unsettled[0].spooling):
+            self._unsettled.popleft()
         return True
 
     def _fall_back(self, batch: _Batch, error: str) -> None:
-        """Kafka did not take ``batch`` in time: spool it, and the open batch behind it, so that
-        order survives (they may still reach Kafka as well: a duplicate is harmless downstream,
-        a loss is not). Until the spool is drained, new records go to the spool too."""
+        """Kafka did not take ``batch`` in time: spool every unsettled batch, oldest first
+        through the open one, so that order survives (some may still reach Kafka as well: a
+        duplicate is harmless downstream, a loss is not)."""
         if batch.settled or batch.spooling:
             return
-        later = self._open if self._open is not None and self._open is not batch else None
-        self._open = None
         log.warning("publish to kafka failed, spooling", extra={"error": error})
-        for b in (batch, later) if later is not None else (batch,):
+        self._open = None
+        while self._unsettled:
+            b = self._unsettled.popleft()
+            if b.settled or b.spooling:
+                continue
             b.spooling = True
             if b.timer is not None:
                 b.timer.cancel()
-            task = asyncio.create_task(self._spool_batch(b))  # the spool's lock keeps this order
-            self._spooling.add(task)
-            task.add_done_callback(self._spooling.discard)
+            self._to_spool.append(b)
+        self._write_wake.set()
 
-    async def _spool_batch(self, batch: _Batch) -> None:
-        try:
-            await self.spool.append_many(batch.records)
-        except SpoolError as exc:
-            self._settle(batch, Unavailable(str(exc)))
-            return
-        self._settle(batch, "spool")
-        self._spooled()
-
-    def _spooled(self) -> None:
-        SPOOL_DEPTH.set(self.spool.pending_bytes())
-        self._wake.set()
+    async def _write(self) -> None:
+        """The one spool writer: every queued batch in order, one fsync per round."""
+        while True:
+            await self._write_wake.wait()
+            self._write_wake.clear()
+            while self._to_spool:
+                self._writing = True
+                batches = list(self._to_spool)
+                self._to_spool.clear()
+                outcome: Landed | Exception = "spool"
+                try:
+                    await self.spool.append_many([r for b in batches for r in b.records])
+                except Exception as exc:  # SpoolError, or anything else: never leave a waiter
+                    outcome = Unavailable(str(exc))
+                for b in batches:
+                    self._settle(b, outcome)
+                self._writing = False
+                SPOOL_DEPTH.set(self.spool.pending_bytes())
+                self._wake.set()
 
     async def _connect(self) -> None:
         delay = 0.2
@@ -221,7 +255,7 @@ class WebhookPublisher:
                         TOPIC, [(r.key, r.value) for r in batch], HEADERS
                     )
                     await asyncio.gather(*acks)
-                except KafkaError as exc:
+                except Exception as exc:  # KafkaError mostly; the drainer must never die
                     log.warning("spool drain paused", extra={"error": type(exc).__name__})
                     await asyncio.sleep(1.0)
                     self._wake.set()
