@@ -129,7 +129,11 @@ class WebhookPublisher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.connected:
-            await self.producer.stop()
+            try:  # an idempotent producer flushes forever while the broker is away; what it
+                # still holds was spooled above
+                await asyncio.wait_for(self.producer.stop(), timeout=10.0)
+            except TimeoutError:
+                log.warning("kafka producer did not stop in 10 s; its records are in the spool")
 
     async def publish(self, key: bytes, value: bytes) -> Landed:
         if len(key) + len(value) > MAX_RECORD_BYTES:

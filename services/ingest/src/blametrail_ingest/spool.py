@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory, self.max_bytes = directory, max_bytes
         self._lock = asyncio.Lock()
+        self._count_lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._pending = (
             self._scan_pending()
@@ -123,7 +125,8 @@ class Spool:
                 _fsync_dir(self.directory)
         except OSError as exc:
             raise SpoolError(f"spool write failed: {exc.strerror}") from exc
-        self._pending += len(data)
+        with self._count_lock:
+            self._pending += len(data)
 
     # -- drain ------------------------------------------------------------------------------
     def read_batch(self, max_records: int = 500) -> list[SpooledRecord]:
@@ -154,7 +157,9 @@ class Spool:
 
     def mark_forwarded(self, record: SpooledRecord) -> None:
         """Persist that every record up to ``record`` reached Kafka."""
-        self._pending = max(self._pending - (record.end - self._position(record.segment)), 0)
+        forwarded = record.end - self._position(record.segment)
+        with self._count_lock:  # the writer's thread may be adding at the same time
+            self._pending = max(self._pending - forwarded, 0)
         pos_path = self._path(record.segment, ".pos")
         tmp = pos_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
