@@ -90,16 +90,14 @@ async def test_503_only_when_kafka_and_spool_both_fail(
 
 
 def test_spool_survives_torn_writes_and_refuses_past_its_bound(tmp_path: Path) -> None:
-    import asyncio
-
     spool = Spool(tmp_path, max_bytes=200)
-    asyncio.run(spool.append(b"k1", b"v1"))
+    asyncio.run(spool.append_many([(b"k1", b"v1")]))
     with open(next(tmp_path.glob("seg-*.log")), "ab") as f:
         f.write(b"\x00\x00\x01\x00garbage")  # a crash mid-append: never acknowledged
     batch = spool.read_batch()
     assert [(r.key, r.value) for r in batch] == [(b"k1", b"v1")]
     with pytest.raises(SpoolFull, match="bound 200"):
-        asyncio.run(spool.append(b"k", b"x" * 300))
+        asyncio.run(spool.append_many([(b"k", b"x" * 300)]))
 
 
 class _StallingProducer(EventProducer):
@@ -127,10 +125,7 @@ async def test_a_batch_kafka_does_not_take_in_time_is_spooled_with_everything_be
     async with RawTopic(kafka_settings) as raw:
         await publisher.start()
         try:
-            for _ in range(200):
-                if publisher.connected:
-                    break
-                await asyncio.sleep(0.02)
+            assert await publisher.connected_within(4.0)
             started = asyncio.get_running_loop().time()
             first = [asyncio.create_task(publisher.publish(b"777", b"v%d" % i)) for i in range(5)]
             await asyncio.sleep(0.05)  # the first batch is stuck in the hand-over
@@ -179,10 +174,7 @@ async def test_a_timeout_spools_every_outstanding_batch_oldest_first_and_new_one
     publisher = WebhookPublisher(_SlowAcks(kafka_settings, 2.0), Spool(tmp_path, 10**9), 0.3)
     await publisher.start()
     try:
-        for _ in range(200):
-            if publisher.connected:
-                break
-            await asyncio.sleep(0.02)
+        assert await publisher.connected_within(4.0)
         publisher._tasks[-1].cancel()  # no drainer: the spool keeps what it was given, to read
         batches = []
         for b in range(3):  # batches A, B, C, 50 ms apart: each has its own timer

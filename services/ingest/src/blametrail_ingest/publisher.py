@@ -187,8 +187,8 @@ class WebhookPublisher:
         for waiter in batch.waiters:
             if waiter.done():  # its request was cancelled; the record is stored all the same
                 continue
-            if isinstance(outcome, Exception):
-                waiter.set_exception(outcome)
+            if isinstance(outcome, Exception):  # one instance each: tracebacks stay apart
+                waiter.set_exception(type(outcome)(*outcome.args))
             else:
                 waiter.set_result(outcome)
         while self._unsettled and (self._unsettled[0].settled or self._unsettled[0].spooling):
@@ -255,10 +255,9 @@ class WebhookPublisher:
                 if not batch:
                     break
                 try:
-                    acks = await self.producer.enqueue_raw(
+                    await self.producer.send_many_raw(
                         TOPIC, [(r.key, r.value) for r in batch], HEADERS
                     )
-                    await asyncio.gather(*acks)
                 except Exception as exc:  # KafkaError mostly; the drainer must never die
                     log.warning("spool drain paused", extra={"error": type(exc).__name__})
                     await asyncio.sleep(1.0)
@@ -266,6 +265,15 @@ class WebhookPublisher:
                     break
                 await asyncio.to_thread(self.spool.mark_forwarded, batch[-1])
                 SPOOL_DEPTH.set(self.spool.pending_bytes())
+
+    async def connected_within(self, timeout_s: float) -> bool:
+        """Wait until the producer, which connects in the background, is up (tests)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.connected:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until the spool is empty (tests and graceful shutdown)."""

@@ -2,7 +2,7 @@
 
 Records go to append-only segment files (``seg-<n>.log``), framed as
 ``u32 length | u32 crc32 | (u32 key length | key | value)``, and are fsync'd before
-:meth:`Spool.append` returns, so a 200 answered after it survives a crash or restart. The
+:meth:`Spool.append_many` returns, so a 200 answered after it survives a crash or restart. The
 drainer reads them back in order; how far it got in the oldest segment is kept in
 ``seg-<n>.pos`` (fsync'd), and a segment is deleted once forwarded. A crash while draining
 resends a few records: duplicates are harmless downstream, losses are impossible.
@@ -81,13 +81,10 @@ class Spool:
         return os.access(self.directory, os.W_OK)
 
     # -- append -----------------------------------------------------------------------------
-    async def append(self, key: bytes, value: bytes) -> None:
-        """Durably append one record; raises :class:`SpoolFull` or :class:`SpoolError`."""
-        await self.append_many([(key, value)])
-
     async def append_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Durably append records in order with one fsync (group commit); on an error none of
-        them counts as taken, and a partial write is cut off again so later frames stay readable."""
+        them counts as taken, and a partial write is cut off again so later frames stay readable.
+        Raises :class:`SpoolFull` or :class:`SpoolError`."""
         async with self._lock:
             await asyncio.to_thread(self._append, records)
 

@@ -93,12 +93,10 @@ class EventProducer:
         topic: str,
         records: Sequence[tuple[bytes | None, bytes | None]],
         headers: Headers = (),
-    ) -> list[RecordMetadata]:
-        """Publish many records in one go (they share broker round trips); returns once all are
+    ) -> None:
+        """Publish many records in one go (one batch per partition); returns once all are
         acknowledged, raising the first failure. Order within a partition is kept."""
-        name, hdrs = self.topic(topic), list(headers)
-        futures = [await self.producer.send(name, value=v, key=k, headers=hdrs) for k, v in records]
-        return list(await asyncio.gather(*futures))
+        await asyncio.gather(*await self.enqueue_raw(topic, records, headers))
 
     async def enqueue_raw(
         self,
