@@ -1,7 +1,8 @@
 """Runs the BlameTrail services on loopback for ``make up`` (pid files and logs in .local/run).
 
-Each service is declared once in :data:`SERVICES`; ``services-up`` starts those not running,
-waits for their ``/readyz`` and records their URLs in ``.local/stack.env``.
+Each service is declared once in :data:`SERVICES`; ``services-up`` starts a supervisor that runs
+them all and restarts any that exits (:mod:`blametrail_devstack.supervisor`), waits for their
+``/readyz`` and records their URLs in ``.local/stack.env``; ``services-down`` stops it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blametrail_devstack.paths import local_dir
+from blametrail_devstack.supervisor import Child, Plan
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,17 @@ def run_dir() -> Path:
     return local_dir() / "run"
 
 
-def _pid(spec: ServiceSpec) -> int | None:
+def plan_for(
+    specs: tuple[ServiceSpec, ...], where: Path, env: dict[str, str] | None = None
+) -> Plan:
+    """The supervisor's plan: every spec as a child, with ``env`` (and then its own) on top of
+    the environment the supervisor inherits."""
+    return Plan(where, tuple(Child(s.name, s.module, {**(env or {}), **s.env}) for s in specs))
+
+
+def _alive(pid_file: Path) -> int | None:
     try:
-        pid = int((run_dir() / f"{spec.name}.pid").read_text())
+        pid = int(pid_file.read_text())
         os.kill(pid, 0)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
@@ -83,21 +93,30 @@ def _ready(port: int) -> bool:
         return False
 
 
-def start_all(specs: tuple[ServiceSpec, ...] = SERVICES, timeout_s: float = 60) -> dict[str, str]:
-    """Start every service not yet running; returns ``{url_var: url}`` once all are ready."""
-    run_dir().mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        if _pid(spec) is None:
-            with open(run_dir() / f"{spec.name}.log", "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", spec.module],
-                    env={**os.environ, **spec.env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            (run_dir() / f"{spec.name}.pid").write_text(str(proc.pid))
+def start_all(
+    specs: tuple[ServiceSpec, ...] = SERVICES,
+    timeout_s: float = 90,
+    where: Path | None = None,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+) -> dict[str, str]:
+    """Start the supervisor of ``specs`` unless it runs already; returns ``{url_var: url}`` once
+    every service with a port answers ``/readyz`` 200. The supervisor restarts whatever exits
+    (see :mod:`blametrail_devstack.supervisor`); a service that never gets ready fails here."""
+    where = where or run_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    if _alive(where / "supervisor.pid") is None:
+        plan_file = where / "plan.json"
+        plan_for(specs, where, env).dump(plan_file)
+        with open(where / "supervisor.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "blametrail_devstack.supervisor", str(plan_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the shell of `make up`
+            )
+        (where / "supervisor.pid").write_text(str(proc.pid))
     urls: dict[str, str] = {}
     for spec in specs:
         if spec.port is None:
@@ -106,30 +125,37 @@ def start_all(specs: tuple[ServiceSpec, ...] = SERVICES, timeout_s: float = 60) 
             continue
         deadline = time.monotonic() + timeout_s
         while not _ready(spec.port):
-            if _pid(spec) is None or time.monotonic() > deadline:
+            if _alive(where / "supervisor.pid") is None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"{spec.name} did not become ready; see {run_dir()}/{spec.name}.log"
+                    f"{spec.name} did not become ready; see {where}/{spec.name}.log"
+                    f" and {where}/supervisor.log"
                 )
             time.sleep(0.3)
         if spec.url_var:
             urls[spec.url_var] = f"http://127.0.0.1:{spec.port}"
-        print(f"{spec.name:14} http://127.0.0.1:{spec.port} ready")
+        if not quiet:
+            print(f"{spec.name:14} http://127.0.0.1:{spec.port} ready")
     return urls
 
 
-def stop_all(specs: tuple[ServiceSpec, ...] = SERVICES, timeout_s: float = 30) -> None:
-    """SIGTERM every running service (they drain and commit), SIGKILL after ``timeout_s``."""
-    pids = {spec.name: pid for spec in specs if (pid := _pid(spec)) is not None}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for name, pid in pids.items():
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+def service_pid(name: str, where: Path | None = None) -> int | None:
+    """The pid of the running child ``name`` (it changes at every restart)."""
+    return _alive((where or run_dir()) / f"{name}.pid")
+
+
+def stop_all(
+    specs: tuple[ServiceSpec, ...] = SERVICES, timeout_s: float = 45, where: Path | None = None
+) -> None:
+    """SIGTERM the supervisor (it stops its children: they drain and commit); SIGKILL what is
+    left after ``timeout_s`` (the supervisor and any child it left behind)."""
+    where = where or run_dir()
+    supervisor = _alive(where / "supervisor.pid")
+    if supervisor is not None:
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(where / "supervisor.pid") is not None and time.monotonic() < deadline:
             time.sleep(0.2)
-        else:
+    for pid_file in [where / "supervisor.pid", *(where / f"{s.name}.pid" for s in specs)]:
+        if (pid := _alive(pid_file)) is not None:
             os.kill(pid, signal.SIGKILL)
-        (run_dir() / f"{name}.pid").unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
