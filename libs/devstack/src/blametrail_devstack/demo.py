@@ -3,25 +3,32 @@
 Creates (once; recorded in ``.local/stack.env``) an organization ``demo`` with an API key, a
 service, an internal connection to the local Sentry stand-in, and a mapping of the fixtures'
 project ``checkout-api``; then posts the signed ``issue.created`` fixture to ingest and waits
-until the incident, enriched, is visible in the API.
+until that webhook's incident (read by its id), enriched and with ranked suspects, is visible in
+the API. Run again on a used stack, it finds the same incident.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.testing import signed_fixture
 
 from blametrail_devstack.services import STUB_PORT
 
 CLIENT_SECRET = "demo-client-secret"  # noqa: S105 - a throwaway secret of the local demo
 STUB_TOKEN = "demo-internal-token"  # noqa: S105
+DEMO_ORG = "demo"
+DEMO_PROJECT = "checkout-api"
+DEMO_FIXTURE = "issue.created"
 
 
 def seed(env: dict[str, str]) -> dict[str, str]:
@@ -29,7 +36,7 @@ def seed(env: dict[str, str]) -> dict[str, str]:
     if env.get("BLAMETRAIL_DEMO_API_KEY"):
         return {}
     key = subprocess.run(
-        [sys.executable, "-m", "blametrail_common.cli", "apikey", "create", "--org", "demo"],
+        [sys.executable, "-m", "blametrail_common.cli", "apikey", "create", "--org", DEMO_ORG],
         check=True,
         capture_output=True,
         text=True,
@@ -98,16 +105,19 @@ def _demo_deploys(service_id: str) -> list[dict[str, Any]]:
 
 
 def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
-    """Post the signed ``issue.created`` fixture (re-signed with the demo secret); wait for the incident.
+    """Post the signed ``issue.created`` fixture (re-signed with the demo secret); wait until
+    *its* incident is enriched and has ranked suspects, and return it.
 
-    The connection and mapping were created a moment ago and reach ingest and the normalizer
-    through the outbox and the control-plane topics: until ingest knows the connection it answers
-    404 (retried here); if the mapping had not reached the normalizer yet, the webhook was
-    audited as unmapped, and the demo does what an operator would do then
-    (``blametrail replay reprocess-ignored``)."""
+    The incident is read by its id, which is deterministic (``incident_id_for`` of the demo
+    organization and the fixture's Sentry issue id): the organization's newest incident may be
+    another one once the stack has been used (``make up`` run again). The connection and mapping
+    were created a moment ago and reach ingest and the normalizer through the outbox and the
+    control-plane topics: until ingest knows the connection it answers 404 (retried here); if the
+    mapping had not reached the normalizer yet, the webhook was audited as unmapped, and the demo
+    does what an operator would do then (``blametrail replay reprocess-ignored``)."""
     from blametrail_common.signature import sign
 
-    body, headers = signed_fixture("issue.created")
+    body, headers = signed_fixture(DEMO_FIXTURE)
     headers = {**headers, "Sentry-Hook-Signature": sign(body, env["BLAMETRAIL_DEMO_CLIENT_SECRET"])}
     url = env["BLAMETRAIL_DEMO_WEBHOOK_URL"].replace(
         "https://hooks.example", env["BLAMETRAIL_INGEST_URL"]
@@ -118,24 +128,104 @@ def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
             break
         time.sleep(0.5)  # the connection is not known to ingest yet
     _ok(resp)
+    incident_id = demo_incident_id(demo_org_id(), body)
     auth = {"Authorization": f"Bearer {env['BLAMETRAIL_DEMO_API_KEY']}"}
-    started = time.monotonic()
-    deadline, reprocessed = started + timeout_s, False
     with httpx.Client(base_url=env["BLAMETRAIL_API_URL"], headers=auth, timeout=10) as api:
-        while time.monotonic() < deadline:
-            items = _ok(api.get("/api/v1/incidents"))["items"]
-            if not items and not reprocessed and time.monotonic() - started > 10:
-                reprocessed = True
-                command = ["replay", "reprocess-ignored", "--project", "checkout-api", "--yes"]
-                subprocess.run(
-                    [sys.executable, "-m", "blametrail_common.cli", *command], check=True
-                )
-            if items:
-                incident = _ok(api.get(f"/api/v1/incidents/{items[0]['incident_id']}"))
-                if incident.get("enrichment") and incident.get("suspects"):
-                    return dict(incident)
-            time.sleep(0.5)
-    raise RuntimeError("the demo incident did not appear in time; see .local/run/*.log")
+
+        def fetch() -> dict[str, Any] | None:
+            resp = api.get(f"/api/v1/incidents/{incident_id}")
+            return None if resp.status_code == 404 else dict(_ok(resp))
+
+        def reprocess_ignored() -> None:
+            command = ["replay", "reprocess-ignored", "--project", DEMO_PROJECT, "--yes"]
+            subprocess.run([sys.executable, "-m", "blametrail_common.cli", *command], check=True)
+
+        return wait_for_incident(incident_id, fetch, reprocess_ignored, timeout_s=timeout_s)
+
+
+def demo_org_id() -> str:
+    """The id of the demo organization (the tenant id of its incidents), from Postgres."""
+    import psycopg
+    from blametrail_common.settings import PostgresSettings
+
+    with psycopg.connect(PostgresSettings().database_url, connect_timeout=10) as conn:
+        row = conn.execute("SELECT id FROM organizations WHERE slug = %s", (DEMO_ORG,)).fetchone()
+    if row is None:
+        raise RuntimeError(f"no organization {DEMO_ORG!r}: was the demo seeded in this database?")
+    return str(row[0])
+
+
+def demo_incident_id(org_id: str, body: bytes) -> str:
+    """The incident the normalizer makes of the fixture ``body`` for tenant ``org_id``."""
+    issue = json.loads(body)["data"]["issue"]
+    return incident_id_for(org_id, "issue", str(issue["id"]))
+
+
+def missing_parts(incident: dict[str, Any] | None) -> list[str]:
+    """What the demo still waits for in ``incident`` (None: not in the read model yet)."""
+    if incident is None:
+        return ["the incident itself (not in the read model yet)"]
+    missing = []
+    if not incident.get("enrichment"):
+        missing.append("its enrichment")
+    if not (incident.get("suspects") or {}).get("ranked"):
+        missing.append("a ranked suspect deploy")
+    return missing
+
+
+def wait_for_incident(
+    incident_id: str,
+    fetch: Callable[[], dict[str, Any] | None],
+    reprocess_ignored: Callable[[], None],
+    *,
+    timeout_s: float = 60,
+    reprocess_after_s: float = 10,
+    poll_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll ``fetch`` (the incident, or None while it does not exist) until nothing is missing;
+    after ``reprocess_after_s`` without the incident call ``reprocess_ignored`` once. Past
+    ``timeout_s`` raise ``DemoTimeout`` naming what never came."""
+    started = clock()
+    reprocessed = False
+    while True:
+        incident = fetch()
+        missing = missing_parts(incident)
+        if not missing:
+            assert incident is not None
+            return incident
+        waited = clock() - started
+        if waited >= timeout_s:
+            raise DemoTimeout(
+                f"demo incident {incident_id}: after {timeout_s:.0f} s still waiting for"
+                f" {' and '.join(missing)}; see .local/run/*.log"
+            )
+        if incident is None and not reprocessed and waited >= reprocess_after_s:
+            reprocessed = True
+            reprocess_ignored()
+        sleep(poll_s)
+
+
+class DemoTimeout(RuntimeError):
+    """The demo incident did not become complete within its deadline."""
+
+
+def describe(incident: dict[str, Any]) -> list[str]:
+    """The lines ``blametrail-devstack demo`` prints about the demo incident."""
+    enrichment = incident.get("enrichment") or {}
+    lines = [
+        f"demo incident {incident['incident_id']}: {incident['title']!r} on"
+        f" {incident['service_id']}, status {incident['status']},"
+        f" enrichment {enrichment.get('status', 'none')}"
+    ]
+    ranked = (incident.get("suspects") or {}).get("ranked") or []
+    if ranked:
+        top = ranked[0]
+        lines.append(f"top suspect: {top['version']} (score {top['score']:.2f}): {top['explain']}")
+    else:
+        lines.append("top suspect: none ranked")
+    return lines
 
 
 def connect_public_app(env: dict[str, str], timeout_s: float = 30) -> dict[str, Any]:
