@@ -84,13 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {**read_env(Path(args.env_file))}
         write_env(Path(args.env_file), demo.seed(env))
         env = read_env(Path(args.env_file))
-        incident = demo.push_webhook(env)
-        print(
-            f"demo incident {incident['incident_id']}: {incident['title']!r} on {incident['service_id']}, "
-            f"status {incident['status']}, enrichment {incident['enrichment']['status']}"
-        )
-        top = incident["suspects"]["ranked"][0]
-        print(f"top suspect: {top['version']} (score {top['score']:.2f}): {top['explain']}")
+        try:
+            incident = demo.push_webhook(env)
+        except demo.DemoTimeout as e:
+            print(f"demo: {e}", file=sys.stderr)
+            return 1
+        print("\n".join(demo.describe(incident)))
         oauth = demo.connect_public_app(env)
         print(
             f"public app: Sentry organization {oauth['sentry_org_slug']!r} connected by OAuth"
