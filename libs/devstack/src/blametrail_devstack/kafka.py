@@ -144,12 +144,13 @@ class KafkaNode:
                 )
             time.sleep(0.5)
 
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM (a controlled shutdown), then SIGKILL if it lingers."""
+    def stop(self, timeout_s: float = 30, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM (a controlled shutdown), then SIGKILL if it lingers; ``sig=SIGKILL`` is a
+        crash (the log recovers at the next start)."""
         pid = self.running_pid()
         if pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:

@@ -113,12 +113,14 @@ class PgCluster:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"'.encode())
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: ``fast`` (clean), or ``immediate`` (a crash: every
+        connection cut, recovery from the WAL at the next start)."""
         if not self.running():
             return
         subprocess.run(
             self._as_owner(
-                str(postgres_bin() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+                str(postgres_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"
             ),
             check=True,
             stdout=subprocess.DEVNULL,
