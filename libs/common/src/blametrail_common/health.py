@@ -2,7 +2,8 @@
 
 ``/healthz`` answers 200 while the process serves HTTP (liveness). ``/readyz`` runs the
 service's readiness checks and answers 503 naming the failing ones. ``/metrics`` is the
-Prometheus text exposition of the default registry.
+Prometheus text exposition of the default registry; each scrape runs the same checks first (with
+the same timeout), so ``blametrail_ready`` is as current as ``/readyz`` would be.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-__all__ = ["ReadinessCheck", "health_routes"]
+from blametrail_common.metrics import READY
+
+__all__ = ["ReadinessCheck", "evaluate", "health_routes"]
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
@@ -27,13 +30,13 @@ def health_routes(checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) 
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        results = await asyncio.gather(*(_run(c, timeout_s) for c in checks.values()))
-        status = dict(zip(checks, results, strict=True))
-        ok = all(results)
+        status = await evaluate(checks, timeout_s)
+        ok = all(status.values())
         body = {"status": "ready" if ok else "not ready", "checks": status}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
+        await evaluate(checks, timeout_s)  # blametrail_ready as of this scrape
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return [
@@ -41,6 +44,14 @@ def health_routes(checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) 
         Route("/readyz", readyz, methods=["GET"], include_in_schema=False),
         Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
     ]
+
+
+async def evaluate(checks: Mapping[str, ReadinessCheck], timeout_s: float) -> dict[str, bool]:
+    """Run every check concurrently (each bounded by ``timeout_s``); sets ``blametrail_ready``."""
+    results = await asyncio.gather(*(_run(c, timeout_s) for c in checks.values()))
+    status = dict(zip(checks, results, strict=True))
+    READY.set(1 if all(results) else 0)
+    return status
 
 
 async def _run(check: ReadinessCheck, timeout_s: float) -> bool:

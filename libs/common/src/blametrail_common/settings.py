@@ -44,6 +44,12 @@ class KafkaSettings(BaseBlametrailSettings):
     request_timeout_ms: int = Field(
         default=5000, validation_alias=f"{PREFIX}KAFKA_REQUEST_TIMEOUT_MS"
     )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, validation_alias=f"{PREFIX}KAFKA_SESSION_TIMEOUT_MS"
+    )
+    """How long a group member that stopped heartbeating (killed, partitioned) keeps its
+    partitions before the group reassigns them (aiokafka consumers; heartbeats every third of
+    it). The broker accepts 6 s to 30 min by default (``group.min/max.session.timeout.ms``)."""
 
 
 class PostgresSettings(BaseBlametrailSettings):

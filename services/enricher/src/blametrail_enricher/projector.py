@@ -1,13 +1,18 @@
-"""``python -m blametrail_enricher.projector``: the Postgres projection as its own process."""
+"""``python -m blametrail_enricher.projector``: the Postgres projection as its own process.
+
+The projection loop heals itself (:func:`~blametrail_common.kafka.pgsink.project_into_postgres`):
+when Postgres or Kafka goes away it starts over with a backoff and resumes from the offsets stored
+in Postgres; ``/readyz`` names the dependency that is away meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-import psycopg
-from blametrail_common.kafka import EventProducer, create_consumer, create_producer
-from blametrail_common.kafka.pgsink import run_into_postgres
+from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka.pgsink import project_into_postgres
 from blametrail_common.logging import configure_logging
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, POSTGRES, supervise
 from blametrail_common.runner import run_with_health
 from blametrail_common.settings import KafkaSettings, PostgresSettings
 from blametrail_common.topics import topic_name
@@ -19,27 +24,24 @@ from blametrail_enricher.settings import ProjectionSettings
 async def serve() -> None:
     settings, kafka, dsn = ProjectionSettings(), KafkaSettings(), PostgresSettings().database_url
     producer = EventProducer(create_producer(kafka), kafka)
-    consumer = create_consumer(kafka, [], settings.group_id)
     projection = Projection(producer)
+    topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
+
+    async def start_producer(_: asyncio.Event) -> None:
+        await producer.start()
 
     async def loop(stop: asyncio.Event) -> None:
-        await producer.start()
-        await consumer.start()
+        await supervise("projection-producer", start_producer, stop)
         try:
-            topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
-            await run_into_postgres(
-                consumer, topics, dsn, settings.group_id, projection.apply, stop
+            await project_into_postgres(
+                kafka, topics, dsn, settings.group_id, projection.apply, stop, name="projection"
             )
         finally:
-            await consumer.stop()
-            await producer.stop()
+            if producer.started:
+                await producer.stop()
 
-    async def ready() -> bool:
-        async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=2) as conn:
-            await conn.execute("SELECT 1")
-        return producer.started
-
-    await run_with_health(settings.host, settings.port, {"postgres": ready}, loop)
+    checks = {"kafka": DEPENDENCIES.check(KAFKA), "postgres": DEPENDENCIES.check(POSTGRES)}
+    await run_with_health(settings.host, settings.port, checks, loop)
 
 
 def main() -> None:

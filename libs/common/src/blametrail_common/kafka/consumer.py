@@ -1,8 +1,15 @@
 """Consumers: manual commits after the effect, batch at a time, graceful stop.
 
 The contract of :func:`run_batches`: a batch's offsets are committed only after its handler
-returned; if the handler raises, nothing of that batch is committed and the error propagates (the
-process exits, its replacement gets the batch again). Effects must therefore be idempotent.
+returned; if the handler raises, nothing of that batch is committed and the error propagates
+(:func:`consume` then starts over with a new consumer after a backoff, see
+:mod:`blametrail_common.resilience`; the batch is read again). A commit refused because the group
+rebalanced meanwhile (a broker outage, a member joining) is not an error: the partitions' new owner,
+maybe this consumer again, gets the batch again. Effects must therefore be idempotent.
+
+Every poll also updates ``blametrail_consumer_lag`` of the assigned partitions, and an idle loop
+asks the cluster for metadata every few seconds, so readiness says ``kafka: false`` while the
+broker is away even when no records flow.
 """
 
 from __future__ import annotations
@@ -14,12 +21,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from blametrail_common.metrics import CONSUMER_LAG
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, Dependencies, supervise
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
 
-__all__ = ["BatchHandler", "consume", "create_consumer", "install_stop_signals", "run_batches"]
+__all__ = [
+    "BatchHandler",
+    "KafkaWatch",
+    "consume",
+    "create_consumer",
+    "install_stop_signals",
+    "run_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +49,8 @@ def create_consumer(
     """Build (not start) a consumer of registry topics with auto-commit off.
 
     ``group_id=None`` makes a group-less reader (e.g. for compacted tables read from the start).
+    A group member's partitions wait at most ``BLAMETRAIL_KAFKA_SESSION_TIMEOUT_MS`` for it after
+    it died (heartbeats every third of that).
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -41,6 +60,8 @@ def create_consumer(
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_poll_records": 1000,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, settings.session_timeout_ms // 3),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*(topic_name(t, settings.topic_prefix) for t in topics), **options)
@@ -65,13 +86,34 @@ async def run_batches(
 
     Returns when ``stop`` is set (after committing the batch in hand). See module docstring.
     """
+    watch = KafkaWatch(consumer)
     while not stop.is_set():
         polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [r for batch in polled.values() for r in batch]
+        await watch.polled(bool(records))
         if not records:
             continue
         await handle(records)
-        await consumer.commit(_next_offsets(polled))
+        await commit_or_redeliver(consumer, _next_offsets(polled))
+
+
+async def commit_or_redeliver(
+    consumer: AIOKafkaConsumer,
+    offsets: dict[TopicPartition, OffsetAndMetadata],
+    dependencies: Dependencies = DEPENDENCIES,
+) -> bool:
+    """Commit ``offsets``; False when the group rebalanced meanwhile (the batch is redelivered to
+    the partitions' new owner, at-least-once). Other errors propagate."""
+    try:
+        await consumer.commit(offsets)
+    except CommitFailedError as exc:
+        log.warning(
+            "commit refused after a rebalance; the batch will be redelivered",
+            extra={"error": type(exc).__name__, "partitions": len(offsets)},
+        )
+        return False
+    dependencies.up(KAFKA)
+    return True
 
 
 async def consume(
@@ -80,14 +122,75 @@ async def consume(
     group_id: str,
     handle: BatchHandler,
     stop: asyncio.Event,
+    *,
+    name: str | None = None,
 ) -> None:
-    """A group consumer of ``topics`` through :func:`run_batches` until ``stop``; then it leaves."""
-    consumer = create_consumer(settings, topics, group_id)
-    await consumer.start()
-    try:
-        await run_batches(consumer, handle, stop)
-    finally:
-        await consumer.stop()
+    """A group consumer of ``topics`` through :func:`run_batches` until ``stop``; then it leaves.
+
+    Any error (the broker away, the handler failing) ends that consumer; a new one starts after a
+    backoff (:func:`~blametrail_common.resilience.supervise`, loop ``name``, default the group),
+    from the committed offsets. It never gives up while ``stop`` is unset.
+    """
+
+    async def once(stop: asyncio.Event) -> None:
+        consumer = create_consumer(settings, topics, group_id)
+        try:
+            await consumer.start()
+            await run_batches(consumer, handle, stop)
+        finally:
+            await consumer.stop()
+
+    await supervise(name or group_id, once, stop)
+
+
+class KafkaWatch:
+    """What a poll loop tells the operator: lag per assigned partition after every poll, and
+    whether the cluster answers (:data:`~blametrail_common.resilience.DEPENDENCIES`).
+
+    A consumer keeps polling through a broker outage (aiokafka reconnects by itself, polls come
+    back empty), so an idle loop asks for cluster metadata every ``probe_s`` to notice one.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        dependencies: Dependencies = DEPENDENCIES,
+        probe_s: float = 5.0,
+    ) -> None:
+        self.consumer, self.dependencies, self.probe_s = consumer, dependencies, probe_s
+        self.group = str(getattr(consumer, "_group_id", None) or "")  # aiokafka keeps it private
+        self._clock = asyncio.get_running_loop().time
+        self._probed = self._clock()
+        dependencies.up(KAFKA)  # the consumer started: the cluster answered
+
+    async def polled(self, got_records: bool) -> None:
+        await self._lag()
+        now = self._clock()
+        if got_records:
+            self._probed = now
+        elif now - self._probed >= self.probe_s:
+            self._probed = now
+            self.dependencies.set(KAFKA, await self._probe())
+
+    async def _probe(self) -> bool:
+        try:
+            await asyncio.wait_for(self.consumer.topics(), self.probe_s)
+        except (KafkaError, TimeoutError):
+            return False
+        return True
+
+    async def _lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
 
 
 def _next_offsets(

@@ -6,6 +6,12 @@ transaction, and on every partition assignment the stored offsets are read again
 (Postgres is the truth: records below the stored offset are skipped, and a consumer positioned
 past it is rewound; the offsets also committed to Kafka afterwards only feed lag tooling).
 A crash anywhere before the commit rolls the batch back; the restart re-reads it.
+
+:func:`project_into_postgres` is the long-running form: it builds the consumer itself and, when
+Kafka or Postgres goes away (or ``apply`` fails), starts over from scratch after a backoff (a new
+consumer, a new connection, the offsets read from Postgres again); it never gives up while
+``stop`` is unset. An idle loop checks its connection every few seconds, so readiness says
+``postgres: false`` while the server is away even when no records flow.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-__all__ = ["ApplyBatch", "load_offsets", "run_into_postgres"]
+from blametrail_common.kafka.consumer import KafkaWatch, create_consumer
+from blametrail_common.resilience import DEPENDENCIES, POSTGRES, supervise
+from blametrail_common.settings import KafkaSettings
+
+__all__ = ["ApplyBatch", "load_offsets", "project_into_postgres", "run_into_postgres"]
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +82,26 @@ async def run_into_postgres(
     *,
     timeout_ms: int = 500,
     max_records: int | None = 2000,
+    probe_s: float = 5.0,
 ) -> None:
     """Subscribe ``consumer`` (started, ``enable_auto_commit=False``) to broker-side ``topics`` and
-    apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and propagate.
+    apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and
+    propagate, and so do Postgres errors (a connection idle for ``probe_s`` is checked).
     """
     known: dict[TopicPartition, int] = {}
     consumer.subscribe(list(topics), listener=_Forget(known))
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+    watch = KafkaWatch(consumer)
+    clock = asyncio.get_running_loop().time
+    async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
+        DEPENDENCIES.up(POSTGRES)
+        checked = clock()
         while not stop.is_set():
             polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            await watch.polled(any(polled.values()))
+            if not polled and clock() - checked >= probe_s:
+                await conn.execute("SELECT 1")  # raises while the server is away
+                await conn.commit()
+                checked = clock()
             if any(tp not in known for tp in polled):
                 stored = await load_offsets(conn, group_id)
                 await conn.commit()
@@ -104,9 +125,38 @@ async def run_into_postgres(
                             for tp, recs in batches.items()
                         ],
                     )
+            DEPENDENCIES.up(POSTGRES)
+            checked = clock()
             for tp, recs in batches.items():
                 known[tp] = recs[-1].offset + 1
             await _commit_to_kafka(consumer, batches)
+
+
+async def project_into_postgres(
+    settings: KafkaSettings,
+    topics: Sequence[str],
+    dsn: str,
+    group_id: str,
+    apply: ApplyBatch,
+    stop: asyncio.Event,
+    *,
+    name: str | None = None,
+    max_records: int | None = 2000,
+) -> None:
+    """:func:`run_into_postgres` with a consumer of its own (broker-side ``topics``), started over
+    from scratch after any error with a backoff, as loop ``name`` (default ``group_id``)."""
+
+    async def once(stop: asyncio.Event) -> None:
+        consumer = create_consumer(settings, [], group_id)
+        try:
+            await consumer.start()
+            await run_into_postgres(
+                consumer, topics, dsn, group_id, apply, stop, max_records=max_records
+            )
+        finally:
+            await consumer.stop()
+
+    await supervise(name or group_id, once, stop)
 
 
 async def _admit(
