@@ -22,7 +22,8 @@ log = logging.getLogger("blametrail_ingest")
 
 
 async def _keep_table(table: CompactedTable[ConnectionStateV1]) -> None:
-    """Load the connections table, retrying while Kafka is away (ingest serves meanwhile)."""
+    """Load the connections table, retrying while Kafka is away (ingest listens meanwhile once
+    ``startup_wait_s`` has passed)."""
     while True:
         try:
             await table.start()
@@ -30,6 +31,24 @@ async def _keep_table(table: CompactedTable[ConnectionStateV1]) -> None:
         except Exception as exc:  # any start failure is retried; readiness reports it
             log.warning("connections table not loaded yet", extra={"error": str(exc)})
             await asyncio.sleep(2.0)
+
+
+async def _loaded_within(table: CompactedTable[ConnectionStateV1], timeout_s: float) -> None:
+    """Wait (bounded) for the table before binding the port: a webhook that reached us before
+    it loaded could only be answered 503, and Sentry does not resend internal integrations'."""
+    began = asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(table.ready.wait(), timeout_s)
+    except TimeoutError:
+        log.warning(
+            "connections table not loaded; listening anyway (internal webhooks get 503)",
+            extra={"waited_s": timeout_s},
+        )
+        return
+    log.info(
+        "connections table loaded",
+        extra={"rows": len(table), "s": round(asyncio.get_running_loop().time() - began, 3)},
+    )
 
 
 async def serve() -> None:
@@ -52,6 +71,7 @@ async def serve() -> None:
     )
     loader = asyncio.create_task(_keep_table(table))
     try:
+        await _loaded_within(table, settings.startup_wait_s)
         await uvicorn.Server(config).serve()
     finally:
         loader.cancel()

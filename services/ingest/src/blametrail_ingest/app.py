@@ -44,6 +44,7 @@ _SIGNATURE_HEADERS: dict[bytes, SignatureHeader] = {
     b"sentry-app-signature": "Sentry-App-Signature",
 }
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_RETRY_AFTER = ((b"retry-after", b"1"),)
 
 
 class Rejected(Exception):
@@ -54,6 +55,11 @@ class Rejected(Exception):
 
 class _Disconnected(Exception):
     pass
+
+
+class NotReady(Exception):
+    """The connections table has not caught up yet: whether the connection exists, or which
+    secrets it has now, is not known, so the answer is 503 with ``Retry-After``, never a 4xx."""
 
 
 class _Headers:
@@ -118,6 +124,15 @@ class WebhookEndpoint:
         except Rejected as r:
             REJECTED.labels(r.reason).inc()
             await _answer(send, r.status, {"error": r.reason, "message": r.message})
+            return
+        except NotReady:
+            REJECTED.labels("not_ready").inc()
+            await _answer(
+                send,
+                503,
+                {"error": "not_ready", "message": "connections not loaded yet, retry"},
+                _RETRY_AFTER,
+            )
             return
         except _Disconnected:
             REJECTED.labels("client_disconnected").inc()
@@ -208,13 +223,15 @@ class WebhookEndpoint:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _answer(send: Send, status: int, doc: dict[str, object]) -> None:
+async def _answer(
+    send: Send, status: int, doc: dict[str, object], extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     body = orjson.dumps(doc)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            "headers": [*_JSON_HEADERS, *extra, (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -231,6 +248,8 @@ def create_app(
 
     def internal(scope: Scope) -> tuple[str | None, list[str] | None]:
         connection_id: str = scope["path_params"]["connection_id"]
+        if not connections.ready():
+            raise NotReady
         return connection_id, connections.secrets_for(connection_id)
 
     async def http_error(_: Request, exc: Exception) -> Response:
@@ -240,8 +259,11 @@ def create_app(
             {"error": "http", "message": exc.detail}, exc.status_code, headers=exc.headers
         )
 
-    async def ready() -> bool:
-        return (publisher.connected or publisher.spool.writable()) and connections.ready()
+    async def publish_path() -> bool:
+        return publisher.connected or publisher.spool.writable()
+
+    async def connections_loaded() -> bool:
+        return connections.ready()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -259,7 +281,7 @@ def create_app(
             WebhookEndpoint(settings, publisher, internal),
             methods=["POST"],
         ),
-        *health_routes({"publish_path": ready}),
+        *health_routes({"publish_path": publish_path, "connections": connections_loaded}),
     ]
     return Starlette(
         routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan

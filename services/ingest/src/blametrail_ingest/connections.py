@@ -28,9 +28,15 @@ class ConnectionSecrets:
     def __init__(self, table: CompactedTable[ConnectionStateV1], box: SecretBox | None) -> None:
         self._table, self._box = table, box
         self._cache: dict[str, tuple[object, list[str]]] = {}
+        self._loaded = False
 
     def ready(self) -> bool:
-        return self._table.ready.is_set()
+        """True once the table has caught up with the end offsets read at its start, and from
+        then on: a table that has loaded stays loaded while its reader reconnects (its rows stay
+        served; only updates wait)."""
+        if not self._loaded and self._table.ready.is_set():
+            self._loaded = True
+        return self._loaded
 
     def secrets_for(self, connection_id: str) -> list[str] | None:
         conn = self._table.get(connection_id)

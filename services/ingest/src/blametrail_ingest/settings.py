@@ -33,6 +33,9 @@ class IngestSettings(BaseBlametrailSettings):
     limit_concurrency: int = Field(
         default=512, validation_alias=f"{PREFIX}INGEST_LIMIT_CONCURRENCY"
     )
+    startup_wait_s: float = Field(default=10.0, validation_alias=f"{PREFIX}INGEST_STARTUP_WAIT_S")
+    """Do not listen before the connections table has loaded, for at most this long (Kafka
+    away at start: then listen anyway; internal webhooks get 503 until it has loaded)."""
 
     def public_secrets(self) -> list[str]:
         return [

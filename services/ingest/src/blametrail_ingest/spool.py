@@ -15,8 +15,10 @@ import contextlib
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +45,18 @@ class SpooledRecord:
 
 
 class Spool:
-    """Thread-offloaded, lock-serialized appends; one reader (the drainer)."""
+    """Thread-offloaded, lock-serialized appends; one reader (the drainer).
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    ``written_at`` tells when a spooled value was accepted (epoch seconds, ``None`` if it cannot
+    say); it dates records a previous process left behind, for :meth:`oldest_age_s`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        written_at: Callable[[bytes], float | None] | None = None,
+    ) -> None:
         self.directory, self.max_bytes = directory, max_bytes
         self._lock = asyncio.Lock()
         self._count_lock = threading.Lock()
@@ -53,6 +64,22 @@ class Spool:
         self._pending = (
             self._scan_pending()
         )  # kept in memory: is_empty() is on every request's path
+        # (segment, end offset, wall time) of each append round not yet fully forwarded
+        self._rounds: deque[tuple[int, int, float]] = deque()
+        if self._pending:
+            self._rounds.append(self._leftover_round(written_at))
+
+    def _leftover_round(
+        self, written_at: Callable[[bytes], float | None] | None
+    ) -> tuple[int, int, float]:
+        """One round standing for what a previous process spooled, dated by its oldest record
+        (else by the oldest segment's modification time, which can only make it look younger)."""
+        first = self.read_batch(1)  # (drops segments a previous process fully forwarded)
+        segs = self._segments()
+        when = written_at(first[0].value) if first and written_at is not None else None
+        if when is None:
+            when = min(self._path(n).stat().st_mtime for n in segs)
+        return segs[-1], self._path(segs[-1]).stat().st_size, when
 
     # -- state ------------------------------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -76,6 +103,14 @@ class Spool:
 
     def is_empty(self) -> bool:
         return self._pending == 0
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        """Seconds since the oldest record not yet forwarded was spooled; 0 when empty."""
+        with self._count_lock:
+            if not self._pending or not self._rounds:
+                return 0.0
+            oldest = self._rounds[0][2]
+        return max((time.time() if now is None else now) - oldest, 0.0)
 
     def writable(self) -> bool:
         return os.access(self.directory, os.W_OK)
@@ -124,6 +159,7 @@ class Spool:
             raise SpoolError(f"spool write failed: {exc.strerror}") from exc
         with self._count_lock:
             self._pending += len(data)
+            self._rounds.append((n, start + len(data), time.time()))
 
     # -- drain ------------------------------------------------------------------------------
     def read_batch(self, max_records: int = 500) -> list[SpooledRecord]:
@@ -157,6 +193,9 @@ class Spool:
         forwarded = record.end - self._position(record.segment)
         with self._count_lock:  # the writer's thread may be adding at the same time
             self._pending = max(self._pending - forwarded, 0)
+            done = (record.segment, record.end)
+            while self._rounds and self._rounds[0][:2] <= done:
+                self._rounds.popleft()
         pos_path = self._path(record.segment, ".pos")
         tmp = pos_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
