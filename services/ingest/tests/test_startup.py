@@ -70,6 +70,16 @@ async def _publish_connection(kafka: KafkaSettings, box: SecretBox, others: int 
     return connection_id
 
 
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "blametrail_ingest"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
 async def test_no_valid_webhook_gets_a_4xx_from_the_first_instant_ingest_listens(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
@@ -94,13 +104,7 @@ async def test_no_valid_webhook_gets_a_4xx_from_the_first_instant_ingest_listens
     }
     statuses: Counter[int] = Counter()
     log = tmp_path / "ingest.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "blametrail_ingest"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = _start(env, log)
     try:
 
         async def fire(client: httpx.AsyncClient, deadline: float) -> None:
