@@ -1,4 +1,9 @@
-"""Composition root: settings -> logging -> pool -> outbox relay task -> app -> uvicorn."""
+"""Composition root: settings -> logging -> pool -> background workers -> app -> uvicorn.
+
+The background workers (outbox relay, deploy store, installation consumer, token keeper) each
+run supervised (:mod:`blametrail_common.resilience`): after an error they start again with a
+backoff. One that ends anyway takes the process down; none is left dead inside a serving API.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from blametrail_common.crypto import SecretBox
 from blametrail_common.health import ReadinessCheck
 from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.logging import configure_logging
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
 from starlette.applications import Starlette
 
@@ -49,32 +55,54 @@ async def serve() -> None:
         )
         oauth = OAuth(pool, box, app_client, oauth_settings)
 
+    server: uvicorn.Server | None = None
+    crashed: list[str] = []
+
+    def fatal(name: str) -> None:
+        """A background worker ended while the API serves: take the process down with it."""
+        crashed.append(name)
+        if server is not None:
+            server.should_exit = True
+
+    async def relay_once(stop: asyncio.Event) -> None:
+        if not producer.started:
+            await producer.start()
+        await relay.run(stop, dsn)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await pool.open()
-        task = None
         if settings.relay_enabled:
-            await producer.start()
-            task = asyncio.create_task(relay.run(stop, dsn))
+            workers["outbox-relay"] = asyncio.create_task(
+                supervise("outbox-relay", relay_once, stop)
+            )
         workers["deploys"] = asyncio.create_task(
-            consume(kafka, ["deploys"], settings.deploy_store_group, store.handle, stop)
+            consume(
+                kafka, ["deploys"], settings.deploy_store_group, store.handle, stop, name="deploys"
+            )
         )
         if oauth is not None:
+            keeper = oauth
             topics = ["sentry-installations", "oauth-refresh-requests"]
             workers["oauth-installations"] = asyncio.create_task(
-                consume(kafka, topics, oauth_settings.group_id, oauth.handle, stop)
+                consume(kafka, topics, oauth_settings.group_id, oauth.handle, stop, name="oauth")
             )
-            workers["oauth-token-keeper"] = asyncio.create_task(oauth.keep(stop, dsn))
+
+            async def keep(stop: asyncio.Event) -> None:
+                await keeper.keep(stop, dsn)
+
+            workers["oauth-token-keeper"] = asyncio.create_task(
+                supervise("oauth-token-keeper", keep, stop)
+            )
         for name, worker in workers.items():
-            worker.add_done_callback(_report(name, stop))
+            worker.add_done_callback(_report(name, stop, fatal))
         try:
             yield
         finally:
             stop.set()
             await asyncio.gather(*workers.values(), return_exceptions=True)
             await http.aclose()
-            if task is not None:
-                await task
+            if producer.started:
                 await producer.stop()
             await pool.close()
 
@@ -86,11 +114,12 @@ async def serve() -> None:
     async def relay_ok() -> bool:
         return relay.running or not settings.relay_enabled
 
-    async def workers_ok() -> bool:  # a consumer that ended before shutdown has crashed
+    async def workers_ok() -> bool:  # a worker that ended before shutdown takes the process down
         return all(not w.done() for w in workers.values())
 
     checks: dict[str, ReadinessCheck] = {
         "postgres": db_ok,
+        "kafka": DEPENDENCIES.check(KAFKA),
         "relay": relay_ok,
         "consumers": workers_ok,
     }
@@ -104,17 +133,29 @@ async def serve() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    await uvicorn.Server(config).serve()
+    server = uvicorn.Server(config)
+    await server.serve()
+    if crashed:
+        raise SystemExit(f"background worker ended: {', '.join(crashed)}")
 
 
-def _report(name: str, stop: asyncio.Event) -> Callable[[asyncio.Task[None]], None]:
+def _report(
+    name: str, stop: asyncio.Event, fatal: Callable[[str], None]
+) -> Callable[[asyncio.Task[None]], None]:
+    """Every worker is supervised (restarted after errors, with backoff); one that ends anyway
+    while the API serves (cancelled, or a BaseException) stops the process: its supervisor
+    (Kubernetes, ``make up``) starts a whole one again."""
+
     def done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None and not stop.is_set():
-            log.error(
-                "background consumer crashed; /readyz fails until a restart",
-                extra={"worker": name},
-                exc_info=task.exception(),
-            )
+        if stop.is_set():
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "background worker ended; stopping the API",
+            extra={"worker": name, "error": type(error).__name__ if error else None},
+            exc_info=error,
+        )
+        fatal(name)
 
     return done
 

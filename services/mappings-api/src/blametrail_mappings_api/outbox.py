@@ -4,6 +4,11 @@ Writers call :func:`enqueue` inside their transaction. :class:`Relay` publishes 
 id order and marks them sent only after the broker acknowledged them; one relay at a time holds
 the advisory lock, so order is kept. A relay killed between publish and mark publishes those rows
 again: consumers treat the compacted topics as key -> latest tables, so duplicates are harmless.
+
+:meth:`Relay.run` ends with an error when Postgres or Kafka goes away; its caller runs it under
+:func:`~blametrail_common.resilience.supervise`, which starts it again after a backoff. Each round
+it exports how many rows wait and how old the oldest is, so "the outbox is not draining" can be
+alerted on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 import psycopg
 from blametrail_common.events import Envelope, encode
 from blametrail_common.kafka import EventProducer
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, POSTGRES
+from prometheus_client import Gauge
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -24,6 +31,14 @@ Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 log = logging.getLogger(__name__)
 _LOCK = 0x6274_6F62  # "btob"
+POOL_TIMEOUT_S = 5.0
+"""How long a relay round waits for a pooled connection (Postgres away: fail, back off, retry)."""
+
+PENDING = Gauge("blametrail_outbox_pending", "Outbox rows not relayed to Kafka yet")
+OLDEST_AGE = Gauge(
+    "blametrail_outbox_oldest_age_seconds",
+    "Age of the oldest outbox row not relayed yet (0 when the outbox is empty)",
+)
 
 
 async def enqueue(conn: psycopg.AsyncConnection[Any], topic: str, event: Envelope[Any]) -> None:
@@ -47,22 +62,41 @@ class Relay:
         self.running = False
 
     async def run(self, stop: asyncio.Event, dsn: str) -> None:
-        """Relay until ``stop``; woken by NOTIFY, and every second regardless."""
+        """Relay until ``stop``; woken by NOTIFY, and every second regardless. Raises when
+        Postgres or Kafka fails (run it supervised)."""
         self.running = True
         try:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=5
+            ) as listener:
                 await listener.execute("LISTEN outbox")
+                DEPENDENCIES.up(POSTGRES)
                 while not stop.is_set():
                     while await self.relay_once():
                         pass
+                    await self.measure()
                     async for _ in listener.notifies(timeout=1.0, stop_after=1):
                         break
         finally:
             self.running = False
 
+    async def measure(self) -> tuple[int, float]:
+        """Export (and return) the rows waiting and the oldest one's age in seconds."""
+        async with self.pool.connection(timeout=POOL_TIMEOUT_S) as conn:
+            cur = await conn.execute(  # both through the partial index of unsent rows
+                "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS n,"
+                " coalesce((SELECT extract(epoch FROM now() - created_at) FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)::float8 AS age"
+            )
+            row = await cur.fetchone() or {"n": 0, "age": 0.0}
+        pending, age = int(row["n"]), max(0.0, float(row["age"]))
+        PENDING.set(pending)
+        OLDEST_AGE.set(age)
+        return pending, age
+
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows; returns how many (0 when idle or another relay leads)."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection(timeout=POOL_TIMEOUT_S) as conn, conn.transaction():
             cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS locked", (_LOCK,))
             if not ((await cur.fetchone()) or {}).get("locked"):
                 return 0
@@ -82,6 +116,7 @@ class Relay:
                 for r in rows
             ]
             await asyncio.gather(*futures)
+            DEPENDENCIES.up(KAFKA)
             await self._mark_sent(conn, [r["id"] for r in rows])
             return len(rows)
 

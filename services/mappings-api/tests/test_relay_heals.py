@@ -1,0 +1,164 @@
+"""The control plane outlives a Postgres restart (issue 15, defect 2).
+
+The API runs as its own process against a dedicated Postgres (never the shared one), which is
+stopped with ``-m immediate`` and started again. Readiness must name ``postgres`` meanwhile and
+recover afterwards (the relay included), and a connection created after the restart must reach
+``cp-connections``: the outbox relay reconnected by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.db import migrate
+from blametrail_common.events import ConnectionStateV1
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.settings import KafkaSettings
+from blametrail_devstack.install import postgres_bin
+from blametrail_devstack.postgres import PgCluster
+from blametrail_devstack.stack import free_port
+from blametrail_mappings_api.repository import Repository, create_pool
+
+
+def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "blametrail_mappings_api"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def _crash(pg: PgCluster) -> None:
+    cmd = [str(postgres_bin() / "pg_ctl"), "-D", str(pg.data), "-m", "immediate", "-w", "stop"]
+    subprocess.run(pg._as_owner(*cmd), check=True, stdout=subprocess.DEVNULL)
+
+
+async def _until(what: str, predicate, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, bool]]:
+    try:
+        res = await client.get("/readyz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    return res.status_code, res.json().get("checks", {})
+
+
+@pytest.mark.timeout(90)
+async def test_relay_and_readiness_recover_after_a_postgres_restart(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"r{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    pg = PgCluster(tmp_path / "pg", free_port(), database="relay")
+    port, key = free_port(), generate_key()
+    log_path = tmp_path / "api.log"
+    proc: subprocess.Popen[bytes] | None = None
+    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+    try:
+        pg.start()
+        dsn = pg.dsn()
+        migrate(dsn)
+        pool = create_pool(dsn, 2)
+        await pool.open()
+        try:
+            api_key = await Repository(pool, SecretBox(key)).create_api_key("heal-org")
+        finally:
+            await pool.close()
+        proc = _spawn(
+            {
+                "PATH": "/usr/bin:/bin",
+                "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
+                "DATABASE_URL": dsn,
+                "BLAMETRAIL_SECRET_KEYS": key,
+                "BLAMETRAIL_API_PORT": str(port),
+                "BLAMETRAIL_API_DEPLOY_STORE_GROUP": f"deploys-{uuid.uuid4().hex[:6]}",
+            },
+            log_path,
+        )
+        auth = {"Authorization": f"Bearer {api_key}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            async def ready() -> bool:
+                return (await _ready(client))[0] == 200
+
+            async def connect(slug: str) -> str:
+                """Create a connection; a request that meets a connection the restart broke may
+                fail once (the pool drops it), so a 5xx is retried a few times."""
+                for _ in range(5):
+                    res = await client.post(
+                        "/api/v1/integrations/sentry/connections",
+                        headers=auth,
+                        json={
+                            "mode": "internal",
+                            "sentry_org_slug": slug,
+                            "client_secret": "s3cret",
+                            "auth_token": "sntrys_x",
+                        },
+                    )
+                    if res.status_code == 201:
+                        return str(res.json()["id"])
+                    assert res.status_code >= 500, res.text
+                    await asyncio.sleep(0.5)
+                raise AssertionError(f"no connection created: {res.status_code} {res.text}")
+
+            await _until("the API to be ready", ready, 30)
+            before = await connect("before-restart")
+            _crash(pg)
+
+            async def postgres_named() -> bool:
+                status, checks = await _ready(client)
+                return status == 503 and checks.get("postgres") is False
+
+            await _until("/readyz to name postgres", postgres_named, 15)
+            await asyncio.sleep(2)  # the relay meets the dead server meanwhile
+            assert proc.poll() is None, "the API exited while Postgres was away"
+            pg.start()
+            await _until("/readyz 200 again (relay included)", ready, 40)
+            after = await connect("after-restart")
+            await table.start()
+
+            async def published() -> bool:
+                return table.get(before) is not None and table.get(after) is not None
+
+            await _until("both connections on cp-connections", published, 30)
+            status, checks = await _ready(client)
+            assert status == 200, checks
+            metrics = (await client.get("/metrics")).text
+            assert "blametrail_outbox_pending 0.0" in metrics
+            assert "blametrail_ready 1.0" in metrics
+        assert proc.poll() is None, "the API exited"
+    except BaseException:
+        if log_path.exists():
+            sys.stderr.write(log_path.read_text()[-6000:])
+        raise
+    finally:
+        await table.stop()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        pg.stop()
+        shutil.rmtree(tmp_path / "pg", ignore_errors=True)
