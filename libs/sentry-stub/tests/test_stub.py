@@ -1,5 +1,6 @@
 """The stand-in behaves like the documented Sentry API, including its failures."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -175,3 +176,28 @@ async def test_verify_install_and_external_issue_links() -> None:
         assert (
             await client.delete(f"{base}/external-issues/{link.json()['id']}/")
         ).status_code == 404
+
+
+async def test_storms_hit_every_request_for_their_duration_and_can_be_ended_over_http() -> None:
+    state = StubState()
+    token = state.add_internal_token("acme")
+    tags = "/api/0/organizations/acme/issues/1/tags/"
+    async with serve(state) as url, httpx.AsyncClient(base_url=url, headers=_auth(token)) as client:
+        began = await client.post("/_stub/storm", json={"kind": "503", "duration_s": 60})
+        assert began.json()["until"] > time.time() + 50
+        assert [(await client.get(LATEST)).status_code for _ in range(3)] == [503, 503, 503]
+        assert (await client.get(tags)).status_code == 503  # route "*": every route
+        assert (await client.delete("/_stub/storm")).json() == {"ended": 1}
+        assert (await client.get(LATEST)).status_code == 200
+
+        state.storm("429", duration_s=0.5, route="tags")  # a rate-limit storm on one route
+        limited = await client.get(tags)
+        assert limited.status_code == 429
+        assert "Retry-After" not in limited.headers
+        assert limited.headers["X-Sentry-Rate-Limit-Remaining"] == "0"
+        assert int(limited.headers["X-Sentry-Rate-Limit-Reset"]) > time.time()
+        assert (await client.get(LATEST)).status_code == 200
+        await asyncio.sleep(0.6)  # over by itself
+        assert (await client.get(tags)).status_code == 200
+        state.faults.append(Fault("latest_event", "500"))  # queued faults still work after
+        assert (await client.get(LATEST)).status_code == 500

@@ -5,10 +5,27 @@ installation token exchange and refresh, installation verification, external iss
 project's fixtures, checks Bearer tokens, enforces a rate limit with Sentry's headers, and can
 inject faults per route: 429 (no ``Retry-After``, as Sentry), 5xx, slow answers, dropped
 connections and 401s. Control endpoints live under ``/_stub/``.
+
+Two kinds of faults:
+
+* **Queued faults** hit the next ``count`` requests of a route (``"*"``: any), then are gone:
+  ``state.faults.append(Fault("latest_event", "503", count=2))`` in a test, or
+  ``POST /_stub/faults {"route": "tags", "kind": "slow", "count": 1, "delay_s": 2}``.
+* **Storms** (outages) hit *every* request of a route for a duration, then stop by themselves:
+  ``state.storm("503", duration_s=30)`` / ``state.calm()`` in a test, or over HTTP
+  ``POST /_stub/storm {"kind": "503", "duration_s": 30, "route": "*"}`` (answers ``until``,
+  epoch seconds of the stub clock) and ``DELETE /_stub/storm`` (ends every storm now). Kinds
+  are those of :data:`~blametrail_sentry_stub.state.FaultKind`: ``"500"``/``"502"``/``"503"``
+  for a 5xx storm, ``"429"`` for a rate-limit storm (no ``Retry-After``,
+  ``X-Sentry-Rate-Limit-Remaining: 0`` and ``-Reset`` at the next second, as Sentry),
+  ``"reset"``/``"slow"`` (with ``delay_s``) for a network that drops or crawls. A storm is
+  checked before queued faults; storms never count down.
+
+``GET /_stub/requests`` lists every request seen (route, method, path), to count calls.
 """
 
 from blametrail_sentry_stub.app import create_app
 from blametrail_sentry_stub.server import serve
-from blametrail_sentry_stub.state import Fault, StubState
+from blametrail_sentry_stub.state import Fault, Storm, StubState
 
-__all__ = ["Fault", "StubState", "create_app", "serve"]
+__all__ = ["Fault", "Storm", "StubState", "create_app", "serve"]

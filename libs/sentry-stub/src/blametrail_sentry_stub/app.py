@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -89,7 +90,11 @@ async def _apply(fault: Fault) -> Response | None:
         return JSONResponse(
             {"detail": "You are attempting to use this endpoint too frequently."},
             status_code=429,
-            headers={"X-Sentry-Rate-Limit-Remaining": "0", "X-Sentry-Rate-Limit-Reset": "0"},
+            headers={
+                "X-Sentry-Rate-Limit-Remaining": "0",
+                # A queued fault says "0" (no reset known); a storm the next window, as Sentry.
+                "X-Sentry-Rate-Limit-Reset": str(int(time.time()) + 1 if fault.storm else 0),
+            },
         )
     return JSONResponse({"detail": "Internal Error"}, status_code=int(fault.kind))
 
@@ -310,6 +315,18 @@ def _control_routes(state: StubState) -> list[Route]:
         )
         return JSONResponse({"queued": len(state.faults)})
 
+    async def storm(request: Request) -> Response:
+        if request.method == "DELETE":
+            return JSONResponse({"ended": state.calm()})
+        body = orjson.loads(await request.body())
+        began = state.storm(
+            body["kind"],
+            float(body["duration_s"]),
+            body.get("route", "*"),
+            float(body.get("delay_s", 0)),
+        )
+        return JSONResponse({"route": began.route, "kind": began.kind, "until": began.until})
+
     async def clock(request: Request) -> Response:
         state.clock_offset_s += float(orjson.loads(await request.body())["advance_s"])
         return JSONResponse({"now": state.now()})
@@ -323,6 +340,7 @@ def _control_routes(state: StubState) -> list[Route]:
 
     return [
         Route("/_stub/faults", faults, methods=["POST"]),
+        Route("/_stub/storm", storm, methods=["POST", "DELETE"]),
         Route("/_stub/clock", clock, methods=["POST"]),
         Route("/_stub/tokens", token, methods=["POST"]),
         Route("/_stub/requests", requests),

@@ -27,6 +27,18 @@ class Fault:
     kind: FaultKind
     count: int = 1
     delay_s: float = 0.0
+    storm: bool = False  # made by a raging :class:`Storm`, not queued
+
+
+@dataclass
+class Storm:
+    """Every request whose route matches (``"*"``: any) answers ``kind`` until ``until``
+    (stub-clock seconds): an outage (5xx, ``reset``, ``slow``) or a rate-limit storm (429)."""
+
+    route: str
+    kind: FaultKind
+    until: float
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -75,6 +87,7 @@ class StubState:
     releases: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # org -> newest first
     deploys: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    storms: list[Storm] = field(default_factory=list)
     public_app: PublicApp | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -129,7 +142,27 @@ class StubState:
         return tok
 
     # -- faults and rate limits ---------------------------------------------------------------
+    def storm(
+        self, kind: FaultKind, duration_s: float, route: str = "*", delay_s: float = 0.0
+    ) -> Storm:
+        """From now on, for ``duration_s`` seconds, every request of ``route`` answers ``kind``."""
+        storm = Storm(route, kind, self.now() + duration_s, delay_s)
+        self.storms.append(storm)
+        return storm
+
+    def calm(self) -> int:
+        """End every storm now; returns how many were still raging."""
+        raging = sum(1 for s in self.storms if s.until > self.now())
+        self.storms.clear()
+        return raging
+
     def take_fault(self, route: str) -> Fault | None:
+        """The fault for this request: a raging storm first, else the next queued fault."""
+        now = self.now()
+        self.storms[:] = [s for s in self.storms if s.until > now]
+        for storm in self.storms:
+            if storm.route in (route, "*"):
+                return Fault(route, storm.kind, 1, storm.delay_s, storm=True)
         for fault in self.faults:
             if fault.route in (route, "*") and fault.count > 0:
                 fault.count -= 1
