@@ -78,6 +78,18 @@ _INCIDENTS = TopicSpec(
     producers=("normalizer", "mappings-api"),  # the API: incidents created from Sentry's issue link
     consumers=("enricher", "projection", "suspects"),
 )
+_PARKED = TopicSpec(
+    name="incident-events-parked",
+    key="incident event id",
+    description=(
+        "Incident events whose enrichment waits for Sentry to answer again (the event's bytes,"
+        " retry state in headers); latest per key, tombstone once enriched or failed for good."
+    ),
+    partitions=3,
+    cleanup_policy="compact",
+    producers=("enricher",),
+    consumers=("enricher",),  # every replica reads it whole; each retries its own partitions'
+)
 _ENRICHMENTS = TopicSpec(
     name="incident-enrichments",
     key="incident id",
@@ -169,6 +181,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     _dlq(_RAW, ()),
     _INCIDENTS,
     _dlq(_INCIDENTS, ()),
+    _PARKED,
     _ENRICHMENTS,
     _dlq(_ENRICHMENTS, ()),
     _AUDIT,
