@@ -12,12 +12,13 @@ never skipped (faust would otherwise ack an event whose agent raised).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from blametrail_common.events import DecodeError, WebhookReceivedV1, decode
 from blametrail_common.kafka import EventProducer, create_producer, publish_to_dlq
+from blametrail_common.metrics import CONSUMER_LAG
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from prometheus_client import Counter
@@ -29,6 +30,7 @@ from blametrail_normalizer.tables import ControlPlaneTables, LruDict, TableLooku
 __all__ = ["Normalizer", "create_app"]
 
 log = logging.getLogger(__name__)
+LAG_INTERVAL_S = 5.0
 OUTCOMES = Counter("blametrail_normalizer_events_total", "Raw webhooks normalized", ["outcome"])
 
 
@@ -38,6 +40,9 @@ class Normalizer:
     lookup: TableLookup
     kafka: KafkaSettings
     _producer: EventProducer | None = None
+    # (topic, partition) -> offset after the last record whose outputs are durable
+    processed: dict[tuple[str, int], int] = field(default_factory=dict)
+    _lag_labels: set[tuple[str, int]] = field(default_factory=set)
 
     @property
     def producer(self) -> EventProducer:
@@ -61,6 +66,29 @@ class Normalizer:
         if self._producer is not None and self._producer.started:
             await self._producer.stop()
 
+    async def report_lag(self) -> None:
+        """``blametrail_consumer_lag`` of each assigned source partition: its high watermark
+        (as last fetched) minus the offset after the last record processed (before the first
+        one, the consumer's position). Partitions no longer assigned lose their series."""
+        consumer: Any = self.app.consumer
+        source = topic_name("sentry-webhooks-raw", self.kafka.topic_prefix)
+        group = self.app.conf.id
+        now: set[tuple[str, int]] = set()
+        for tp in consumer.assignment():
+            if tp.topic != source:
+                continue
+            end = consumer.highwater(tp)
+            at = self.processed.get((tp.topic, tp.partition))
+            if at is None:
+                at = await consumer.position(tp)
+            if end is None or at is None:
+                continue
+            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(end - at, 0))
+            now.add((tp.topic, tp.partition))
+        for topic, partition in self._lag_labels - now:
+            CONSUMER_LAG.remove(group, topic, str(partition))
+        self._lag_labels = now
+
     def ready(self) -> bool:
         """faust's start-up (its recovery step, now table-less) done, control-plane tables caught
         up, producer started."""
@@ -80,6 +108,13 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # A member killed without leaving holds its partitions until its session expires
+        # (faust's default 60 s: a restart sat 54 s in "(Re-)joining group"). Static
+        # membership hands a restarted replica its partitions back at once; the short session
+        # bounds how long a replica that is gone for good (node loss) holds them.
+        consumer_group_instance_id=settings.group_instance_id(),
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=kafka.session_timeout_ms / 3000,
         web_enabled=False,
         producer_acks=-1,
     )
@@ -108,6 +143,13 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
     async def _start_dependencies() -> None:
         await normalizer.start_dependencies()
 
+    @app.timer(LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def _consumer_lag() -> None:
+        try:
+            await normalizer.report_lag()
+        except Exception as exc:  # a metric must never take the worker down
+            log.warning("consumer lag not measured", extra={"error": repr(exc)})
+
     @app.agent(external("sentry-webhooks-raw"))
     async def normalize_raw(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -125,6 +167,7 @@ async def _handle(n: Normalizer, message: Any) -> None:
     except DecodeError as exc:
         OUTCOMES.labels("dead_letter").inc()
         await publish_to_dlq(n.producer, "sentry-webhooks-raw-dlq", message, str(exc), exc)
+        n.processed[(message.topic, message.partition)] = message.offset + 1
         return
     try:
         out = normalize(raw, n.lookup)
@@ -138,6 +181,7 @@ async def _handle(n: Normalizer, message: Any) -> None:
         n.lookup.projects[f"{connection_id}:{project_id}"] = slug
     for incident_id in out.opened:
         n.lookup.incidents[incident_id] = True
+    n.processed[(message.topic, message.partition)] = message.offset + 1
     OUTCOMES.labels(
         "audited" if out.events and out.events[0][0] == "webhook-audit" else "incident"
     ).inc()

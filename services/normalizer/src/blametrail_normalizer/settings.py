@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field
 
@@ -16,3 +18,19 @@ class NormalizerSettings(BaseBlametrailSettings):
     host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}NORMALIZER_HOST")
     port: int = Field(default=8083, validation_alias=f"{PREFIX}NORMALIZER_PORT")
     """Port of the health/metrics server."""
+    instance_id: str = Field(default="", validation_alias=f"{PREFIX}NORMALIZER_INSTANCE_ID")
+    """This replica's part of its static group membership id (empty: the health port, unique
+    among the replicas of one host because each binds it)."""
+    static_membership: bool = Field(
+        default=True, validation_alias=f"{PREFIX}NORMALIZER_STATIC_MEMBERSHIP"
+    )
+    """Join the consumer group as a static member (``group.instance.id``)."""
+
+    def group_instance_id(self, hostname: str | None = None) -> str | None:
+        """``<app id>-<host or pod name>-<instance id or port>``: the same again when this replica
+        restarts (it takes its partitions back at once, without a rebalance), different for
+        every other replica, on this host or another; ``None`` without static membership."""
+        if not self.static_membership:
+            return None
+        host = hostname if hostname is not None else socket.gethostname()
+        return f"{self.app_id}-{host}-{self.instance_id or self.port}"
