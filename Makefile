@@ -6,7 +6,7 @@ UV := python3 -m uv
 RUN := $(UV) run --frozen
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help setup up down test test-fast lint fmt bench clean k8s-validate
+.PHONY: help setup up down test test-fast faults lint fmt bench clean k8s-validate
 
 help: ## list targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ down: ## stop every service, Kafka and Postgres started by `make up`
 
 test: setup k8s-validate ## the whole suite against a real Kafka broker and Postgres (started once per run)
 	$(RUN) pytest; $(PYTEST_RC)
+
+faults: setup ## only the fault suite (tests/faults; part of `make test`): each fault mid-flow, then exact counts
+	$(RUN) pytest tests/faults; $(PYTEST_RC)
 
 test-fast: ## the pure core only, no broker or database (seconds)
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
