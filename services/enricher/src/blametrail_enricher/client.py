@@ -2,7 +2,9 @@
 
 Contract of every call: returns the decoded JSON, or raises one of
 :class:`TokenRejected` (401: ask the token owner for a refresh), :class:`NotFound` (404: the
-issue is gone; permanent) or :class:`GaveUp` (retries exhausted on 5xx/timeouts/429s). Calls to
+issue is gone; permanent), :class:`SentryApiError` itself (403 and other 4xx: Sentry answered
+no; permanent) or :class:`GaveUp` (retries exhausted on 5xx/timeouts/429s: Sentry did not
+answer; the only *transient* outcome, see :func:`is_transient`). Calls to
 one Sentry organization share a concurrency limit and a "blocked until" time learnt from
 ``X-Sentry-Rate-Limit-Remaining``/``-Reset`` (Sentry sends no ``Retry-After``).
 """
@@ -28,6 +30,7 @@ __all__ = [
     "SentryCredentials",
     "TokenRejected",
     "backoff_delay",
+    "is_transient",
     "rate_limit_wait",
 ]
 
@@ -46,6 +49,11 @@ class NotFound(SentryApiError):
 
 class GaveUp(SentryApiError):
     pass
+
+
+def is_transient(exc: SentryApiError) -> bool:
+    """Pure: did Sentry fail to answer (an outage, worth retrying later), rather than answer no?"""
+    return isinstance(exc, GaveUp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +217,9 @@ class HttpxSentryApi:
             raise TokenRejected(f"{method} {path}: 401, token rejected")
         if resp.status_code == 404:
             raise NotFound(f"{method} {path}: 404")
-        if resp.status_code == 400:
-            raise SentryApiError(f"{method} {path}: 400 {resp.text[:200]}")
+        if 400 <= resp.status_code < 500 and resp.status_code != 408:
+            # 400, 403 (no access to the organization or issue), 410...: an answer, not an outage.
+            raise SentryApiError(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
         return _Retry(f"HTTP {resp.status_code}")
 
 
