@@ -15,6 +15,8 @@ from blametrail_common.settings import KafkaSettings, SecretsSettings
 
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
+from blametrail_enricher.known import KnownIncidents
+from blametrail_enricher.parking import ParkingLot, ParkPolicy
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.records import Limits
 from blametrail_enricher.settings import EnricherSettings
@@ -38,16 +40,39 @@ async def serve() -> None:
             Limits(breadcrumbs=settings.breadcrumbs, max_bytes=settings.max_record_bytes),
             links=api,
             incident_url=settings.incident_url,
+            lot=ParkingLot(kafka, producer),
+            park_policy=ParkPolicy(
+                budget_s=settings.retry_budget_s,
+                base_delay_s=settings.retry_base_delay_s,
+                max_delay_s=settings.retry_max_delay_s,
+            ),
+            batch_budget_s=settings.batch_budget_s,
+            redrive_concurrency=settings.redrive_concurrency,
+            known=KnownIncidents(settings.known_incidents),
         )
+        lot = enricher.lot
+        assert lot is not None
 
         async def loop(stop: asyncio.Event) -> None:
             await table.start()
             await producer.start()
             await consumer.start()
             try:
-                await run_batches(consumer, enricher.handle, stop)
+                await lot.start()  # parked enrichments (see blametrail_enricher.parking)
+                await enricher.warm_up(kafka)
+                try:
+                    async with asyncio.TaskGroup() as both:  # one dies: the other is cancelled
+                        both.create_task(run_batches(consumer, enricher.handle, stop))
+                        both.create_task(
+                            enricher.redrive(
+                                stop, lambda: {tp.partition for tp in consumer.assignment()}
+                            )
+                        )
+                except ExceptionGroup as died:
+                    raise died.exceptions[0] from None
             finally:
                 await consumer.stop()
+                await lot.stop()
                 await producer.stop()
                 await table.stop()
 

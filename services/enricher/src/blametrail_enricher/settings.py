@@ -24,6 +24,25 @@ class EnricherSettings(BaseBlametrailSettings):
     concurrency_per_org: int = Field(
         default=4, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
     )
+    # Parking and redrive while Sentry does not answer (blametrail_enricher.parking).
+    retry_budget_s: float = Field(
+        default=3600.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_BUDGET_S"
+    )
+    retry_base_delay_s: float = Field(
+        default=2.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_BASE_DELAY_S"
+    )
+    retry_max_delay_s: float = Field(
+        default=60.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_MAX_DELAY_S"
+    )
+    batch_budget_s: float = Field(
+        default=120.0, validation_alias=f"{PREFIX}ENRICHER_BATCH_BUDGET_S"
+    )
+    redrive_concurrency: int = Field(
+        default=8, validation_alias=f"{PREFIX}ENRICHER_REDRIVE_CONCURRENCY"
+    )
+    known_incidents: int = Field(
+        default=100_000, validation_alias=f"{PREFIX}ENRICHER_KNOWN_INCIDENTS"
+    )
 
 
 class ProjectionSettings(BaseBlametrailSettings):
