@@ -12,12 +12,14 @@ Sentry would see them. The time from the end of the fault to convergence is reco
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,6 +180,7 @@ async def _converge(
     assert not four_xx, f"valid webhooks answered 4xx: {four_xx[:5]}"
     assert not problems, f"{name}: not converged after {CONVERGE_TIMEOUT_S}s: {problems[:8]}"
     assert ready_s < 60
+    assert converged < 60, f"{name}: converged only after {converged:.1f} s"
     return result
 
 
@@ -348,3 +351,31 @@ async def test_two_replicas_of_each_consumer_one_killed(
         stop_all(extra, timeout_s=30, where=where)
         for spec in extra:
             stack.ports.pop(spec.name, None)
+
+
+def _metric_names_module() -> Any:
+    """tests/deploy/metric_names.py, by file (the test folders are not packages)."""
+    path = Path(__file__).resolve().parents[1] / "deploy" / "metric_names.py"
+    spec = importlib.util.spec_from_file_location("metric_names", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_alerts_and_dashboard_read_metrics_the_live_services_export(stack: Stack) -> None:
+    """Every metric an alerting rule or a dashboard panel reads is in the /metrics of one of
+    the real processes (the service modules' declarations are checked in tests/deploy too)."""
+    names = _metric_names_module()
+    await stack.wait_ready()
+    exposed: set[str] = set()
+    async with httpx.AsyncClient(timeout=5) as client:
+        for spec in stack.specs:
+            if spec.port is not None:
+                resp = await client.get(f"{stack.url(spec.name)}/metrics")
+                assert resp.status_code == 200, spec.name
+                exposed |= names.exposed_names(resp.text)
+    used = set(names.names_in_rules()) | set(names.names_in_dashboard())
+    assert used, "no metric names found in the rules"
+    assert names.unexported(used, exposed, names.recorded_names()) == set()
