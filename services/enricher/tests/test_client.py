@@ -9,9 +9,11 @@ from blametrail_enricher.client import (
     HttpxSentryApi,
     NotFound,
     RetryPolicy,
+    SentryApiError,
     SentryCredentials,
     TokenRejected,
     backoff_delay,
+    is_transient,
     rate_limit_wait,
 )
 from blametrail_sentry_stub import Fault, StubState, serve
@@ -96,3 +98,14 @@ async def test_401_and_404_are_permanent_and_typed() -> None:
         ]
         with pytest.raises(TokenRejected):
             await api.issue_tags(SentryCredentials(url, "acme", "expired"), "1")
+
+
+async def test_403_is_an_answer_not_an_outage_and_is_not_retried() -> None:
+    state = StubState()
+    async with serve(state) as url:
+        api, creds = await _api_and_creds(state, url)  # a token of acme, asking about globex
+        foreign = SentryCredentials(url, "globex", creds.token)
+        with pytest.raises(SentryApiError, match="403") as raised:
+            await api.issue_tags(foreign, "1")
+    assert not is_transient(raised.value)
+    assert [r["route"] for r in state.requests] == ["tags"]  # once: FAST would try four times

@@ -79,7 +79,7 @@ class ParkPolicy:
 
     budget_s: float = 3600.0
     base_delay_s: float = 2.0
-    max_delay_s: float = 60.0
+    max_delay_s: float = 30.0
     down_after: int = 2
 
 

@@ -32,7 +32,7 @@ class EnricherSettings(BaseBlametrailSettings):
         default=2.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_BASE_DELAY_S"
     )
     retry_max_delay_s: float = Field(
-        default=60.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_MAX_DELAY_S"
+        default=30.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_MAX_DELAY_S"
     )
     batch_budget_s: float = Field(
         default=120.0, validation_alias=f"{PREFIX}ENRICHER_BATCH_BUDGET_S"
