@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import re
 import shlex
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from blametrail_common.health import health_routes
 from blametrail_common.k8s import kafka_topics_yaml, topics_drift
 from blametrail_common.settings import (
     BaseBlametrailSettings,
@@ -209,6 +211,64 @@ def _probe_problems(name: str, c: Obj) -> list[str]:
     return problems
 
 
+# How the services answer their probes (libs/common health.py, each __main__.py): /healthz is
+# 200 while the process serves HTTP, whatever its dependencies; /readyz is 503 while one is away
+# and runs its checks with READINESS_CHECK_TIMEOUT_S each. A consumer serves both at once on
+# start; ingest binds its port only once its connections table has loaded, or after
+# BLAMETRAIL_INGEST_STARTUP_WAIT_S when Kafka is away at start.
+READINESS_CHECK_TIMEOUT_S = inspect.signature(health_routes).parameters["timeout_s"].default
+START_S = 30.0  # imports, settings, binding: what any service needs before /healthz answers
+LIVENESS_WINDOW_S = 30.0  # a busy event loop (a large batch, a GC pause) is not a dead process
+
+
+def probe_window(probe: Obj) -> float:
+    """Seconds from the first failed answer until Kubernetes acts (Kubernetes' defaults)."""
+    period, failures = probe.get("periodSeconds", 10), probe.get("failureThreshold", 3)
+    return float(probe.get("initialDelaySeconds", 0) + period * failures)
+
+
+def startup_needs_s(command: str, env: dict[str, Obj]) -> float:
+    """How long ``command`` may take to answer /healthz after it starts."""
+    if command == "blametrail_ingest":
+        wait = env.get("BLAMETRAIL_INGEST_STARTUP_WAIT_S", {}).get("value")
+        default = IngestSettings.model_fields["startup_wait_s"].default
+        return START_S + (float(wait) if wait is not None else default)
+    return START_S
+
+
+def probe_timing_problems(name: str, c: Obj, env: dict[str, Obj]) -> list[str]:
+    """Thresholds that match the services: a dependency away takes a pod out of rotation
+    (readiness) but never gets it restarted (liveness and startup only read /healthz, and
+    tolerate a slow answer); startup waits as long as the service may take to bind."""
+    startup, live, ready = (
+        c.get(k, {}) for k in ("startupProbe", "livenessProbe", "readinessProbe")
+    )
+    problems = []
+    needs = startup_needs_s(entry(c.get("args", [])), env)
+    if startup and probe_window(startup) < needs:
+        problems.append(
+            f"{name}: startupProbe gives {probe_window(startup):.0f} s, the service may need {needs:.0f} s"
+        )
+    if live and probe_window(live) < LIVENESS_WINDOW_S:
+        problems.append(
+            f"{name}: livenessProbe restarts after {probe_window(live):.0f} s of slow answers"
+            f" (< {LIVENESS_WINDOW_S:.0f} s)"
+        )
+    if live and live.get("timeoutSeconds", 1) < 2:
+        problems.append(f"{name}: livenessProbe timeout under 2 s")
+    if ready and ready.get("timeoutSeconds", 1) <= READINESS_CHECK_TIMEOUT_S:
+        problems.append(
+            f"{name}: readinessProbe times out before /readyz's own checks do"
+            f" ({READINESS_CHECK_TIMEOUT_S} s): a slow dependency would read as a dead probe"
+        )
+    if live and ready and probe_window(ready) > probe_window(live):
+        problems.append(f"{name}: liveness acts before readiness takes the pod out of rotation")
+    for probe in ("startupProbe", "livenessProbe"):
+        if c.get(probe, {}).get("httpGet", {}).get("path") == "/readyz":
+            problems.append(f"{name}: {probe} on /readyz restarts a pod whose dependency is away")
+    return problems
+
+
 def _security_problems(name: str, c: Obj, pod: Obj) -> list[str]:
     sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
     problems = []
@@ -304,6 +364,54 @@ def test_container_checker_catches_a_broken_deployment() -> None:
         assert expected in problems
 
 
+def test_probe_thresholds_match_how_the_services_answer(objs: list[Obj]) -> None:
+    problems = []
+    for d in of_kind(objs, "Deployment"):
+        for c in pod_spec(d)["containers"]:
+            name = f"{d['metadata']['name']}/{c['name']}"
+            problems += probe_timing_problems(name, c, container_env(objs, c))
+    assert problems == []
+
+
+def test_probe_timing_checker_catches_probes_that_would_restart_or_flap() -> None:
+    objs = built("prod")
+    c = pod_spec(deployment(objs, "blametrail-ingest"))["containers"][0]
+    env = {**container_env(objs, c), "BLAMETRAIL_INGEST_STARTUP_WAIT_S": {"value": "60"}}
+    c["livenessProbe"] = {"httpGet": {"path": "/readyz", "port": "http"}, "failureThreshold": 1}
+    c["readinessProbe"].update(timeoutSeconds=1, periodSeconds=30)
+    problems = "\n".join(probe_timing_problems("ingest", c, env))
+    for expected in (
+        "startupProbe gives 60 s, the service may need 90 s",
+        "livenessProbe restarts after 10 s",
+        "livenessProbe timeout under 2 s",
+        "readinessProbe times out before /readyz's own checks",
+        "liveness acts before readiness",
+        "livenessProbe on /readyz restarts a pod whose dependency is away",
+    ):
+        assert expected in problems
+    consumer = pod_spec(deployment(objs, "blametrail-enricher"))["containers"][0]
+    assert probe_timing_problems("enricher", consumer, container_env(objs, consumer)) == []
+
+
+def test_healthz_stays_up_while_readyz_reports_a_dependency_away() -> None:
+    """What the probes rely on: liveness never depends on a dependency, readiness names it."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    async def away() -> bool:
+        return False
+
+    async def fine() -> bool:
+        return True
+
+    app = Starlette(routes=health_routes({"kafka": away, "postgres": fine}))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"kafka": False, "postgres": True}
+
+
 def test_secrets_are_references_never_values(objs: list[Obj]) -> None:
     assert secret_problems(objs) == []
 
@@ -361,6 +469,36 @@ def test_graceful_termination_outlasts_the_shutdown(objs: list[Obj]) -> None:
         sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
         # uvicorn's graceful shutdown is 10 s (ingest, mappings-api); consumers commit a batch.
         assert pod["terminationGracePeriodSeconds"] >= sleep + 10 + 5, d["metadata"]["name"]
+
+
+CANCELLED_BATCH_S = 10.0  # blametrail_common.runner: a cancelled loop gets 10 s, then a hard exit
+INGEST_STOP_S = 10 + 5 + 10  # uvicorn's graceful shutdown, the spool drain, the producer's stop
+
+
+def shutdown_bound_s(command: str, env: dict[str, Obj]) -> float | None:
+    """The longest ``command`` takes to exit after SIGTERM, by its own bounds (None: unbounded)."""
+    if RunnerSettings in READS.get(command, ()):
+        grace = env.get("BLAMETRAIL_SHUTDOWN_GRACE_S", {}).get("value")
+        default = RunnerSettings.model_fields["shutdown_grace_s"].default
+        return (float(grace) if grace is not None else default) + CANCELLED_BATCH_S
+    if command == "blametrail_ingest":
+        return INGEST_STOP_S
+    return None
+
+
+def test_the_pod_outlasts_the_process_own_shutdown_bound(objs: list[Obj]) -> None:
+    """A pod killed before the process's own bound cuts the batch or the spool drain short."""
+    checked = 0
+    for d in of_kind(objs, "Deployment"):
+        pod = pod_spec(d)
+        c = pod["containers"][0]
+        bound = shutdown_bound_s(entry(c["args"]), container_env(objs, c))
+        if bound is None:
+            continue
+        checked += 1
+        sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+        assert pod["terminationGracePeriodSeconds"] >= sleep + bound + 5, d["metadata"]["name"]
+    assert checked == 4  # ingest, enricher, projector, suspects
 
 
 def test_writable_paths_are_volumes(objs: list[Obj]) -> None:
