@@ -59,12 +59,14 @@ clean: down ## stop the stack and delete .local (jars, clusters, logs) and cache
 K8S_BIN := .local/bin
 K8S_SCHEMAS := .local/k8s-schemas
 K8S_VERSIONS := 1.30.0 1.33.0
+K8S_RULES := .local/prometheus/blametrail-rules.yaml
 GO := $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
-k8s-validate: ## build each kustomize overlay; validate every object (Kubernetes, Strimzi, CloudNativePG schemas)
+k8s-validate: ## build each kustomize overlay; validate every object (Kubernetes, Strimzi, CloudNativePG, Prometheus Operator schemas); promtool on the alerting rules
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --all-packages --quiet
 	@test -x $(K8S_BIN)/kustomize || GOBIN=$(CURDIR)/$(K8S_BIN) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
 	@test -x $(K8S_BIN)/kubeconform || GOBIN=$(CURDIR)/$(K8S_BIN) $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@v0.6.7
+	@test -x $(K8S_BIN)/promtool || GOBIN=$(CURDIR)/$(K8S_BIN) $(GO) install github.com/prometheus/prometheus/cmd/promtool@v0.316.0
 	$(RUN) blametrail k8s topics --check
 	$(RUN) python deploy/k8s/schemas/prepare.py $(K8S_SCHEMAS) $(K8S_VERSIONS)
 	@set -euo pipefail; for v in $(K8S_VERSIONS); do for o in deploy/k8s/overlays/*/; do \
@@ -73,3 +75,6 @@ k8s-validate: ## build each kustomize overlay; validate every object (Kubernetes
 	    -schema-location '$(K8S_SCHEMAS)/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json' \
 	    -schema-location '$(K8S_SCHEMAS)/crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json' -; \
 	done; done
+	$(RUN) python tests/deploy/metric_names.py rules $(K8S_RULES)
+	$(K8S_BIN)/promtool check rules $(K8S_RULES)
+	$(K8S_BIN)/promtool test rules deploy/k8s/alerts-test.yaml
