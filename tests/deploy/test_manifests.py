@@ -373,6 +373,7 @@ def test_probe_thresholds_match_how_the_services_answer(objs: list[Obj]) -> None
     assert problems == []
 
 
+@pytest.mark.tools
 def test_probe_timing_checker_catches_probes_that_would_restart_or_flap() -> None:
     objs = built("prod")
     c = pod_spec(deployment(objs, "blametrail-ingest"))["containers"][0]
