@@ -20,7 +20,7 @@ from aiokafka import ConsumerRecord
 from blametrail_common.kafka import EventProducer, publish_to_dlq
 from prometheus_client import Counter
 
-from blametrail_enricher.rows import Rows, rows_for
+from blametrail_enricher.rows import STATE_COLUMNS, Rows, rows_for
 
 __all__ = ["PROJECTED_TOPICS", "TABLES", "Projection"]
 
@@ -37,25 +37,35 @@ TABLES = (
     "incident_suspects",
 )
 
-_INCIDENT = """
+_NEWER = "cur.state_order < EXCLUDED.state_order"  # incident_order: strict and total
+_REASSIGNED = "%(sets_assignee)s AND (cur.assignee_order IS NULL OR cur.assignee_order < EXCLUDED.assignee_order)"
+_INCIDENT = (
+    """
 INSERT INTO {p}incidents AS cur (incident_id, tenant_id, service_id, source, status, severity, title, culprit,
-    assignee, sentry, first_seen, last_seen, event_count, opened_at, resolved_at, state_changed_at, updated_at)
+    assignee, sentry, first_seen, last_seen, event_count, opened_at, resolved_at, state_changed_at, updated_at,
+    state_order, assignee_order)
 VALUES (%(incident_id)s, %(tenant_id)s, %(service_id)s, %(source)s, %(status)s, %(severity)s, %(title)s,
     %(culprit)s, %(assignee)s, %(sentry)s, %(first_seen)s, %(last_seen)s, %(event_count)s, %(opened_at)s,
-    %(resolved_at)s, %(state_changed_at)s, %(state_changed_at)s)
+    %(resolved_at)s, %(state_changed_at)s, %(state_changed_at)s, %(state_order)s, %(assignee_order)s)
 ON CONFLICT (incident_id) DO UPDATE SET
-    status = EXCLUDED.status, severity = EXCLUDED.severity, title = EXCLUDED.title,
-    culprit = COALESCE(EXCLUDED.culprit, cur.culprit),
-    assignee = CASE WHEN %(sets_assignee)s THEN EXCLUDED.assignee ELSE cur.assignee END,
-    sentry = cur.sentry || EXCLUDED.sentry,
+"""
+    + ",\n".join(
+        f"    {c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE cur.{c} END"
+        for c in (*STATE_COLUMNS, "updated_at", "state_order")
+    )
+    + f""",
+    assignee = CASE WHEN {_REASSIGNED} THEN EXCLUDED.assignee ELSE cur.assignee END,
+    assignee_order = CASE WHEN {_REASSIGNED} THEN EXCLUDED.assignee_order ELSE cur.assignee_order END,
+    sentry = CASE WHEN {_NEWER} THEN cur.sentry || EXCLUDED.sentry ELSE EXCLUDED.sentry || cur.sentry END,
     first_seen = LEAST(cur.first_seen, EXCLUDED.first_seen), last_seen = GREATEST(cur.last_seen, EXCLUDED.last_seen),
     event_count = GREATEST(cur.event_count, EXCLUDED.event_count),
-    opened_at = LEAST(cur.opened_at, EXCLUDED.opened_at), resolved_at = EXCLUDED.resolved_at,
-    state_changed_at = EXCLUDED.state_changed_at, updated_at = EXCLUDED.state_changed_at
-WHERE cur.state_changed_at <= EXCLUDED.state_changed_at
+    opened_at = LEAST(cur.opened_at, EXCLUDED.opened_at)
 """
+)
 # The service is never updated: incidents stay where they were opened (a mapping edit only
-# routes new webhooks). Older states arriving late are kept in the timeline but not applied.
+# routes new webhooks). A state that comes before the one shown (``incident_order``) is kept in
+# the timeline and adds only to the merged columns (first/last seen, count, refs), so the row
+# is the same in every delivery order (``rows.merge_incident`` is this in Python).
 _TIMELINE = """
 INSERT INTO {p}incident_timeline (event_id, incident_id, tenant_id, event_type, occurred_at, log_partition,
     log_offset, payload, sanitized)

@@ -23,12 +23,13 @@ from blametrail_common.events.incidents import (
     IncidentEvent,
     IncidentMutedV1,
     IncidentResolvedV1,
+    incident_order,
 )
 from psycopg.types.json import Jsonb
 
 from blametrail_enricher.pgsafe import pg_jsonb, pg_text
 
-__all__ = ["Rows", "rows_for"]
+__all__ = ["STATE_COLUMNS", "Rows", "merge_incident", "rows_for"]
 
 
 def _encoded(value: bytes) -> bytes:
@@ -172,6 +173,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
     if isinstance(p, IncidentAssignedV1) and p.assignee is not None:
         assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]
     status = status_for(p)
+    order = incident_order(p)
     return {
         "incident_id": p.incident_id,
         "tenant_id": p.tenant_id,
@@ -190,7 +192,43 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "opened_at": p.status_at,
         "resolved_at": p.status_at if status == "resolved" else None,
         "state_changed_at": p.status_at,
+        "state_order": order,
+        "assignee_order": order if isinstance(p, IncidentAssignedV1) else None,
     }
+
+
+# The state the latest event (by ``incident_order``) sets, as a whole; ``assignee`` is the
+# latest assignment's; the other columns merge what every event saw. So the row is the same
+# whatever order the events arrive in (``projection._INCIDENT`` is this, in SQL).
+STATE_COLUMNS = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
+
+
+def merge_incident(cur: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The incident row after applying the row of one more event (``_incident``); pure, and
+    exactly what the projection's upsert does (its tests hold the two to each other)."""
+    if cur is None:
+        return {k: v for k, v in new.items() if k != "sets_assignee"}
+    out = dict(cur)
+    newer = cur["state_order"] < new["state_order"]
+    if newer:
+        out.update({c: new[c] for c in STATE_COLUMNS})
+        out["state_order"] = new["state_order"]
+    if new["sets_assignee"] and (
+        cur["assignee_order"] is None or cur["assignee_order"] < new["assignee_order"]
+    ):
+        out["assignee"], out["assignee_order"] = new["assignee"], new["assignee_order"]
+    # refs: the later event's value wins a key both name (they name the same issue)
+    older_refs, newer_refs = (cur, new) if newer else (new, cur)
+    out["sentry"] = {**older_refs["sentry"], **newer_refs["sentry"]}
+    for column, pick in (
+        ("first_seen", min),
+        ("last_seen", max),
+        ("event_count", max),
+        ("opened_at", min),
+    ):
+        values = [v for v in (cur[column], new[column]) if v is not None]
+        out[column] = pick(values) if values else None
+    return out
 
 
 def _audit(event_id: Any, p: WebhookAuditedV1) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from blametrail_common.events.deploys import (
     deploy_id_for,
 )
 from blametrail_common.events.enrichment import IncidentEnrichedV1
-from blametrail_common.events.incidents import IncidentEvent
+from blametrail_common.events.incidents import IncidentEvent, incident_order
 
 from blametrail_suspects.facts import facts_from_events
 from blametrail_suspects.model import Deploy, Suspect
@@ -101,7 +101,7 @@ class SuspectState:
             self.incidents[p.incident_id] = known
             while len(self.incidents) > self.max_incidents:
                 self.incidents.popitem(last=False)
-        elif p.status_at >= known.event.status_at:
+        elif incident_order(p) > incident_order(known.event):  # the later state, ties broken
             known.event = p
         self.incidents.move_to_end(p.incident_id)
         return self._score(p.incident_id, known)

@@ -4,12 +4,15 @@ Incident ids are deterministic (UUIDv5 of tenant + Sentry issue id, or of tenant
 id), and so are event ids (derived from the raw webhook's), so reprocessing the raw log yields
 the very same events. Every event carries the full :class:`IssueSnapshot` Sentry sent with it and
 ``status_at``, the Sentry-side time of the state it reports: webhooks arrive out of order, and the
-projection applies a state only if it is not older than the one it shows.
+projection applies a state only if it comes later in :func:`incident_order` than the one it
+shows (``status_at`` is whole seconds, so ties are broken by the issue's own fields).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -30,6 +33,7 @@ __all__ = [
     "SentryRef",
     "Severity",
     "incident_id_for",
+    "incident_order",
     "severity_for_level",
 ]
 
@@ -143,3 +147,54 @@ class IncidentMutedV1(IncidentEvent):
     """Ignored/archived in Sentry; ``details`` are Sentry's ``statusDetails``."""
 
     details: dict[str, int | str | bool | None]
+
+
+# -- order ---------------------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Among events of one second that the issue's own fields do not tell apart: facts about an open
+# incident, then its assignment, then status changes, a resolve last (a reopen needs a resolve
+# before it, so a regression comes with a later lastSeen or count and is ordered by those).
+_KIND_RANK = {
+    "incident.opened": 0,
+    "incident.updated": 1,
+    "incident.assigned": 2,
+    "incident.reopened": 3,
+    "incident.muted": 4,
+    "incident.resolved": 5,
+}
+
+
+def _micros(at: datetime | None, unit: timedelta) -> int:
+    return 0 if at is None else max((at - _EPOCH) // unit, 0)
+
+
+def incident_order(event: IncidentEvent) -> str:
+    """Where ``event`` stands in its incident's history: of two events of one incident, the one
+    with the greater key (compared as strings, byte by byte: ``COLLATE "C"`` in Postgres) is
+    the later state. A strict total order: keys are equal only for the very same event.
+
+    The key compares, in turn:
+
+    1. the lifecycle: a Sentry issue's ``opened`` (``issue.created``, sent once) comes before
+       everything else about that issue, whatever its timestamp (nothing can be resolved
+       before it was created; a delayed ``created`` never reopens a resolved issue). Alerts
+       may be ``opened`` again after a restart of the normalizer, so for them it is a kind;
+    2. ``status_at`` (Sentry's hook timestamp, whole seconds);
+    3. the issue's ``lastSeen`` (to the millisecond: the two serializers Sentry uses print it
+       with different precision) and its event ``count``: newer facts, later state;
+    4. the kind of event (see ``_KIND_RANK``);
+    5. a digest of the event's content, so two different events never tie.
+
+    Old events order by the same rule: everything it reads was always carried. Fixed width,
+    so a longer key is never a prefix trick: ``PHASE-STATUS_AT-LAST_SEEN-COUNT-KIND-DIGEST``.
+    """
+    name = getattr(type(event), "EVENT_TYPE", "")
+    kind = _KIND_RANK.get(name, 9)
+    phase = 0 if kind == 0 and event.source == "sentry_issue" else 1
+    snap = event.snapshot
+    digest = hashlib.sha256(f"{name}:{event.model_dump_json()}".encode()).hexdigest()[:32]
+    return (
+        f"{phase}-{_micros(event.status_at, timedelta(microseconds=1)):017d}"
+        f"-{_micros(snap.last_seen, timedelta(milliseconds=1)):014d}"
+        f"-{min(max(snap.count or 0, 0), 10**19 - 1):019d}-{kind}-{digest}"
+    )
