@@ -8,6 +8,7 @@ from aiokafka.structs import TopicPartition
 from blametrail_common.events import WebhookReceivedV1, decode, new_event
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, publish_to_dlq
 from blametrail_common.kafka.admin import admin_client, describe_topic_configs, ensure_topics
+from blametrail_common.metrics import DEAD_LETTERS
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import TOPICS, topic_name
 
@@ -75,7 +76,9 @@ async def test_dead_letter_keeps_bytes_and_says_why(
 ) -> None:
     await producer.send_raw("incident-events", b"poison", b"\xff not an event", [("h", b"1")])
     source = (await _read(kafka_settings, "incident-events", 1, key=b"poison"))[0]
+    counted = DEAD_LETTERS.labels("incident-events-dlq")._value.get()
     await publish_to_dlq(producer, "incident-events-dlq", source, "cannot decode", ValueError("x"))
+    assert DEAD_LETTERS.labels("incident-events-dlq")._value.get() == counted + 1
     dead = (await _read(kafka_settings, "incident-events-dlq", 1))[-1]
     assert dead.value == b"\xff not an event"
     assert dead.key == b"poison"

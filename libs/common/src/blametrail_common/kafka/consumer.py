@@ -102,17 +102,27 @@ async def commit_or_redeliver(
     offsets: dict[TopicPartition, OffsetAndMetadata],
     dependencies: Dependencies = DEPENDENCIES,
 ) -> bool:
-    """Commit ``offsets``; False when the group rebalanced meanwhile (the batch is redelivered to
-    the partitions' new owner, at-least-once). Other errors propagate."""
+    """Commit ``offsets``; False when the group rebalanced while the batch was in hand (partitions
+    revoked meanwhile, or the commit refused for an old generation): the batch is then
+    redelivered to the partitions' owner, at-least-once. Other errors propagate."""
+    assigned = consumer.assignment()
+    kept = {tp: o for tp, o in offsets.items() if tp in assigned}
     try:
-        await consumer.commit(offsets)
-    except CommitFailedError as exc:
+        if kept:
+            await consumer.commit(kept)
+    except (CommitFailedError, IllegalStateError) as exc:
         log.warning(
             "commit refused after a rebalance; the batch will be redelivered",
             extra={"error": type(exc).__name__, "partitions": len(offsets)},
         )
         return False
     dependencies.up(KAFKA)
+    if len(kept) < len(offsets):
+        log.warning(
+            "commit refused after a rebalance; the batch will be redelivered",
+            extra={"error": "revoked", "partitions": len(offsets) - len(kept)},
+        )
+        return False
     return True
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from blametrail_common.kafka.producer import EventProducer
+from blametrail_common.metrics import DEAD_LETTERS
 
 __all__ = ["DLQ_HEADERS", "DeadLetterSource", "publish_to_dlq"]
 
@@ -43,7 +44,8 @@ async def publish_to_dlq(
     reason: str,
     error: BaseException | None = None,
 ) -> None:
-    """Send ``record`` unchanged to the registry topic ``dlq_topic``; returns once acknowledged.
+    """Send ``record`` unchanged to the registry topic ``dlq_topic``; returns once acknowledged
+    (and counted in ``blametrail_dead_letters_total{topic}``, the registry name).
 
     The reason is truncated to 1 KiB; the original headers are kept after ours.
     """
@@ -56,3 +58,4 @@ async def publish_to_dlq(
     ]
     headers.extend((k, v) for k, v in record.headers or () if k not in DLQ_HEADERS)
     await producer.send_raw(dlq_topic, record.key, record.value, headers)
+    DEAD_LETTERS.labels(dlq_topic).inc()

@@ -4,19 +4,24 @@
 end offsets seen at start (so ``ready`` means "as fresh as the log was when we started"); a
 background task then keeps following. Readers never touch Postgres and keep working while the
 control plane is down. The consumer has no group: every process reads the whole topic.
+
+The follower is supervised (:func:`~blametrail_common.resilience.supervise`): when its consumer
+fails it is replaced after a backoff, positioned where the table had got to; the rows read so far
+stay served meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from blametrail_common.events import DecodeError, Envelope, EventPayload, decode
+from blametrail_common.resilience import supervise
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
 
@@ -45,6 +50,8 @@ class CompactedTable(Generic[P]):
         self._rows: dict[str, Envelope[P]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._next: dict[TopicPartition, int] = {}  # where the table has got to
+        self._stop = asyncio.Event()
         self.ready = asyncio.Event()
 
     def get(self, key: str) -> P | None:
@@ -59,7 +66,22 @@ class CompactedTable(Generic[P]):
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Load the whole topic, then follow it in the background. Raises on timeout."""
-        self._consumer = AIOKafkaConsumer(
+        self._stop.clear()
+        self._consumer = await self._open(timeout_s)
+        try:
+            partitions = sorted(self._consumer.assignment())
+            await self._consumer.seek_to_beginning(*partitions)
+            ends = await self._consumer.end_offsets(partitions)
+            self._task = asyncio.create_task(
+                supervise(f"table {self._topic}", self._follow(ends), self._stop)
+            )
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _open(self, timeout_s: float) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
             self._topic,
             bootstrap_servers=self._settings.bootstrap_servers,
             client_id=f"{self._settings.client_id}-table",
@@ -67,50 +89,66 @@ class CompactedTable(Generic[P]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await self._consumer.start()
-        partitions = await self._assignment(timeout_s)
-        await self._consumer.seek_to_beginning(*partitions)
-        ends = await self._consumer.end_offsets(partitions)
-        self._task = asyncio.create_task(self._follow(ends))
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout_s)
-        except TimeoutError:
-            await self.stop()
+            await consumer.start()
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while not consumer.assignment():
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(
+                        f"topic {self._topic} not found (run `blametrail topics ensure`)"
+                    )
+                await asyncio.sleep(0.05)
+        except BaseException:
+            await consumer.stop()
             raise
-
-    async def _assignment(self, timeout_s: float) -> list[TopicPartition]:
-        assert self._consumer is not None
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not (assigned := self._consumer.assignment()):
-            if asyncio.get_running_loop().time() > deadline:
-                await self.stop()
-                raise RuntimeError(
-                    f"topic {self._topic} not found (run `blametrail topics ensure`)"
-                )
-            await asyncio.sleep(0.05)
-        return sorted(assigned)
+        return consumer
 
     async def stop(self) -> None:
+        self._stop.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
 
-    async def _follow(self, ends: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
+    def _follow(
+        self, ends: dict[TopicPartition, int]
+    ) -> Callable[[asyncio.Event], Awaitable[None]]:
+        """One attempt of following: (re)open the consumer where the table has got to, then poll
+        until stopped; on an error the consumer is dropped and the next attempt opens a new one."""
         pending = {tp for tp, end in ends.items() if end > 0}
-        if not pending:
-            self.ready.set()
-        while True:
-            polled = await self._consumer.getmany(timeout_ms=500)
-            for tp, records in polled.items():
-                for record in records:
-                    self._apply(record)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
-            if not pending and not self.ready.is_set():
-                self.ready.set()
+
+        async def follow(stop: asyncio.Event) -> None:
+            if self._consumer is None:
+                self._consumer = await self._open(30.0)
+                for tp in sorted(self._consumer.assignment()):
+                    if tp in self._next:
+                        self._consumer.seek(tp, self._next[tp])
+                    else:
+                        await self._consumer.seek_to_beginning(tp)
+            consumer = self._consumer
+            try:
+                if not pending:
+                    self.ready.set()
+                while not stop.is_set():
+                    polled = await consumer.getmany(timeout_ms=500)
+                    for tp, records in polled.items():
+                        for record in records:
+                            self._apply(record)
+                        if records:
+                            self._next[tp] = records[-1].offset + 1
+                            if records[-1].offset + 1 >= ends.get(tp, 0):
+                                pending.discard(tp)
+                    if not pending and not self.ready.is_set():
+                        self.ready.set()
+            except Exception:
+                self._consumer = None
+                await consumer.stop()
+                raise
+
+        return follow
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is None:

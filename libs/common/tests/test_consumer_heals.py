@@ -1,0 +1,190 @@
+"""Consumer loops survive what a broker outage does to them (issue 15, defect 3).
+
+A commit refused because the group rebalanced while a batch was in hand (what a broker outage
+or a member joining does) must not end the loop: the batch is redelivered, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from blametrail_common.kafka import (
+    EventProducer,
+    consume,
+    create_consumer,
+    create_producer,
+    run_batches,
+)
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.metrics import LOOP_RESTARTS
+from blametrail_common.resilience import DEPENDENCIES
+from blametrail_common.settings import KafkaSettings
+from blametrail_devstack.kafka import KafkaNode
+from blametrail_devstack.stack import free_port
+
+N = 60
+
+
+@pytest.mark.timeout(60)
+async def test_a_commit_refused_by_a_rebalance_redelivers_the_batch_and_the_loop_goes_on(
+    kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"c{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    group = f"rebalance-{uuid.uuid4().hex[:6]}"
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    try:
+        await producer.send_many_raw(
+            "webhook-audit", [(f"k{i}".encode(), f"v{i}".encode()) for i in range(N)]
+        )
+    finally:
+        await producer.stop()
+
+    seen_a: list[bytes] = []
+    seen_b: list[bytes] = []
+    stop_a, stop_b, joining = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    first = True
+
+    async def handle_a(batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        nonlocal first
+        if first:  # hold the first batch while a second member joins the group
+            first = False
+            joining.set()
+            await asyncio.sleep(4)
+        seen_a.extend(r.value or b"" for r in batch)
+
+    async def handle_b(batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        seen_b.extend(r.value or b"" for r in batch)
+
+    def everything() -> bool:
+        return {*seen_a, *seen_b} >= {f"v{i}".encode() for i in range(N)}
+
+    a = create_consumer(kafka, ["webhook-audit"], group, max_poll_records=10)
+    b = create_consumer(kafka, ["webhook-audit"], group, max_poll_records=10)
+    await a.start()
+    loop_a = asyncio.create_task(run_batches(a, handle_a, stop_a))
+    loop_b: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait_for(joining.wait(), 20)
+        await b.start()
+        loop_b = asyncio.create_task(run_batches(b, handle_b, stop_b))
+        with caplog.at_level(logging.WARNING, logger="blametrail_common.kafka.consumer"):
+            deadline = asyncio.get_running_loop().time() + 40
+            while not everything():
+                assert not loop_a.done(), f"member A's loop ended: {loop_a.exception()!r}"
+                assert not loop_b.done(), f"member B's loop ended: {loop_b.exception()!r}"
+                assert asyncio.get_running_loop().time() < deadline, "records were lost"
+                await asyncio.sleep(0.2)
+        assert not loop_a.done(), "member A's loop ended"
+        assert any("commit refused after a rebalance" in r.message for r in caplog.records)
+    finally:
+        stop_a.set()
+        stop_b.set()
+        await asyncio.gather(loop_a, *([loop_b] if loop_b else []), return_exceptions=True)
+        await a.stop()
+        await b.stop()
+
+
+def _kill(node: KafkaNode) -> None:
+    """kill -9 of the broker (our child: reaped here, so it is gone when this returns)."""
+    pid = node.running_pid()
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    node.pidfile.unlink(missing_ok=True)
+
+
+@pytest.mark.timeout(120)
+async def test_consume_outlives_a_broker_restart_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dedicated broker (never the shared one) killed for ~6 s (plus its ~15 s restart) while records flow through a
+    consume() loop whose handler also produces, as the suspects worker and the enricher do."""
+    node = KafkaNode(tmp_path / "kafka", free_port(), free_port(), heap="384m")
+    kafka = KafkaSettings(bootstrap_servers=node.bootstrap, topic_prefix="o.")
+    group = f"outage-{uuid.uuid4().hex[:6]}"
+    acked: set[bytes] = set()
+    handled: set[bytes] = set()
+    stop, outage_over = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    restarts_before = LOOP_RESTARTS.labels(group)._value.get()
+    caplog.set_level(logging.WARNING, logger="blametrail_common")
+    try:
+        await asyncio.to_thread(node.start)
+        await ensure_topics(kafka)
+        feeder = EventProducer(create_producer(kafka), kafka)
+        out = EventProducer(create_producer(kafka), kafka)
+        await feeder.start()
+        await out.start()
+
+        async def handle(batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+            await out.send_many_raw("incident-events", [(r.key, r.value) for r in batch])
+            handled.update(r.value or b"" for r in batch)
+
+        async def feed() -> None:
+            """Records at a steady pace; one whose send fails is sent again (only acknowledged
+            records count)."""
+            for i in range(N * 4):
+                value = f"r{i}".encode()
+                while value not in acked:
+                    try:
+                        await feeder.send_raw("webhook-audit", value, value)
+                        acked.add(value)
+                    except KafkaError:
+                        await asyncio.sleep(0.5)
+                await asyncio.sleep(0.02 if outage_over.is_set() else 0.05)
+
+        consuming = asyncio.create_task(consume(kafka, ["webhook-audit"], group, handle, stop))
+        feeding = asyncio.create_task(feed())
+        try:
+            started = loop.time()
+            while len(handled) < 40:
+                assert loop.time() < started + 30, "no progress before the outage"
+                await asyncio.sleep(0.1)
+            _kill(node)
+            saw_kafka_away = False
+            away_until = loop.time() + 6
+            while loop.time() < away_until:
+                saw_kafka_away = saw_kafka_away or not DEPENDENCIES.is_up("kafka")
+                assert not consuming.done(), f"consume() ended: {consuming!r}"
+                await asyncio.sleep(0.2)
+            await asyncio.to_thread(node.start)
+            outage_over.set()
+            await asyncio.wait_for(feeding, 60)
+            deadline = loop.time() + 45
+            while not handled >= acked:
+                assert not consuming.done(), f"consume() ended: {consuming!r}"
+                assert loop.time() < deadline, f"lost: {len(acked - handled)} records"
+                await asyncio.sleep(0.2)
+            assert saw_kafka_away, "readiness never said kafka: false during the outage"
+            assert DEPENDENCIES.is_up("kafka")
+            assert not consuming.done()
+        finally:
+            stop.set()
+            feeding.cancel()
+            await asyncio.gather(consuming, feeding, return_exceptions=True)
+            await feeder.stop()
+            await out.stop()
+        assert len(acked) == N * 4
+        refused = any("commit refused" in r.message for r in caplog.records)
+        restarted = LOOP_RESTARTS.labels(group)._value.get() > restarts_before
+        assert refused or restarted, "the outage never reached the loop"
+    finally:
+        _kill(node)
+        shutil.rmtree(tmp_path / "kafka", ignore_errors=True)
