@@ -10,6 +10,7 @@ from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
 from blametrail_common.runner import run_with_health
 from blametrail_common.settings import KafkaSettings, SecretsSettings
 
@@ -27,7 +28,6 @@ async def serve() -> None:
     box = SecretBox(SecretsSettings().secret_keys.get_secret_value())
     table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     producer = EventProducer(create_producer(kafka), kafka)
-    consumer = create_consumer(kafka, ["incident-events"], settings.group_id)
     policy = RetryPolicy(
         max_attempts=settings.max_attempts, concurrency_per_org=settings.concurrency_per_org
     )
@@ -53,33 +53,49 @@ async def serve() -> None:
         lot = enricher.lot
         assert lot is not None
 
-        async def loop(stop: asyncio.Event) -> None:
-            await table.start()
-            await producer.start()
-            await consumer.start()
-            try:
+        async def prepare(_: asyncio.Event) -> None:  # retried (with backoff) until Kafka answers
+            if not table.ready.is_set():
+                await table.start()
+            if not producer.started:
+                await producer.start()
+            if not lot.ready.is_set():
+                await lot.stop()
                 await lot.start()  # parked enrichments (see blametrail_enricher.parking)
-                await enricher.warm_up(kafka)
-                try:
-                    async with asyncio.TaskGroup() as both:  # one dies: the other is cancelled
-                        both.create_task(run_batches(consumer, enricher.handle, stop))
-                        both.create_task(
-                            enricher.redrive(
-                                stop, lambda: {tp.partition for tp in consumer.assignment()}
-                            )
+            await enricher.warm_up(kafka)
+
+        async def consume_once(stop: asyncio.Event) -> None:
+            """One consumer's life; after any error (a broker outage, a refused send) the next
+            attempt builds a new one, from the committed offsets (blametrail_common.resilience)."""
+            consumer = create_consumer(kafka, ["incident-events"], settings.group_id)
+            try:
+                await consumer.start()
+                async with asyncio.TaskGroup() as both:  # one dies: the other is cancelled
+                    both.create_task(run_batches(consumer, enricher.handle, stop))
+                    both.create_task(
+                        enricher.redrive(
+                            stop, lambda: {tp.partition for tp in consumer.assignment()}
                         )
-                except ExceptionGroup as died:
-                    raise died.exceptions[0] from None
+                    )
+            except ExceptionGroup as died:
+                raise died.exceptions[0] from None
             finally:
                 await consumer.stop()
+
+        async def loop(stop: asyncio.Event) -> None:
+            try:
+                await supervise("enricher-start", prepare, stop)
+                await supervise("enricher", consume_once, stop)
+            finally:
                 await lot.stop()
-                await producer.stop()
+                if producer.started:
+                    await producer.stop()
                 await table.stop()
 
         async def ready() -> bool:
             return table.ready.is_set() and producer.started
 
-        await run_with_health(settings.host, settings.port, {"consumer": ready}, loop)
+        checks = {"consumer": ready, "kafka": DEPENDENCIES.check(KAFKA)}
+        await run_with_health(settings.host, settings.port, checks, loop)
 
 
 def main() -> None:
