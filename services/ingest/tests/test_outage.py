@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.events import ConnectionStateV1, new_event
 from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
+from blametrail_common.topics import get_topic
+from blametrail_devstack.kafka import KafkaNode
+from blametrail_devstack.stack import free_port
+from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.spool import Spool, SpoolFull
 from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
@@ -193,3 +204,82 @@ async def test_a_timeout_spools_every_outstanding_batch_oldest_first_and_new_one
     assert landed == ["spool"] * 9
     spooled = await asyncio.to_thread(Spool(tmp_path, 10**9).read_batch)
     assert [r.value for r in spooled] == [b"v%02d" % i for i in range(12)]
+
+
+def _kill(node: KafkaNode) -> None:
+    """kill -9 of this test's own broker, reaped at once (it is our child: ``KafkaNode.stop``
+    would see the zombie as alive for its whole timeout)."""
+    pid = node.running_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        node.pidfile.unlink(missing_ok=True)
+
+
+async def test_known_connections_keep_working_while_the_table_reader_loses_the_broker(
+    tmp_path: Path,
+) -> None:
+    """A dedicated broker holding a connection; once the table has loaded, the broker is killed
+    and restarted: the connection's webhooks get 200 throughout (spooled while it is away),
+    /readyz stays ready, and the spool drains when it is back."""
+    node = KafkaNode(tmp_path / "kafka", free_port(), free_port(), heap="384m")
+    await asyncio.to_thread(node.start)
+    try:
+        kafka = KafkaSettings(bootstrap_servers=node.bootstrap, request_timeout_ms=2000)
+        await ensure_topics(kafka, (get_topic("cp-connections"), get_topic("sentry-webhooks-raw")))
+        box = SecretBox(generate_key())
+        producer = EventProducer(create_producer(kafka), kafka)
+        await producer.start()
+        state = ConnectionStateV1(
+            connection_id="c1",
+            tenant_id="acme",
+            mode="internal",
+            enabled=True,
+            sentry_org_slug="acme",
+            api_base_url="https://sentry.io",
+            client_secrets_enc=[box.encrypt("s1")],
+            updated_at=datetime.now(UTC),
+        )
+        await producer.send("cp-connections", new_event(state, key="c1"))
+        await producer.stop()
+        table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+        await table.start()
+
+        def webhook(i: int) -> tuple[bytes, dict[str, str]]:
+            body = (
+                b'{"action":"created","installation":{"uuid":"u"},"data":{"issue":{"id":"%d"}}}' % i
+            )
+            return body, {
+                "Content-Type": "application/json",
+                "Sentry-Hook-Resource": "issue",
+                "Sentry-Hook-Signature": sign(body, "s1"),
+            }
+
+        settings = make_settings(tmp_path / "spool", publish_timeout_s=0.2)
+        try:
+            async with (
+                running_ingest(kafka, settings, ConnectionSecrets(table, box)) as (url, publisher),
+                httpx.AsyncClient(base_url=url, timeout=10) as client,
+            ):
+                statuses = []
+
+                async def post(i: int) -> None:
+                    body, headers = webhook(i)
+                    resp = await client.post("/webhooks/sentry/c1", content=body, headers=headers)
+                    statuses.append(resp.status_code)
+
+                await post(0)
+                _kill(node)
+                for i in range(1, 11):  # the table's reader is failing and reconnecting now
+                    await post(i)
+                    await asyncio.sleep(0.3)
+                assert (await client.get("/readyz")).status_code == 200
+                await asyncio.to_thread(node.start)
+                for i in range(11, 16):
+                    await post(i)
+                assert await publisher.drained(timeout_s=30)
+                assert statuses == [200] * 16
+        finally:
+            await table.stop()
+    finally:
+        _kill(node)  # its data is thrown away
