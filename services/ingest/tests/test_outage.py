@@ -111,6 +111,22 @@ def test_spool_survives_torn_writes_and_refuses_past_its_bound(tmp_path: Path) -
         asyncio.run(spool.append_many([(b"k", b"x" * 300)]))
 
 
+def test_a_torn_write_left_by_a_crash_does_not_bury_what_the_next_process_spools(
+    tmp_path: Path,
+) -> None:
+    """kill -9 in the middle of an append, then a restart that spools more: everything
+    acknowledged is read back, in order (the torn frame is cut off before the first append)."""
+    asyncio.run(Spool(tmp_path, 10**6).append_many([(b"k1", b"v1")]))
+    with open(next(tmp_path.glob("seg-*.log")), "ab") as f:
+        f.write(b"\x00\x00\x01\x00garbage")  # the crash: never acknowledged
+    restarted = Spool(tmp_path, 10**6)
+    asyncio.run(restarted.append_many([(b"k2", b"v2")]))
+    batch = restarted.read_batch()
+    assert [(r.key, r.value) for r in batch] == [(b"k1", b"v1"), (b"k2", b"v2")]
+    restarted.mark_forwarded(batch[-1])
+    assert restarted.is_empty()
+
+
 class _StallingProducer(EventProducer):
     """The real producer, whose first hand-over stalls like a broker that stopped answering."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Spool", "SpoolError", "SpoolFull"]
+
+log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct(">II")  # frame length, crc32 of the frame payload
 SEGMENT_BYTES = 16 * 1024 * 1024
@@ -61,6 +64,7 @@ class Spool:
         self._lock = asyncio.Lock()
         self._count_lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._cut_torn_tail()
         self._pending = (
             self._scan_pending()
         )  # kept in memory: is_empty() is on every request's path
@@ -93,6 +97,33 @@ class Spool:
             return int(self._path(n, ".pos").read_text() or 0)
         except (FileNotFoundError, ValueError):
             return 0
+
+    def _cut_torn_tail(self) -> None:
+        """A process killed in the middle of an append leaves a torn frame at the end of the
+        newest segment (never acknowledged: the fsync had not returned). Appends after it would
+        sit behind a frame the reader cannot pass, never forwarded: cut it off first."""
+        segs = self._segments()
+        if not segs:
+            return
+        path = self._path(segs[-1])
+        with open(path, "r+b") as f:
+            good = self._position(segs[-1])
+            f.seek(good)
+            while True:
+                head = f.read(_HEAD.size)
+                if len(head) < _HEAD.size:
+                    break
+                length, crc = _HEAD.unpack(head)
+                payload = f.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break
+                good += _HEAD.size + length
+            torn = os.fstat(f.fileno()).st_size - good
+            if torn > 0:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+                log.warning("torn spool write cut off", extra={"segment": path.name, "bytes": torn})
 
     def _scan_pending(self) -> int:
         return sum(self._path(n).stat().st_size - self._position(n) for n in self._segments())
