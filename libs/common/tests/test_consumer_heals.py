@@ -27,7 +27,7 @@ from blametrail_common.kafka import (
     run_batches,
 )
 from blametrail_common.kafka.admin import ensure_topics
-from blametrail_common.metrics import LOOP_RESTARTS
+from blametrail_common.metrics import CONSUMER_LAG, LOOP_RESTARTS
 from blametrail_common.resilience import DEPENDENCIES
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.kafka import KafkaNode
@@ -109,6 +109,14 @@ async def test_a_commit_refused_by_a_rebalance_redelivers_the_batch_and_the_loop
         await _send(kafka, range(N, sent))
         await until_everything()
         assert not loop_a.done(), "member A's loop ended"
+        lag = {
+            s.labels["partition"]: s.value
+            for metric in CONSUMER_LAG.collect()
+            for s in metric.samples
+            if s.labels["group"] == group
+        }
+        assert lag, "no blametrail_consumer_lag for the group"
+        assert all(v >= 0 for v in lag.values())
     finally:
         stop_a.set()
         stop_b.set()

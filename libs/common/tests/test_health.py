@@ -25,3 +25,19 @@ def test_readyz_ok_when_all_checks_pass() -> None:
     app = Starlette(routes=health_routes({"kafka": _yes}))
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200
+
+
+def test_metrics_scrape_evaluates_readiness() -> None:
+    from blametrail_common.metrics import READY
+
+    state = {"up": False}
+
+    async def flips() -> bool:
+        return state["up"]
+
+    app = Starlette(routes=health_routes({"kafka": flips}))
+    with TestClient(app) as client:
+        assert "blametrail_ready 0.0" in client.get("/metrics").text
+        state["up"] = True  # no /readyz call in between: the scrape itself looks
+        assert "blametrail_ready 1.0" in client.get("/metrics").text
+    assert READY._value.get() == 1.0
