@@ -14,11 +14,13 @@ import shutil
 import signal
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from blametrail_common.events import ConnectionStateV1, new_event
 from blametrail_common.kafka import (
     EventProducer,
     consume,
@@ -27,6 +29,7 @@ from blametrail_common.kafka import (
     run_batches,
 )
 from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.metrics import CONSUMER_LAG, LOOP_RESTARTS
 from blametrail_common.resilience import DEPENDENCIES
 from blametrail_common.settings import KafkaSettings
@@ -125,6 +128,19 @@ async def test_a_commit_refused_by_a_rebalance_redelivers_the_batch_and_the_loop
         await b.stop()
 
 
+def _connection(cid: str) -> ConnectionStateV1:
+    return ConnectionStateV1(
+        connection_id=cid,
+        tenant_id="t",
+        mode="internal",
+        enabled=True,
+        sentry_org_slug=cid,
+        api_base_url="https://sentry.io",
+        client_secrets_enc=["x"],
+        updated_at=datetime.now(UTC),
+    )
+
+
 def _kill(node: KafkaNode) -> None:
     """kill -9 of the broker (our child: reaped here, so it is gone when this returns)."""
     pid = node.running_pid()
@@ -140,8 +156,9 @@ def _kill(node: KafkaNode) -> None:
 async def test_consume_outlives_a_broker_restart_and_loses_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A dedicated broker (never the shared one) killed for ~6 s (plus its ~15 s restart) while records flow through a
-    consume() loop whose handler also produces, as the suspects worker and the enricher do."""
+    """A dedicated broker (never the shared one) killed for ~6 s (plus its ~15 s restart) while
+    records flow through a consume() loop whose handler also produces, as the suspects worker and
+    the enricher do; a compacted-table reader beside it follows again afterwards."""
     node = KafkaNode(tmp_path / "kafka", free_port(), free_port(), heap="384m")
     kafka = KafkaSettings(bootstrap_servers=node.bootstrap, topic_prefix="o.")
     group = f"outage-{uuid.uuid4().hex[:6]}"
@@ -176,6 +193,8 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
                         await asyncio.sleep(0.5)
                 await asyncio.sleep(0.02 if outage_over.is_set() else 0.05)
 
+        table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+        await table.start()
         consuming = asyncio.create_task(consume(kafka, ["webhook-audit"], group, handle, stop))
         feeding = asyncio.create_task(feed())
         try:
@@ -198,6 +217,11 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
                 assert not consuming.done(), f"consume() ended: {consuming!r}"
                 assert loop.time() < deadline, f"lost: {len(acked - handled)} records"
                 await asyncio.sleep(0.2)
+            # The compacted-table reader follows again too.
+            await feeder.send("cp-connections", new_event(_connection("after"), key="after"))
+            while table.get("after") is None:
+                assert loop.time() < deadline, "the table stopped following"
+                await asyncio.sleep(0.2)
             assert saw_kafka_away, "readiness never said kafka: false during the outage"
             assert DEPENDENCIES.is_up("kafka")
             assert not consuming.done()
@@ -205,6 +229,7 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
             stop.set()
             feeding.cancel()
             await asyncio.gather(consuming, feeding, return_exceptions=True)
+            await table.stop()
             await feeder.stop()
             await out.stop()
         assert len(acked) == N * 4
