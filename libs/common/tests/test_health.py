@@ -41,3 +41,18 @@ def test_metrics_scrape_evaluates_readiness() -> None:
         state["up"] = True  # no /readyz call in between: the scrape itself looks
         assert "blametrail_ready 1.0" in client.get("/metrics").text
     assert READY._value.get() == 1.0
+
+
+def test_a_degrading_check_is_reported_without_taking_the_service_out_of_rotation() -> None:
+    from blametrail_common.health import Degrading
+    from blametrail_common.metrics import READY
+
+    app = Starlette(routes=health_routes({"postgres": _yes, "kafka": Degrading(_boom)}))
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "degraded", "checks": {"postgres": True, "kafka": False}}
+    assert READY._value.get() == 1.0
+    app = Starlette(routes=health_routes({"postgres": _boom, "kafka": Degrading(_yes)}))
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 503

@@ -1,7 +1,10 @@
 """``/healthz``, ``/readyz`` and ``/metrics`` routes, shared by every service.
 
 ``/healthz`` answers 200 while the process serves HTTP (liveness). ``/readyz`` runs the
-service's readiness checks and answers 503 naming the failing ones. ``/metrics`` is the
+service's readiness checks and answers 503 naming the failing ones. A check wrapped in
+:class:`Degrading` is reported the same way but does not take the service out of rotation: the
+service still serves its requests without that dependency (only a background part of it waits),
+so ``/readyz`` answers 200 with ``"status": "degraded"``. ``/metrics`` is the
 Prometheus text exposition of the default registry; each scrape runs the same checks first (with
 the same timeout), so ``blametrail_ready`` is as current as ``/readyz`` would be.
 """
@@ -18,9 +21,19 @@ from starlette.routing import BaseRoute, Route
 
 from blametrail_common.metrics import READY
 
-__all__ = ["ReadinessCheck", "evaluate", "health_routes"]
+__all__ = ["Degrading", "ReadinessCheck", "evaluate", "health_routes"]
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class Degrading:
+    """A readiness check whose failure degrades the service rather than stopping it serving."""
+
+    def __init__(self, check: ReadinessCheck) -> None:
+        self._check = check
+
+    async def __call__(self) -> bool:
+        return await self._check()
 
 
 def health_routes(checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) -> list[BaseRoute]:
@@ -31,9 +44,9 @@ def health_routes(checks: Mapping[str, ReadinessCheck], timeout_s: float = 2.0) 
 
     async def readyz(_: Request) -> Response:
         status = await evaluate(checks, timeout_s)
-        ok = all(status.values())
-        body = {"status": "ready" if ok else "not ready", "checks": status}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        ok = _serving(checks, status)
+        word = "not ready" if not ok else "ready" if all(status.values()) else "degraded"
+        return JSONResponse({"status": word, "checks": status}, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
         await evaluate(checks, timeout_s)  # blametrail_ready as of this scrape
@@ -50,8 +63,12 @@ async def evaluate(checks: Mapping[str, ReadinessCheck], timeout_s: float) -> di
     """Run every check concurrently (each bounded by ``timeout_s``); sets ``blametrail_ready``."""
     results = await asyncio.gather(*(_run(c, timeout_s) for c in checks.values()))
     status = dict(zip(checks, results, strict=True))
-    READY.set(1 if all(results) else 0)
+    READY.set(1 if _serving(checks, status) else 0)
     return status
+
+
+def _serving(checks: Mapping[str, ReadinessCheck], status: Mapping[str, bool]) -> bool:
+    return all(ok or isinstance(checks[name], Degrading) for name, ok in status.items())
 
 
 async def _run(check: ReadinessCheck, timeout_s: float) -> bool:

@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
-from blametrail_common.health import ReadinessCheck
+from blametrail_common.health import Degrading, ReadinessCheck
 from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
@@ -117,10 +117,13 @@ async def serve() -> None:
     async def workers_ok() -> bool:  # a worker that ended before shutdown takes the process down
         return all(not w.done() for w in workers.values())
 
+    # The API serves from Postgres; without Kafka only the relay and the background consumers
+    # wait (changes stay in the outbox), so Kafka degrades the API rather than taking it (and
+    # the Sentry UI components, the OAuth redirect) out of rotation.
     checks: dict[str, ReadinessCheck] = {
         "postgres": db_ok,
-        "kafka": DEPENDENCIES.check(KAFKA),
-        "relay": relay_ok,
+        "kafka": Degrading(DEPENDENCIES.check(KAFKA)),
+        "relay": Degrading(relay_ok),
         "consumers": workers_ok,
     }
     app = create_app(settings, Repository(pool, box), checks, lifespan, oauth)
