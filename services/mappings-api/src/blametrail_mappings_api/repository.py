@@ -74,6 +74,8 @@ def create_pool(dsn: str, max_size: int = 10) -> Pool:
         max_size=max_size,
         open=False,
         kwargs={"row_factory": dict_row},
+        # a connection broken by a Postgres restart is replaced before a request gets it
+        check=AsyncConnectionPool.check_connection,
     )
 
 
