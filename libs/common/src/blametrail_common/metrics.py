@@ -28,6 +28,4 @@ LOOP_RESTARTS = Counter(
 DEAD_LETTERS = Counter(
     "blametrail_dead_letters_total", "Records sent to a dead-letter topic", ["topic"]
 )
-READY = Gauge(
-    "blametrail_ready", "1 while every readiness check passes (as /readyz would answer)"
-)
+READY = Gauge("blametrail_ready", "1 while every readiness check passes (as /readyz would answer)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import signal
@@ -153,6 +154,7 @@ class KafkaNode:
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            _reap(pid)  # started by this process: an exited broker is a zombie until reaped
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -161,6 +163,11 @@ class KafkaNode:
         else:
             os.kill(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 async def metadata_ok(bootstrap: str) -> bool:
