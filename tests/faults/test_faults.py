@@ -275,6 +275,7 @@ async def test_broker_killed_and_restarted(stack: Stack, results: list[dict[str,
 
     result = await _run(stack, results, "broker kill -9, down 10 s", outage)
     assert result["refused"] == 0  # ingest spools while the broker is away
+    await _new_connection_reaches_ingest(stack)  # the relay came back too
 
 
 async def test_postgres_crash_and_restart(stack: Stack, results: list[dict[str, Any]]) -> None:
