@@ -23,7 +23,7 @@ def test_restart_delay_grows_is_capped_and_jittered() -> None:
     assert all(lo == hi / 2 for lo, hi in zip(lows, highs, strict=True))
 
 
-def _wait(predicate: object, timeout_s: float = 10.0) -> None:
+def _wait(predicate: object, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
@@ -59,6 +59,7 @@ def test_killed_child_is_restarted_and_sigterm_stops_everything(tmp_path: Path) 
     )
     try:
         _wait(lambda: _pid(run / "a.pid") and _pid(run / "b.pid"))
+        _wait(lambda: (run / "a.log").read_text().count("up") == 1)  # it has started
         first, other = _pid(run / "a.pid"), _pid(run / "b.pid")
         assert first is not None
         os.kill(first, signal.SIGKILL)
