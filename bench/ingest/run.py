@@ -188,7 +188,7 @@ def main() -> None:
         }
         bare_port, ingest_port = free_port(), free_port()
         bare = _serve("bare:app", bare_port, env)
-        ingest = _serve("blametrail_ingest.benchapp:app", ingest_port, env)
+        ingest = _serve("ingest_app:app", ingest_port, env)
         try:
             with console.status("bare endpoint, closed loop"):
                 bare_rate, bare_cpu, _, bare_client = _rounds(bare_port, bare.pid)

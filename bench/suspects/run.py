@@ -1,6 +1,6 @@
 """bench/suspects: suspect-scoring accuracy on labelled synthetic histories, and throughput.
 
-Accuracy: top-1/top-3 on a few seeds of :func:`blametrail_suspects.synth.generate` (default
+Accuracy: top-1/top-3 on a few seeds of :func:`blametrail_devstack.suspects_synth.generate` (default
 noise, 400 incidents each). Throughput: incidents/s scoring against 1,000 candidate deploys each
 (the incident's real candidates padded with copies of its services' deploys across the lookback
 window), top 5 explained, against a bare loop over the same deploys that only applies the
@@ -14,8 +14,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+from blametrail_devstack.suspects_synth import generate, pad_candidates
 from blametrail_suspects.scoring import DEFAULT_LOOKBACK, Deploy, IncidentFacts, score
-from blametrail_suspects.synth import generate, pad_candidates
 from rich.console import Console
 from rich.table import Table
 

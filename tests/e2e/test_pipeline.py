@@ -19,12 +19,12 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import background, signed_fixture
 from blametrail_common.topics import topic_name
+from blametrail_devstack.ingest_testing import make_settings, running_ingest
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
 from blametrail_ingest.connections import ConnectionSecrets
-from blametrail_ingest.testing import make_settings, running_ingest
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Repository, create_pool

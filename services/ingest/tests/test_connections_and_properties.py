@@ -18,8 +18,8 @@ from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
+from blametrail_devstack.ingest_testing import RawTopic, make_settings, payload_of, running_ingest
 from blametrail_ingest.connections import ConnectionSecrets
-from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

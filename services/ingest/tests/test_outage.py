@@ -20,12 +20,12 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import TEST_SECRET
 from blametrail_common.topics import get_topic
+from blametrail_devstack.ingest_testing import RawTopic, make_settings, payload_of, running_ingest
 from blametrail_devstack.kafka import KafkaNode
 from blametrail_devstack.stack import free_port
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.spool import Spool, SpoolFull
-from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
 
 
 def _closed_port() -> str:

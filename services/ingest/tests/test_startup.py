@@ -22,10 +22,10 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
+from blametrail_devstack.ingest_testing import make_settings, running_ingest
 from blametrail_devstack.stack import free_port
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_ingest.spool import Spool
-from blametrail_ingest.testing import make_settings, running_ingest
 
 BODY = b'{"action":"resolved","installation":{"uuid":"u"},"data":{"issue":{"id":"42"}}}'
 SECRET = "startup-secret"

@@ -12,7 +12,7 @@ import pytest
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import FIXTURES, TEST_SECRET, signed_fixture
-from blametrail_ingest.testing import RawTopic, make_settings, payload_of, running_ingest
+from blametrail_devstack.ingest_testing import RawTopic, make_settings, payload_of, running_ingest
 
 
 @pytest.fixture

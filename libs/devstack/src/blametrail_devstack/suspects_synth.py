@@ -1,5 +1,7 @@
 """Pure: a labelled synthetic deploy and incident history, to evaluate suspect scoring. No IO.
 
+Development only: suspects' tests and bench/suspects use it; the service does not ship it.
+
 Deterministic for a seed. The world: services with their own file trees (a monorepo prefix on
 some, Sentry frames relative, absolute or ``app:///`` on others), each deploying to production
 on working days (with the same version on staging shortly before, mostly) and incidents whose

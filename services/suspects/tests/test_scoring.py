@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from blametrail_common.events.enrichment import ExceptionInfo, IncidentEnrichedV1, StackFrame
 from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, SentryRef
+from blametrail_devstack.suspects_synth import Noise, generate
 from blametrail_suspects.facts import facts_from_events
 from blametrail_suspects.paths import components, path_key
 from blametrail_suspects.scoring import (
@@ -19,7 +20,6 @@ from blametrail_suspects.scoring import (
     Suspect,
     score,
 )
-from blametrail_suspects.synth import Noise, generate
 
 SEEN = datetime(2026, 3, 10, 14, 0, tzinfo=UTC)
 VIEWS = "app/checkout/views.py"

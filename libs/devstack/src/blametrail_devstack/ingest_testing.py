@@ -1,6 +1,7 @@
-"""Test support: a real ingest (uvicorn on a free port) and a reader of the raw topic.
+"""Test support for ingest: a real ingest (uvicorn on a free port) and a reader of the raw topic.
 
-Used by this package's tests and benchmarks; nothing here runs in production.
+Used by ingest's tests, the end-to-end tests and bench/ingest; development only, so it ships with
+devstack, not with the service.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from blametrail_common.events import WebhookReceivedV1, decode
 from blametrail_common.kafka import create_consumer
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import TEST_SECRET
-
 from blametrail_ingest.app import create_app
 from blametrail_ingest.connections import SecretsLookup
 from blametrail_ingest.publisher import WebhookPublisher

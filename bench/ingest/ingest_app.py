@@ -1,16 +1,15 @@
-"""The ingest app as an importable ASGI object (``uvicorn blametrail_ingest.benchapp:app``), for
-benchmarks: built from the environment exactly like ``__main__``, without the connections table."""
+"""The ingest app as an importable ASGI object (``uvicorn ingest_app:app`` from this folder), for
+the benchmark: built from the environment exactly like ``__main__``, without the connections table."""
 
 from __future__ import annotations
 
 from blametrail_common.settings import KafkaSettings
-from starlette.applications import Starlette
-from starlette.types import Receive, Scope, Send
-
+from blametrail_devstack.ingest_testing import NoConnections
 from blametrail_ingest.app import create_app
 from blametrail_ingest.publisher import WebhookPublisher
 from blametrail_ingest.settings import IngestSettings
-from blametrail_ingest.testing import NoConnections
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 
 class _LazyApp:
