@@ -20,17 +20,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from blametrail_common.db import migrate
 from blametrail_common.events import encode, new_event
 from blametrail_common.events.audit import WebhookAuditedV1
 from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, SentryRef
-from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka import EventProducer, create_producer, open_reader
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_enricher.projection import PROJECTED_TOPICS
-from blametrail_replay.offsets import topic_partitions
 from blametrail_replay.rebuild import rebuild_projection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -111,34 +109,26 @@ async def produce(kafka: KafkaSettings, progress: Progress) -> None:
 
 async def bare(kafka: KafkaSettings, progress: Progress) -> float:
     """Events/s of a group-less consume of every projected record, each value touched."""
-    tps = await topic_partitions(kafka, PROJECTED_TOPICS)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        max_poll_records=5000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await reader.start()
     task = progress.add_task("bare consume", total=N)
     try:
-        reader.assign(tps)
-        ends = await reader.end_offsets(tps)
-        # Explicit positions: after seek_to_beginning on manually assigned partitions this
-        # reader fetched nothing on a fresh broker (aiokafka 0.14), and the bench waited forever.
-        for tp, first in (await reader.beginning_offsets(tps)).items():
-            reader.seek(tp, first)
-        began, seen, size = time.perf_counter(), 0, 0
-        while seen < N:
-            for records in (await reader.getmany(timeout_ms=500)).values():
-                seen += len(records)
-                size += sum(len(r.value or b"") for r in records)
-            progress.update(task, completed=seen)
-        took = time.perf_counter() - began
-        assert seen == sum(ends.values()), (seen, ends)
+        async with open_reader(
+            kafka,
+            PROJECTED_TOPICS,
+            name="bench",
+            max_poll_records=5000,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        ) as log:
+            ends = await log.ends()
+            began, seen, size = time.perf_counter(), 0, 0
+            while seen < N:
+                for records in (await log.consumer.getmany(timeout_ms=500)).values():
+                    seen += len(records)
+                    size += sum(len(r.value or b"") for r in records)
+                progress.update(task, completed=seen)
+            took = time.perf_counter() - began
+            assert seen == sum(ends.values()), (seen, ends)
     finally:
-        await reader.stop()
         progress.remove_task(task)
     return N / took
 

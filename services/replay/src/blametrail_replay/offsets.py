@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from blametrail_common.kafka import create_consumer, open_reader
 from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
@@ -41,7 +41,6 @@ __all__ = [
     "pg_offsets",
     "plan_reset",
     "read_offsets",
-    "topic_partitions",
 ]
 
 ALIASES = {
@@ -168,14 +167,8 @@ async def read_offsets(
 
     When ``dsn`` is given and the group stores offsets in Postgres, those are the committed ones.
     """
-    tps = await topic_partitions(kafka, topics)
-    reader = _reader(kafka, None)
-    await reader.start()
-    try:
-        begins = await reader.beginning_offsets(tps)
-        ends = await reader.end_offsets(tps)
-    finally:
-        await reader.stop()
+    async with open_reader(kafka, list(topics), name="replay") as log:
+        tps, begins, ends = log.partitions, log.begins, await log.ends()
     committed: dict[TopicPartition, int] = {}
     admin = admin_client(kafka)
     await admin.start()
@@ -211,13 +204,9 @@ async def pg_offsets(dsn: str, group: str) -> dict[TopicPartition, int]:
 
 async def offsets_at(kafka: KafkaSettings, topic: str, at: datetime) -> dict[int, int | None]:
     """First offset at or after ``at`` on each partition of registry ``topic``."""
-    tps = await topic_partitions(kafka, [topic])
-    reader = _reader(kafka, None)
-    await reader.start()
-    try:
-        found = await reader.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in tps})
-    finally:
-        await reader.stop()
+    async with open_reader(kafka, [topic], name="replay") as log:
+        at_ms = int(at.timestamp() * 1000)
+        found = await log.consumer.offsets_for_times({tp: at_ms for tp in log.partitions})
     return {tp.partition: (None if ot is None else ot.offset) for tp, ot in found.items()}
 
 
@@ -235,7 +224,7 @@ async def apply_reset(
         )
         for m in moves
     }
-    committer = _reader(kafka, group)
+    committer = create_consumer(kafka, [], group, client_id=f"{kafka.client_id}-replay")
     await committer.start()
     try:
         committer.assign(list(offsets))
@@ -255,34 +244,3 @@ async def apply_reset(
             [(group, tp.topic, tp.partition, om.offset) for tp, om in offsets.items()],
         )
     return True
-
-
-async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
-    """Every partition of the registry ``topics``, as the broker describes them."""
-    names = [topic_name(t, kafka.topic_prefix) for t in topics]
-    admin = admin_client(kafka)
-    await admin.start()
-    try:
-        described = {d["topic"]: d for d in await admin.describe_topics(names)}
-    finally:
-        await admin.close()
-    out: list[TopicPartition] = []
-    for name in names:
-        parts = described.get(name, {}).get("partitions") or []
-        if not parts:
-            raise LookupError(f"topic {name} does not exist (run `blametrail topics ensure`)")
-        out.extend(
-            TopicPartition(name, p["partition"])
-            for p in sorted(parts, key=lambda p: p["partition"])
-        )
-    return out
-
-
-def _reader(kafka: KafkaSettings, group: str | None) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-replay",
-        group_id=group,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )

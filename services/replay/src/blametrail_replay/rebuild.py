@@ -28,10 +28,9 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
+from blametrail_common.kafka import open_reader
 from blametrail_common.settings import KafkaSettings
 from blametrail_enricher.projection import PROJECTED_TOPICS, TABLES, Projection
-
-from blametrail_replay.offsets import topic_partitions
 
 __all__ = [
     "CHECKSUM_KEYS",
@@ -93,23 +92,15 @@ async def rebuild_projection(
     started = time.monotonic()
     summary = RebuildSummary()
     projection = Projection(None, table_prefix=SHADOW, bulk=True)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-rebuild",
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+    async with open_reader(
+        kafka,
+        PROJECTED_TOPICS,
+        name="rebuild",
         max_poll_records=batch,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await reader.start()
-    try:
-        tps = await topic_partitions(kafka, PROJECTED_TOPICS)
-        reader.assign(tps)
-        begins = await reader.beginning_offsets(tps)
-        for tp in tps:
-            reader.seek(tp, begins[tp])
+    ) as log:
+        reader, tps, begins = log.consumer, log.partitions, log.begins
         positions = dict(begins)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await _create_shadow(conn)
@@ -141,8 +132,6 @@ async def rebuild_projection(
             if not keep_previous:
                 for table in TABLES:
                     await conn.execute(f"DROP TABLE IF EXISTS {PREVIOUS}{table}")
-    finally:
-        await reader.stop()
     summary.refused = projection.refused
     summary.seconds = time.monotonic() - started
     return summary

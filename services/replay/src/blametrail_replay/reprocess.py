@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from blametrail_common.events import DecodeError, Envelope, WebhookReceivedV1, decode
 from blametrail_common.events.audit import WebhookAuditedV1
-from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka import EventProducer, create_producer, open_reader
 from blametrail_common.settings import KafkaSettings
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.tables import ControlPlaneTables, LruDict, TableLookup
-
-from blametrail_replay.offsets import topic_partitions
 
 __all__ = ["REPROCESSABLE", "ReprocessSummary", "ignored_raw_ids", "reprocess", "scan"]
 
@@ -59,20 +57,10 @@ async def scan(
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
     """Batches of registry ``topic`` from ``since`` (the start when ``None``) up to the end
     offsets seen when the scan starts; in offset order per partition."""
-    tps = await topic_partitions(kafka, [topic])
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}-reprocess",
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_poll_records=batch,
-    )
-    await reader.start()
-    try:
-        reader.assign(tps)
-        ends = await reader.end_offsets(tps)
-        starts = await reader.beginning_offsets(tps)
+    async with open_reader(kafka, [topic], name="reprocess", max_poll_records=batch) as log:
+        reader, tps = log.consumer, log.partitions
+        ends = await log.ends()
+        starts = log.begins
         if since is not None:
             found = await reader.offsets_for_times(
                 {tp: int(since.timestamp() * 1000) for tp in tps}
@@ -91,8 +79,6 @@ async def scan(
                     yield inside
             if report is not None:
                 report(done, total)
-    finally:
-        await reader.stop()
 
 
 async def ignored_raw_ids(

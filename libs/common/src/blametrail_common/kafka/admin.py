@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from blametrail_common.settings import KafkaSettings
-from blametrail_common.topics import TOPICS, TopicSpec
+from blametrail_common.topics import TOPICS, TopicSpec, topic_name
 
 __all__ = [
     "TopicChange",
@@ -24,6 +25,7 @@ __all__ = [
     "committed_offsets",
     "describe_topic_configs",
     "ensure_topics",
+    "topic_partitions",
 ]
 
 
@@ -80,6 +82,28 @@ async def describe_topic_configs(
         for resource in response.resources:
             _err, _msg, _type, name, entries = resource[:5]
             out[name] = {e[0]: e[1] for e in entries}
+    return out
+
+
+async def topic_partitions(settings: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of the registry ``topics``, as the broker describes them, in topic and
+    partition order. Raises :class:`LookupError` naming a topic that does not exist."""
+    names = [topic_name(t, settings.topic_prefix) for t in topics]
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        described = {d["topic"]: d for d in await admin.describe_topics(names)}
+    finally:
+        await admin.close()
+    out: list[TopicPartition] = []
+    for name in names:
+        parts = described.get(name, {}).get("partitions") or []
+        if not parts:
+            raise LookupError(f"topic {name} does not exist (run `blametrail topics ensure`)")
+        out.extend(
+            TopicPartition(name, p["partition"])
+            for p in sorted(parts, key=lambda p: p["partition"])
+        )
     return out
 
 
