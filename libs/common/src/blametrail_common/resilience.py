@@ -22,11 +22,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-import psycopg
-from aiokafka.errors import KafkaError
 
 from blametrail_common.metrics import DEPENDENCY_UP, LOOP_RESTARTS
 
@@ -72,17 +70,31 @@ def dependency_of(exc: BaseException) -> str | None:
     Follows ``__cause__``/``__context__``: a Kafka or Postgres error wrapped by our code still
     counts as that dependency's.
     """
+    kafka = _errors_of("aiokafka.errors", "KafkaError")
+    # OperationalError covers psycopg_pool's PoolTimeout too (a pool that cannot connect).
+    postgres = _errors_of("psycopg", "OperationalError", "InterfaceError")
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, KafkaError):
+        if isinstance(current, kafka):
             return KAFKA
-        # OperationalError covers psycopg_pool's PoolTimeout too (a pool that cannot connect).
-        if isinstance(current, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(current, postgres):
             return POSTGRES
         current = current.__cause__ or current.__context__
     return None
+
+
+def _errors_of(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """The exception classes ``names`` of ``module`` if it is loaded, else none.
+
+    Only a loaded library can have raised its own errors, so this module needs neither
+    aiokafka nor psycopg installed: a service asks for the extras it uses, not for these.
+    """
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        return ()
+    return tuple(getattr(loaded, name) for name in names)
 
 
 class Dependencies:
