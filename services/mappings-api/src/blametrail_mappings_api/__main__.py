@@ -24,13 +24,13 @@ from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsS
 from starlette.applications import Starlette
 
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.deploy_import import SentryDeployStore
-from blametrail_mappings_api.oauth import OAuth, OAuthSettings
-from blametrail_mappings_api.outbox import Relay
-from blametrail_mappings_api.repository import Repository, create_pool
-from blametrail_mappings_api.sentry_app import SentryApp
-from blametrail_mappings_api.sentry_ui import SentryUiSettings
-from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.repository import Repository
+from blametrail_mappings_api.sentry.client import SentryApp
+from blametrail_mappings_api.sentry.deploy_import import SentryDeployStore
+from blametrail_mappings_api.sentry.oauth import OAuth
+from blametrail_mappings_api.settings import ApiSettings, OAuthSettings, SentryUiSettings
+from blametrail_mappings_api.store.db import create_pool
+from blametrail_mappings_api.store.outbox import Relay
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""Request and response models of the REST API (distinct from the events on Kafka)."""
+"""Request and response models of the REST API (distinct from the events on Kafka). The routes
+validate with them and ``/openapi.json`` is generated from them; the error bodies' models are
+:mod:`blametrail_mappings_api.api.problems`'."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -17,14 +19,19 @@ from pydantic import (
 )
 
 __all__ = [
+    "AuditEntry",
+    "ConnectLinkOut",
     "ConnectionCreate",
     "ConnectionOut",
     "ConnectionPatch",
     "DeployCreate",
     "DeployOut",
+    "IncidentOut",
+    "IncidentSummary",
     "MappingCreate",
     "MappingOut",
     "MappingPatch",
+    "Page",
     "ServiceCreate",
     "ServiceOut",
     "ServicePatch",
@@ -184,3 +191,84 @@ class DeployOut(BaseModel):
     source: str
     created_at: datetime
     updated_at: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, oldest first (incidents and audit: newest first)."""
+
+    items: list[T]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; ``null`` on the last one."""
+
+
+# -- the read model (the projection's tables; answered as stored, so documented, not validated)
+class SentryLink(BaseModel):
+    issue_id: str | None
+    short_id: str | None
+    web_url: str | None
+    project_slug: str | None
+    metric_alert_id: str | None
+
+
+class _Incident(BaseModel):
+    incident_id: str
+    service_id: str | None
+    source: str
+    status: str
+    severity: str
+    title: str
+    culprit: str | None
+    assignee: dict[str, Any] | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    event_count: int | None
+    opened_at: datetime
+    resolved_at: datetime | None
+    updated_at: datetime
+
+
+class IncidentSummary(_Incident):
+    sentry: SentryLink
+
+
+class TimelineEntry(BaseModel):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+class Suspects(BaseModel):
+    computed_at: datetime
+    candidates: int
+    ranked: list[Any]
+    """Suspect deploys, most likely first, each with every signal's contribution."""
+
+
+class IncidentOut(_Incident):
+    sentry: dict[str, Any]
+    """The whole Sentry reference (connection, organization, project, issue, links)."""
+    timeline: list[TimelineEntry]
+    enrichment: dict[str, Any] | None
+    """``status``, ``reason``, ``fetched_at`` and the record (tags, stacktrace, breadcrumbs...)."""
+    sentry_links: list[dict[str, Any]]
+    suspects: Suspects | None
+
+
+class AuditEntry(BaseModel):
+    """A webhook received but not turned into an incident, and why."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str
+    connection_id: str | None
+    reason: str
+    resource: str | None
+    action: str | None
+    project_slug: str | None
+    project_id: str | None
+    detail: dict[str, Any]
+    received_at: datetime

@@ -1,11 +1,12 @@
-"""Control-plane settings (environment, prefix ``BLAMETRAIL_API_`` unless noted)."""
+"""Every setting of the control plane, in one place (from the environment; ``BLAMETRAIL_API_``
+unless noted). The composition root (:mod:`~blametrail_mappings_api.__main__`) builds them."""
 
 from __future__ import annotations
 
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
-from pydantic import Field
+from pydantic import Field, SecretStr
 
-__all__ = ["ApiSettings"]
+__all__ = ["ApiSettings", "OAuthSettings", "SentryUiSettings"]
 
 
 class ApiSettings(BaseBlametrailSettings):
@@ -20,3 +21,39 @@ class ApiSettings(BaseBlametrailSettings):
     deploy_store_group: str = Field(
         default="blametrail-api-deploys", validation_alias=f"{PREFIX}API_DEPLOY_STORE_GROUP"
     )
+
+
+class OAuthSettings(BaseBlametrailSettings):
+    """The public (OAuth) Sentry app: install flow and token keeper."""
+
+    sentry_url: str = Field(default="https://sentry.io", validation_alias=f"{PREFIX}SENTRY_URL")
+    """Sentry (SaaS or self-hosted) as the public app sees it: API, install page."""
+    client_id: str = Field(default="", validation_alias=f"{PREFIX}SENTRY_CLIENT_ID")
+    """The public app's client id; empty: OAuth installs are off (internal integrations only)."""
+    app_slug: str = Field(default="blametrail", validation_alias=f"{PREFIX}SENTRY_APP_SLUG")
+    connect_ttl_s: int = Field(default=900, validation_alias=f"{PREFIX}API_CONNECT_LINK_TTL_S")
+    refresh_margin_s: int = Field(
+        default=3600, validation_alias=f"{PREFIX}API_OAUTH_REFRESH_MARGIN_S"
+    )
+    """Refresh a token this long before its expiry (Sentry's tokens live 8 h)."""
+    check_s: float = Field(default=5.0, validation_alias=f"{PREFIX}API_OAUTH_CHECK_S")
+    group_id: str = Field(
+        default="blametrail-api-oauth", validation_alias=f"{PREFIX}API_OAUTH_GROUP"
+    )
+
+
+class SentryUiSettings(BaseBlametrailSettings):
+    """The Sentry UI-component callbacks (``/sentry/...``)."""
+
+    public_client_secrets: SecretStr = Field(
+        default=SecretStr(""), validation_alias=f"{PREFIX}INGEST_PUBLIC_CLIENT_SECRETS"
+    )
+    """The public (OAuth) app's client secret(s), the very variable ingest reads."""
+    incident_url: str = Field(default="", validation_alias=f"{PREFIX}API_INCIDENT_URL")
+    """Link target shown in Sentry, ``{incident_id}`` replaced; default: the API's incident URL
+    on ``BLAMETRAIL_PUBLIC_INGEST_URL``."""
+    deadline_s: float = Field(default=0.8, validation_alias=f"{PREFIX}API_SENTRY_UI_DEADLINE_S")
+
+    def public_secrets(self) -> list[str]:
+        raw = self.public_client_secrets.get_secret_value()
+        return [s.strip() for s in raw.split(",") if s.strip()]

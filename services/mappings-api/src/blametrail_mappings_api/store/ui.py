@@ -1,6 +1,8 @@
-"""Postgres access for the Sentry UI components (see :mod:`sentry_ui`). Every query is scoped to
-the organization the verified installation belongs to; incidents are read from the projection's
-``incidents`` table and created only through the outbox (``incident-events``), never written here.
+"""Postgres access for the Sentry UI components (:mod:`~blametrail_mappings_api.sentry.ui_components`).
+
+Every query is scoped to the organization the verified installation belongs to; incidents are read
+from the projection's ``incidents`` table and created only through the outbox
+(``incident-events``), never written here.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from blametrail_common.events.incidents import (
     incident_id_for,
 )
 
-from blametrail_mappings_api.outbox import enqueue
-from blametrail_mappings_api.repository import Conn, Pool, Row
+from blametrail_mappings_api.store.db import Conn, Pool, Row
+from blametrail_mappings_api.store.outbox import enqueue
 
 __all__ = ["IssueRef", "Linked", "UiRepository"]
 

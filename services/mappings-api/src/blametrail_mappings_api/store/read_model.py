@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from blametrail_mappings_api.errors import Invalid, NotFound
-from blametrail_mappings_api.repository import Pool, Row, decode_cursor, encode_cursor
+from blametrail_mappings_api.store.db import Pool, Row, decode_cursor, encode_cursor
 
 __all__ = ["ReadModel"]
 

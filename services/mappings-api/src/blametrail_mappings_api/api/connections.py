@@ -1,0 +1,117 @@
+"""``/api/v1/integrations/sentry/connections``: Sentry organizations connected as internal
+integrations (OAuth ones are made by the install flow), and ``.../connect``: the link that starts
+an OAuth install."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from blametrail_mappings_api.api.deps import Api, Context, Cursor, Limit, page_size
+from blametrail_mappings_api.api.problems import ApiError, answers
+from blametrail_mappings_api.api.route import ApiRoute
+from blametrail_mappings_api.api.shapes import out, page_of
+from blametrail_mappings_api.schemas import (
+    ConnectionCreate,
+    ConnectionOut,
+    ConnectionPatch,
+    ConnectLinkOut,
+    Page,
+)
+from blametrail_mappings_api.sentry.oauth import OAuth
+from blametrail_mappings_api.store.db import Row
+
+__all__ = ["router"]
+
+PATH = "/api/v1/integrations/sentry/connections"
+router = APIRouter(tags=["connections"], route_class=ApiRoute)
+
+_SHOWN = (
+    "id",
+    "mode",
+    "sentry_org_slug",
+    "api_base_url",
+    "enabled",
+    "installation_uuid",
+    "token_expires_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def _shown(api: Context, row: Row) -> dict[str, Any]:
+    """What a connection shows: its secrets only as whether they are set."""
+    return {
+        **{k: row[k] for k in _SHOWN},
+        "webhook_url": f"{api.settings.public_ingest_url.rstrip('/')}/webhooks/sentry"
+        + ("" if row["mode"] == "oauth" else f"/{row['id']}"),
+        "client_secrets_set": len(row["client_secrets_enc"]),
+        "auth_token_set": row["auth_token_enc"] is not None,
+    }
+
+
+@router.get(PATH, summary="List Sentry connections", responses=answers(404))
+async def list_connections(
+    api: Api, cursor: Cursor = None, limit: Limit = "50"
+) -> Page[ConnectionOut]:
+    page = await api.repo.connections.list(api.org, cursor, page_size(limit))
+    return page_of(ConnectionOut, page, lambda row: _shown(api, row))
+
+
+@router.post(
+    PATH,
+    summary="Connect a Sentry organization (internal integration)",
+    status_code=201,
+    responses=answers(400, 409),
+)
+async def create_connection(api: Api, body: ConnectionCreate) -> ConnectionOut:
+    row = await api.repo.connections.create(api.org, body.model_dump())
+    return out(ConnectionOut, _shown(api, row))
+
+
+@router.post(
+    "/api/v1/integrations/sentry/connect",
+    summary="A link that installs the public Sentry app for this organization (OAuth)",
+    status_code=201,
+    responses=answers(503),
+)
+async def create_connect_link(api: Api) -> ConnectLinkOut:
+    state = api.request.app.state
+    oauth: OAuth | None = state.oauth
+    if oauth is None:
+        raise ApiError(
+            503, "not_configured", "OAuth installs are off: set BLAMETRAIL_SENTRY_CLIENT_ID"
+        )
+    now = oauth.clock()
+    signed = state.connect_states.sign(api.org, now, oauth.settings.connect_ttl_s)
+    url = f"{api.settings.public_ingest_url.rstrip('/')}/integrations/sentry/connect?state={signed}"
+    expires = datetime.fromtimestamp(now + oauth.settings.connect_ttl_s, UTC)
+    return ConnectLinkOut(url=url, expires_at=expires)
+
+
+@router.get(PATH + "/{id}", summary="Get a connection", responses=answers(404))
+async def get_connection(api: Api, id: str) -> ConnectionOut:
+    return out(ConnectionOut, _shown(api, await api.repo.connections.get(api.org, id)))
+
+
+@router.patch(
+    PATH + "/{id}", summary="Edit a connection, rotate secrets", responses=answers(400, 404, 409)
+)
+async def patch_connection(api: Api, id: str, body: ConnectionPatch) -> ConnectionOut:
+    row = await api.repo.connections.update(api.org, id, body.model_dump(exclude_unset=True))
+    return out(ConnectionOut, _shown(api, row))
+
+
+@router.delete(
+    PATH + "/{id}",
+    summary="Delete a connection (409 while it has mappings)",
+    status_code=204,
+    response_class=Response,
+    responses=answers(404, 409),
+)
+async def delete_connection(api: Api, id: str) -> Response:
+    await api.repo.connections.delete(api.org, id)
+    return Response(status_code=204)

@@ -1,0 +1,122 @@
+"""An OAuth installation bound to (and unbound from) a BlameTrail organization's connection:
+a new ``oauth`` connection, or the one that Sentry organization had (a reinstall keeps the
+connection id, so its mappings resume); ``installation.deleted`` disables it and wipes its
+tokens, keeping its mappings. Each change goes out on ``cp-connections`` in its transaction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from blametrail_mappings_api.sentry.oauth_core import OAuthCore, as_uuid, one
+from blametrail_mappings_api.sentry.state import OAuthRefused
+from blametrail_mappings_api.store.connections import publish_connection
+from blametrail_mappings_api.store.db import Row
+
+__all__ = ["Binding"]
+
+log = logging.getLogger(__name__)
+
+
+class Binding:
+    def __init__(self, core: OAuthCore) -> None:
+        self.core = core
+
+    async def bound_connection(self, row: Row, org: str) -> Row:
+        """The connection a bound installation ``row`` has, if it is ``org``'s (409 otherwise)."""
+        async with self.core.pool.connection() as conn:
+            found = await one(
+                conn, "SELECT * FROM sentry_connections WHERE id = %s", row["connection_id"]
+            )
+        if found is None or str(found["org_id"]) != org:
+            raise OAuthRefused(409, "this installation is connected to another organization")
+        return found
+
+    async def bind(self, installation: str, org: str, slug: str) -> Row:
+        """Bind the exchanged ``installation`` (Sentry organization ``slug``) to ``org``."""
+        async with self.core.locked(installation) as conn, conn.transaction():
+            inst = await one(
+                conn, "SELECT * FROM sentry_installations WHERE uuid = %s FOR UPDATE", installation
+            )
+            if inst is None or inst["status"] == "deleted":
+                raise OAuthRefused(409, "the installation was removed in Sentry meanwhile")
+            if inst["status"] == "bound":
+                return await self.bound_connection(inst, org)
+            existing = await one(
+                conn,
+                "SELECT * FROM sentry_connections WHERE org_id = %s AND sentry_org_slug = %s"
+                " FOR UPDATE",
+                org,
+                slug,
+            )
+            if existing is not None and existing["mode"] != "oauth":
+                raise OAuthRefused(
+                    409, f"Sentry organization {slug!r} is connected as an internal integration"
+                )
+            tokens = (inst["auth_token_enc"], inst["refresh_token_enc"], inst["token_expires_at"])
+            if existing is not None:  # a reinstall: same connection, so its mappings resume
+                row = await one(
+                    conn,
+                    "UPDATE sentry_connections SET installation_uuid = %s, auth_token_enc = %s,"
+                    " refresh_token_enc = %s, token_expires_at = %s, enabled = true,"
+                    " refresh_started_at = NULL, refresh_requested_at = NULL, updated_at = now()"
+                    " WHERE id = %s RETURNING *",
+                    installation,
+                    *tokens,
+                    existing["id"],
+                )
+            else:
+                row = await one(
+                    conn,
+                    "INSERT INTO sentry_connections (id, org_id, mode, sentry_org_slug,"
+                    " api_base_url, installation_uuid, auth_token_enc, refresh_token_enc,"
+                    " token_expires_at) VALUES (%s, %s, 'oauth', %s, %s, %s, %s, %s, %s)"
+                    " RETURNING *",
+                    uuid.uuid4(),
+                    org,
+                    slug,
+                    self.core.settings.sentry_url,
+                    installation,
+                    *tokens,
+                )
+            assert row is not None
+            await conn.execute(
+                "UPDATE sentry_installations SET status = 'bound', connection_id = %s,"
+                " sentry_org_slug = %s, verified_at = now(), auth_token_enc = NULL,"
+                " refresh_token_enc = NULL, token_expires_at = NULL, updated_at = now()"
+                " WHERE uuid = %s",
+                (row["id"], slug, installation),
+            )
+            await publish_connection(conn, row)
+            log.info(
+                "sentry installation bound",
+                extra={"installation": installation, "connection_id": str(row["id"])},
+            )
+            return row
+
+    async def uninstall(self, installation: str, connection_id: str | None = None) -> Row | None:
+        """Disable the installation's connection and wipe its tokens; mappings are kept."""
+        async with self.core.locked(installation) as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO sentry_installations (uuid, status) VALUES (%s, 'deleted')"
+                " ON CONFLICT (uuid) DO UPDATE SET status = 'deleted', auth_token_enc = NULL,"
+                " refresh_token_enc = NULL, token_expires_at = NULL, updated_at = now()",
+                (installation,),
+            )
+            # An internal integration's webhook names its connection; the public app's, its
+            # installation.
+            by_id = as_uuid(connection_id) if connection_id else None
+            row = await one(
+                conn,
+                "UPDATE sentry_connections SET enabled = false, auth_token_enc = NULL,"
+                " refresh_token_enc = NULL, token_expires_at = NULL, refresh_started_at = NULL,"
+                " refresh_requested_at = NULL, updated_at = now()"
+                " WHERE id = %s OR (%s::uuid IS NULL AND installation_uuid = %s) RETURNING *",
+                by_id,
+                by_id,
+                installation,
+            )
+            if row is not None:
+                await publish_connection(conn, row)
+            log.info("sentry installation deleted", extra={"installation": installation})
+            return row
