@@ -42,6 +42,7 @@ from starlette.applications import Starlette
 
 CONFIG = SchemathesisConfig.from_dict(
     {
+        "seed": 16,  # the same cases every run: a failure here is a change, not a new draw
         "generation": {
             "max-examples": 8,
             "no-shrink": True,
@@ -49,6 +50,10 @@ CONFIG = SchemathesisConfig.from_dict(
             # NUL in a text field or filter is a 500 today (psycopg refuses it before Postgres
             # does); kept out until the API answers it with a 422.
             "allow-x00": False,
+            # Query parameters the document does not name are ignored (as by most APIs), not
+            # refused; the key is ours to send (below), not a generated header.
+            "allow-extra-parameters": False,
+            "with-security-parameters": False,
         },
         "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
     }
