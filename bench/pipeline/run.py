@@ -27,7 +27,7 @@ from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
 from blametrail_devstack.pytest_plugin import create_database, open_infra
-from blametrail_enricher.projection import Projection
+from blametrail_projector.projection import Projection
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table

@@ -28,7 +28,7 @@ from blametrail_common.kafka import EventProducer, create_producer, open_reader
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.pytest_plugin import create_database, open_infra
-from blametrail_enricher.projection import PROJECTED_TOPICS
+from blametrail_projector.projection import PROJECTED_TOPICS
 from blametrail_replay.rebuild import rebuild_projection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

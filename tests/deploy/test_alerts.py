@@ -71,6 +71,7 @@ SERVICE_PACKAGES = (
     "blametrail_mappings_api",
     "blametrail_normalizer",
     "blametrail_enricher",
+    "blametrail_projector",
     "blametrail_suspects",
 )
 

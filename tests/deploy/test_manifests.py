@@ -35,12 +35,13 @@ from blametrail_common.settings import (
 )
 from blametrail_common.topics import TOPICS
 from blametrail_devstack.services import SERVICES
-from blametrail_enricher.settings import EnricherSettings, ProjectionSettings
+from blametrail_enricher.settings import EnricherSettings
 from blametrail_ingest.settings import IngestSettings
 from blametrail_mappings_api.oauth import OAuthSettings
 from blametrail_mappings_api.sentry_ui import SentryUiSettings
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_projector.settings import ProjectorSettings
 from blametrail_suspects.settings import SuspectsSettings
 from pydantic import AliasChoices, SecretStr
 
@@ -52,7 +53,7 @@ Obj = dict[str, Any]
 # --- what the services read ----------------------------------------------------------------
 
 COMMON: tuple[type[BaseBlametrailSettings], ...] = (KafkaSettings, LogSettings)
-# Settings classes each entry module builds (see each __main__.py / projector.py).
+# Settings classes each entry module builds (see each __main__.py).
 READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     "blametrail_ingest": (*COMMON, IngestSettings, SecretsSettings),
     "blametrail_mappings_api": (
@@ -65,9 +66,9 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     ),
     "blametrail_normalizer": (*COMMON, NormalizerSettings),
     "blametrail_enricher": (*COMMON, EnricherSettings, SecretsSettings, RunnerSettings),
-    "blametrail_enricher.projector": (
+    "blametrail_projector": (
         *COMMON,
-        ProjectionSettings,
+        ProjectorSettings,
         PostgresSettings,
         RunnerSettings,
     ),
@@ -85,7 +86,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     ApiSettings: ("host",),
     NormalizerSettings: ("host",),
     EnricherSettings: ("host",),
-    ProjectionSettings: ("host",),
+    ProjectorSettings: ("host",),
     SuspectsSettings: ("host",),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}

@@ -106,7 +106,7 @@ async def test_kill_minus_nine_while_2000_incidents_flow(
             "BLAMETRAIL_PROJECTION_PORT": str(free_port()),
             "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
         }
-        modules = {"enricher": "blametrail_enricher", "projector": "blametrail_enricher.projector"}
+        modules = {"enricher": "blametrail_enricher", "projector": "blametrail_projector"}
 
         logs = {name: tmp_path / f"{name}.log" for name in modules}
 

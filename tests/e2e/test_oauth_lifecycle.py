@@ -33,7 +33,6 @@ from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
-from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.oauth import COOKIE, OAuth, OAuthSettings
@@ -43,6 +42,7 @@ from blametrail_mappings_api.sentry_app import SentryApp
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_sentry_stub import StubState, serve
 from blametrail_sentry_stub.state import TOKEN_LIFE_S
 

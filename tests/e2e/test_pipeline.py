@@ -23,7 +23,6 @@ from blametrail_devstack.ingest_testing import make_settings, running_ingest
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
-from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.outbox import Relay
@@ -31,6 +30,7 @@ from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_sentry_stub import Fault, StubState, serve
 from blametrail_sentry_stub.state import Installation
 

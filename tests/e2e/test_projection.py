@@ -21,7 +21,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
-from blametrail_enricher.projection import PROJECTED_TOPICS, TABLES, Projection
+from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 CHECKSUM = {

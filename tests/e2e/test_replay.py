@@ -38,12 +38,12 @@ from blametrail_common.testing import signed_fixture
 from blametrail_common.topics import topic_name
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
-from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_replay.offsets import describe_group
 from blametrail_replay.rebuild import CHECKSUM_KEYS, rebuild_projection
 from blametrail_replay.reprocess import ignored_raw_ids, reprocess

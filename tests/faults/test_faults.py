@@ -330,7 +330,7 @@ async def test_two_replicas_of_each_consumer_one_killed(
             ("enricher", "blametrail_enricher", "BLAMETRAIL_ENRICHER_PORT", free_port()),
             (
                 "projector",
-                "blametrail_enricher.projector",
+                "blametrail_projector",
                 "BLAMETRAIL_PROJECTION_PORT",
                 free_port(),
             ),

@@ -19,12 +19,12 @@ from blametrail_common.kafka import EventProducer, create_consumer, create_produ
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
-from blametrail_enricher.projection import Projection
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.sentry_ui import SEVERITIES, SentryUiSettings, ui_routes
 from blametrail_mappings_api.settings import ApiSettings
+from blametrail_projector.projection import Projection
 from starlette.applications import Starlette
 from starlette.routing import Route
 

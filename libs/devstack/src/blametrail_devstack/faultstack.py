@@ -44,7 +44,7 @@ CORE = (
     ("ingest", "blametrail_ingest", "BLAMETRAIL_INGEST_PORT"),
     ("normalizer", "blametrail_normalizer", "BLAMETRAIL_NORMALIZER_PORT"),
     ("enricher", "blametrail_enricher", "BLAMETRAIL_ENRICHER_PORT"),
-    ("projector", "blametrail_enricher.projector", "BLAMETRAIL_PROJECTION_PORT"),
+    ("projector", "blametrail_projector", "BLAMETRAIL_PROJECTION_PORT"),
     ("suspects", "blametrail_suspects", "BLAMETRAIL_SUSPECTS_PORT"),
 )
 

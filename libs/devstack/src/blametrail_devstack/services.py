@@ -59,7 +59,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("edge", "blametrail_devstack.edge", 8080, "BLAMETRAIL_EDGE_URL", dev_only=True),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
     ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
-    ServiceSpec("projector", "blametrail_enricher.projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
+    ServiceSpec("projector", "blametrail_projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
     ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL"),
 )
 

@@ -1,11 +1,11 @@
-"""Enricher and projection settings (environment, prefix ``BLAMETRAIL_ENRICHER_`` / ``BLAMETRAIL_PROJECTION_``)."""
+"""Enricher settings (environment, prefix ``BLAMETRAIL_ENRICHER_``)."""
 
 from __future__ import annotations
 
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field
 
-__all__ = ["EnricherSettings", "ProjectionSettings"]
+__all__ = ["EnricherSettings"]
 
 
 class EnricherSettings(BaseBlametrailSettings):
@@ -42,12 +42,4 @@ class EnricherSettings(BaseBlametrailSettings):
     )
     known_incidents: int = Field(
         default=100_000, validation_alias=f"{PREFIX}ENRICHER_KNOWN_INCIDENTS"
-    )
-
-
-class ProjectionSettings(BaseBlametrailSettings):
-    host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}PROJECTION_HOST")
-    port: int = Field(default=8085, validation_alias=f"{PREFIX}PROJECTION_PORT")
-    group_id: str = Field(
-        default="blametrail-projection", validation_alias=f"{PREFIX}PROJECTION_GROUP"
     )

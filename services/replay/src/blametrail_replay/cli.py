@@ -15,7 +15,7 @@ import psycopg
 from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.settings import KafkaSettings, PostgresSettings
 from blametrail_common.topics import TOPICS
-from blametrail_enricher.settings import ProjectionSettings
+from blametrail_projector.settings import ProjectorSettings
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -245,7 +245,7 @@ async def _wait_until_empty(kafka: KafkaSettings, group: str, seconds: float) ->
 
 async def _rebuild(args: argparse.Namespace) -> int:
     kafka, dsn = KafkaSettings(), PostgresSettings().database_url
-    group = args.group or ProjectionSettings().group_id
+    group = args.group or ProjectorSettings().group_id
     if not _confirm(args, f"rebuild the read model from the log and swap it in (group {group})?"):
         return 1
     with _progress("rebuilding") as report:

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 from blametrail_common.kafka import open_reader
 from blametrail_common.settings import KafkaSettings
-from blametrail_enricher.projection import PROJECTED_TOPICS, TABLES, Projection
+from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 
 __all__ = [
     "CHECKSUM_KEYS",

@@ -1,4 +1,5 @@
-"""``python -m blametrail_enricher.projector``: the Postgres projection as its own process.
+"""Composition root of the projector (``python -m blametrail_projector``): settings -> logging ->
+producer (dead letters) -> the projection loop into Postgres, beside the health server.
 
 The projection loop heals itself (:func:`~blametrail_common.kafka.pgsink.project_into_postgres`):
 when Postgres or Kafka goes away it starts over with a backoff and resumes from the offsets stored
@@ -17,12 +18,12 @@ from blametrail_common.runner import run_with_health
 from blametrail_common.settings import KafkaSettings, PostgresSettings
 from blametrail_common.topics import topic_name
 
-from blametrail_enricher.projection import PROJECTED_TOPICS, Projection
-from blametrail_enricher.settings import ProjectionSettings
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
+from blametrail_projector.settings import ProjectorSettings
 
 
 async def serve() -> None:
-    settings, kafka, dsn = ProjectionSettings(), KafkaSettings(), PostgresSettings().database_url
+    settings, kafka, dsn = ProjectorSettings(), KafkaSettings(), PostgresSettings().database_url
     producer = EventProducer(create_producer(kafka), kafka)
     projection = Projection(producer)
     topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]

@@ -1,8 +1,10 @@
-"""Pure: log records -> rows of the read model. No I/O; see ``projection.py`` for the writes.
+"""Pure: log records -> rows of the read model. No I/O library; ``projection.py`` writes them.
 
 Every value is made storable first (``pgsafe``): text without NUL or lone surrogates, JSON
-without non-finite numbers. Every timestamp comes from the events themselves, never from the
-clock, so rebuilding the tables from offset zero gives the very same rows.
+without non-finite numbers; a ``jsonb`` value is an :class:`EncodedJson`, encoded once, which
+``projection.py`` hands to Postgres as ``jsonb``. Every timestamp comes from the events
+themselves, never from the clock, so rebuilding the tables from offset zero gives the very same
+rows.
 """
 
 from __future__ import annotations
@@ -25,21 +27,23 @@ from blametrail_common.events.incidents import (
     IncidentResolvedV1,
     incident_order,
 )
-from psycopg.types.json import Jsonb
 
-from blametrail_enricher.pgsafe import pg_jsonb, pg_text
+from blametrail_projector.pgsafe import pg_jsonb, pg_text
 
-__all__ = ["STATE_COLUMNS", "Rows", "merge_incident", "rows_for"]
-
-
-def _encoded(value: bytes) -> bytes:
-    return value
+__all__ = ["STATE_COLUMNS", "EncodedJson", "Rows", "merge_incident", "rows_for"]
 
 
-def _safe_jsonb(value: Any) -> tuple[Jsonb, bool]:
+@dataclass(frozen=True, slots=True)
+class EncodedJson:
+    """The value of a ``jsonb`` column: JSON that Postgres accepts (``pgsafe``), encoded once."""
+
+    encoded: bytes
+
+
+def _safe_jsonb(value: Any) -> tuple[EncodedJson, bool]:
     """A jsonb parameter Postgres accepts (``pgsafe``), encoded once, and whether it was cleaned."""
     encoded, changed = pg_jsonb(value)
-    return Jsonb(encoded, dumps=_encoded), changed
+    return EncodedJson(encoded), changed
 
 
 _STATUS_OF_SENTRY = {"unresolved": "open", "resolved": "resolved", "ignored": "muted"}

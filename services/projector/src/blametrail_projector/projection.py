@@ -1,10 +1,10 @@
-"""The Postgres projection: incident events, enrichment records and audit records -> tables.
+"""The Postgres projection: incident events, enrichment records, audit records, suspects -> tables.
 
-Runs as its own process (``python -m blametrail_enricher.projection``), beside the enricher in
-this package because both sit downstream of the normalizer and share its contracts, but apart at
-run time so a slow Sentry never stalls the read model and a Postgres outage never stalls
-enrichment. Effects and offsets commit together (:mod:`blametrail_common.kafka.pgsink`): a
-restart resumes exactly, a replay writes the same rows. A batch is written with one
+The I/O half of the projector: the rows come from :mod:`blametrail_projector.rows` (pure), the
+SQL that writes them and the psycopg adaptation of their ``jsonb`` values live here. It runs in
+the projector's process (``python -m blametrail_projector``) and in ``blametrail replay
+projection rebuild``. Effects and offsets commit together (:mod:`blametrail_common.kafka.pgsink`):
+a restart resumes exactly, a replay writes the same rows. A batch is written with one
 ``executemany`` per table; if Postgres refuses it, the batch is redone record by record under
 savepoints, and only the records it still refuses go to the dead-letter topic, with the reason.
 """
@@ -19,8 +19,9 @@ import psycopg
 from aiokafka import ConsumerRecord
 from blametrail_common.kafka import EventProducer, publish_to_dlq
 from prometheus_client import Counter
+from psycopg.adapt import Dumper
 
-from blametrail_enricher.rows import STATE_COLUMNS, Rows, rows_for
+from blametrail_projector.rows import STATE_COLUMNS, EncodedJson, Rows, rows_for
 
 __all__ = ["PROJECTED_TOPICS", "TABLES", "Projection"]
 
@@ -149,6 +150,16 @@ ON CONFLICT (incident_id, connection_id, sentry_issue_id) DO UPDATE SET
 """
 
 
+class _EncodedJsonDumper(Dumper):
+    """:class:`~blametrail_projector.rows.EncodedJson` as ``jsonb`` (text format, so ``COPY``
+    takes it too): its bytes are already JSON that Postgres accepts."""
+
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: EncodedJson) -> bytes:
+        return obj.encoded
+
+
 class Projection:
     """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables.
 
@@ -209,6 +220,7 @@ class Projection:
     async def _write(self, conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
         copied: list[list[dict[str, Any]]] = []
         async with conn.cursor() as cur:
+            cur.adapters.register_dumper(EncodedJson, _EncodedJsonDumper)
             for name, sql in self._sql:
                 batch = getattr(rows, name)
                 if batch and self._written is not None and name in _COPIED:

@@ -50,7 +50,7 @@ def _opened(incident_id: str, i: int) -> Envelope[IncidentOpenedV1]:
 def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "blametrail_enricher.projector"],
+            [sys.executable, "-m", "blametrail_projector"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -1,7 +1,7 @@
 import math
 
 import orjson
-from blametrail_enricher.pgsafe import pg_json, pg_jsonb, pg_text
+from blametrail_projector.pgsafe import pg_json, pg_jsonb, pg_text
 
 
 def test_text_loses_nul_and_lone_surrogates_only() -> None:

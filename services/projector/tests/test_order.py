@@ -28,8 +28,8 @@ from blametrail_common.events.incidents import (
     incident_order,
 )
 from blametrail_devstack.pytest_plugin import Infra, create_database
-from blametrail_enricher.projection import Projection
-from blametrail_enricher.rows import merge_incident, rows_for
+from blametrail_projector.projection import Projection
+from blametrail_projector.rows import merge_incident, rows_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
@@ -101,7 +101,7 @@ class _Record:
 def _row(e: IncidentEvent) -> dict[str, Any]:
     (row,) = rows_for([_Record(encode(new_event(e, key=e.incident_id, tenant="t")))]).incidents
     return {  # the jsonb parameters as the plain values Postgres gives back
-        k: orjson.loads(v.obj) if k in ("sentry", "assignee") and v is not None else v
+        k: orjson.loads(v.encoded) if k in ("sentry", "assignee") and v is not None else v
         for k, v in row.items()
     }
 
