@@ -277,6 +277,38 @@ async def test_errors_are_clear(api: Any) -> None:
     ).status_code == 422
 
 
+async def test_null_and_nul_are_refused_with_422_not_500(api: Any) -> None:
+    """PATCH with an explicit null for a field that cannot be empty, and a NUL character in any
+    text or parameter, reached Postgres and answered 500 (found by the schemathesis run)."""
+    client, auth = api[0], await _org(api)
+    conn, (svc,) = await _setup(client, auth)
+    for path, body in (
+        (f"/api/v1/services/{svc}", {"name": None}),
+        (f"/api/v1/integrations/sentry/connections/{conn}", {"enabled": None}),
+    ):
+        resp = await client.patch(path, headers=auth, json=body)
+        assert resp.status_code == 422, resp.text
+        assert "cannot be null" in resp.json()["fields"][0]["message"]
+    named = await client.post(
+        "/api/v1/services", headers=auth, json={"name": "A\u0000B", "slug": "nul"}
+    )
+    assert named.status_code == 422, named.text
+    assert "NUL" in named.json()["fields"][0]["message"]
+    described = await client.patch(
+        f"/api/v1/services/{svc}", headers=auth, json={"description": "x\x00"}
+    )
+    assert described.status_code == 422
+    for url in (
+        "/api/v1/incidents?service=a%00b",
+        "/api/v1/integrations/sentry/audit?reason=%00",
+        "/api/v1/services/%00",
+    ):
+        resp = await client.get(url, headers=auth)
+        assert resp.status_code == 422, (url, resp.text)
+        assert resp.json()["error"] == "validation"
+    assert (await client.get(f"/api/v1/services/{svc}", headers=auth)).json()["name"] == "Service 0"
+
+
 async def test_secrets_are_write_only_and_never_logged(
     api: Any, caplog: pytest.LogCaptureFixture, pool: Pool
 ) -> None:

@@ -56,7 +56,41 @@ ApiBase = Annotated[str, AfterValidator(_api_base)]
 
 
 class _In(BaseModel):
+    """A request body: unknown fields refused, and no NUL character in any string (Postgres
+    cannot store one in text: refused here with a 422 naming it, never a 500 later)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        return data
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class _Patch(_In):
+    """A partial update: a field left out keeps its value; ``null`` is refused for fields that
+    cannot be empty (it would otherwise reach the database as a NOT NULL violation)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None and k in cls.model_fields)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep it")
+        return data
 
 
 class ServiceCreate(_In):
@@ -65,7 +99,7 @@ class ServiceCreate(_In):
     description: str = Field(default="", max_length=2000)
 
 
-class ServicePatch(_In):
+class ServicePatch(_Patch):
     name: Name | None = None
     slug: Slug | None = None
     description: str | None = Field(default=None, max_length=2000)
@@ -90,7 +124,7 @@ class ConnectionCreate(_In):
     auth_token: Secret
 
 
-class ConnectionPatch(_In):
+class ConnectionPatch(_Patch):
     api_base_url: ApiBase | None = None
     client_secret: Secret | None = Field(
         default=None,

@@ -1,7 +1,8 @@
 """How every ``/api/v1`` request is taken, in this order (as before FastAPI):
 
 1. the API key (``Authorization: Bearer``): none, or not a live one, is a 401 before anything
-   else is looked at;
+   else is looked at; then a NUL character in a query or path parameter is a 422 (Postgres
+   cannot take one);
 2. the body, for routes that take one (a parameter named ``body``, a pydantic model): read as
    JSON whatever its ``Content-Type`` says (``curl -d`` sends form-encoded), 400 ``bad_json``
    when it is not JSON, 422 with every field in error when the model refuses it;
@@ -42,6 +43,10 @@ class ApiRoute(APIRoute):
             if org is None:
                 return unauthorized()
             request.state.org = org
+            params = [*request.query_params.multi_items(), *request.path_params.items()]
+            if nul := sorted({k for k, v in params if "\x00" in str(v)}):
+                problems = [{"field": k, "message": "must not contain NUL characters"} for k in nul]
+                raise ApiError(422, "validation", "request is invalid", problems)
             if model is not None:
                 raw = await request.body()
                 check_body(model, raw)
