@@ -8,10 +8,10 @@ resume from the offsets stored in Postgres: every incident once, the offsets exa
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,9 +25,9 @@ from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, 
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
-from blametrail_devstack.install import postgres_bin
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import dedicated_postgres, readyz, until
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 N = 300
@@ -57,12 +57,6 @@ def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _crash(pg: PgCluster) -> None:
-    """``pg_ctl stop -m immediate``: the server dies without a checkpoint, like a power cut."""
-    cmd = [str(postgres_bin() / "pg_ctl"), "-D", str(pg.data), "-m", "immediate", "-w", "stop"]
-    subprocess.run(pg._as_owner(*cmd), check=True, stdout=subprocess.DEVNULL)
-
-
 async def _counts(dsn: str) -> tuple[int, int]:
     """(incident rows, sum of the stored next offsets); (-1, -1) while Postgres is away."""
     try:
@@ -79,32 +73,20 @@ async def _counts(dsn: str) -> tuple[int, int]:
         return -1, -1
 
 
-async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, bool]]:
-    try:
-        res = await client.get("/readyz", timeout=3)
-    except httpx.HTTPError:
-        return 0, {}
-    return res.status_code, res.json().get("checks", {})
-
-
-async def _until(what: str, predicate, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+@pytest.fixture
+def pg() -> Iterator[PgCluster]:
+    with dedicated_postgres("heal") as cluster:
+        yield cluster
 
 
 @pytest.mark.timeout(90)
 async def test_projector_survives_a_postgres_restart(
-    kafka_settings: KafkaSettings, tmp_path: Path
+    kafka_settings: KafkaSettings, tmp_path: Path, pg: PgCluster
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"h{uuid.uuid4().hex[:6]}."
     )
     await ensure_topics(kafka)
-    pg = PgCluster(tmp_path / "pg", free_port(), database="heal")
     port = free_port()
     log_path = tmp_path / "projector.log"
     proc: subprocess.Popen[bytes] | None = None
@@ -128,9 +110,9 @@ async def test_projector_survives_a_postgres_restart(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
 
             async def ready() -> bool:
-                return (await _ready(client))[0] == 200
+                return (await readyz(client))[0] == 200
 
-            await _until("the projector to be ready", ready, 30)
+            await until("the projector to be ready", ready, 30)
 
             async def publish(start: int, end: int) -> None:
                 await producer.send_many(
@@ -142,15 +124,15 @@ async def test_projector_survives_a_postgres_restart(
             async def some_rows() -> bool:
                 return (await _counts(dsn))[0] > 0
 
-            await _until("the first rows", some_rows, 20)
-            _crash(pg)
+            await until("the first rows", some_rows, 20)
+            pg.stop("immediate")
             await publish(N // 3, 2 * N // 3)  # while Postgres is away
 
             async def postgres_named() -> bool:
-                status, checks = await _ready(client)
+                status, checks = await readyz(client)
                 return status == 503 and checks.get("postgres") is False
 
-            await _until("/readyz to name postgres", postgres_named, 15)
+            await until("/readyz to name postgres", postgres_named, 15)
             await asyncio.sleep(2)
             assert proc.poll() is None, "the projector exited while Postgres was away"
             pg.start()
@@ -159,8 +141,8 @@ async def test_projector_survives_a_postgres_restart(
             async def converged() -> bool:
                 return await _counts(dsn) == (N, N)
 
-            await _until("every incident and the offsets at the end", converged, 45)
-            await _until("/readyz 200 again", ready, 20)
+            await until("every incident and the offsets at the end", converged, 45)
+            await until("/readyz 200 again", ready, 20)
         assert proc.poll() is None, "the projector exited"
         log_text = log_path.read_text()
         assert "loop failed; restarting after backoff" in log_text
@@ -176,5 +158,3 @@ async def test_projector_survives_a_postgres_restart(
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        pg.stop()
-        shutil.rmtree(tmp_path / "pg", ignore_errors=True)
