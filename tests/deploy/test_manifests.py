@@ -37,9 +37,7 @@ from blametrail_common.topics import TOPICS
 from blametrail_devstack.services import SERVICES
 from blametrail_enricher.settings import EnricherSettings
 from blametrail_ingest.settings import IngestSettings
-from blametrail_mappings_api.oauth import OAuthSettings
-from blametrail_mappings_api.sentry_ui import SentryUiSettings
-from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.settings import ApiSettings, OAuthSettings, SentryUiSettings
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.settings import ProjectorSettings
 from blametrail_suspects.settings import SuspectsSettings

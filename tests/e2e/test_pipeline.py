@@ -25,9 +25,9 @@ from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.store.outbox import Relay
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection

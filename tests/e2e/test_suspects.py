@@ -18,9 +18,9 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.logtools import end_offsets, project_until
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.store.outbox import Relay
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_suspects.state import SuspectState
 from blametrail_suspects.worker import INPUTS, SuspectsWorker

@@ -15,9 +15,9 @@ from blametrail_common.events import decode
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.settings import KafkaSettings
 from blametrail_mappings_api.app import ENDPOINTS, create_app
-from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.store.outbox import Relay
 
 SECRET, TOKEN = "client-secret-do-not-leak", "sntrys_token_do_not_leak"
 

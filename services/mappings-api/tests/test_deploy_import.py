@@ -15,12 +15,12 @@ from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_common.events import encode, new_event
 from blametrail_common.events.deploys import DeployRecordedV1, deploy_id_for
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.deploy_import import (
+from blametrail_mappings_api.repository import Pool, Repository, create_pool
+from blametrail_mappings_api.sentry.deploy_import import (
     SentryDeployStore,
     deploys_from_release,
     import_from_sentry,
 )
-from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_sentry_stub.server import serve
 from blametrail_sentry_stub.state import StubState

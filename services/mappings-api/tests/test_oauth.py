@@ -23,10 +23,11 @@ from blametrail_common.events import decode, encode, new_event
 from blametrail_common.events.installations import SentryInstallationV1, token_fingerprint
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.oauth import COOKIE, ConnectState, OAuth, OAuthRefused, OAuthSettings
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
-from blametrail_mappings_api.sentry_app import SentryApp, SentryAuthRefused, SentryUnavailable
-from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.sentry.client import SentryApp, SentryAuthRefused, SentryUnavailable
+from blametrail_mappings_api.sentry.oauth import OAuth
+from blametrail_mappings_api.sentry.state import COOKIE, ConnectState, OAuthRefused
+from blametrail_mappings_api.settings import ApiSettings, OAuthSettings
 from blametrail_sentry_stub import Fault, StubState, serve
 from blametrail_sentry_stub.state import GRANT_LIFE_S, TOKEN_LIFE_S
 

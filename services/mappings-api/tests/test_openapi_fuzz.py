@@ -25,10 +25,10 @@ from blametrail_common.db import migrate
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_devstack.stack import free_port
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.oauth import OAuth, OAuthSettings
 from blametrail_mappings_api.repository import Repository, create_pool
-from blametrail_mappings_api.sentry_app import SentryApp
-from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.sentry.client import SentryApp
+from blametrail_mappings_api.sentry.oauth import OAuth
+from blametrail_mappings_api.settings import ApiSettings, OAuthSettings
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (

@@ -20,10 +20,10 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.outbox import Relay
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
-from blametrail_mappings_api.sentry_ui import SEVERITIES, SentryUiSettings, ui_routes
-from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.sentry.ui_components import SEVERITIES, ui_routes
+from blametrail_mappings_api.settings import ApiSettings, SentryUiSettings
+from blametrail_mappings_api.store.outbox import Relay
 from blametrail_projector.projection import Projection
 from starlette.applications import Starlette
 from starlette.routing import Route

@@ -7,7 +7,7 @@ were acknowledged. Undecodable records go to the dead-letter topic of their sour
 
 A release named by an enrichment but unknown to the deploy history is imported from what Sentry
 reported of its last deploy, onto ``deploys`` (the control plane stores it; see
-``blametrail_mappings_api.deploy_import``).
+``blametrail_mappings_api.sentry.deploy_import``).
 
 Run one worker (one member of its group): it must see every deploy and both an incident's events
 and its enrichment, which a group with several members would split between them.
