@@ -38,12 +38,13 @@ test-fast: ## the pure core only, no broker or database (seconds)
 	$(UV) sync --frozen --all-packages --quiet
 	$(RUN) pytest -m "not integration and not tools" -q; $(PYTEST_RC)
 
-lint: ## ruff (lint + format check) and mypy --strict on our packages
+lint: ## ruff (lint + format check), mypy --strict on our packages, the import rules (lint-imports)
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --all-packages --quiet
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/*/src services/*/src
+	$(RUN) lint-imports --cache-dir .local/import-linter-cache
 
 fmt: ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
