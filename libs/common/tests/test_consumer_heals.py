@@ -158,7 +158,10 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
 ) -> None:
     """A dedicated broker (never the shared one) killed for ~6 s (plus its ~15 s restart) while
     records flow through a consume() loop whose handler also produces, as the suspects worker and
-    the enricher do; a compacted-table reader beside it follows again afterwards."""
+    the enricher do, and while that handler holds a batch (so the outage surely reaches the loop:
+    its send or its commit fails, the defect's ``CommitFailedError``); nothing is lost, and a
+    compacted-table reader beside it follows again afterwards. (Readiness during an outage is the
+    projector's and the relay's tests' subject: a loop held in a handler does not probe.)"""
     node = KafkaNode(tmp_path / "kafka", free_port(), free_port(), heap="384m")
     kafka = KafkaSettings(bootstrap_servers=node.bootstrap, topic_prefix="o.")
     group = f"outage-{uuid.uuid4().hex[:6]}"
@@ -176,7 +179,12 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
         await feeder.start()
         await out.start()
 
+        held, killed = asyncio.Event(), asyncio.Event()
+
         async def handle(batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+            if len(handled) >= 40 and not killed.is_set():
+                held.set()  # the broker dies while this batch is in hand: its send or its
+                await killed.wait()  # commit must fail, so the outage surely reaches the loop
             await out.send_many_raw("incident-events", [(r.key, r.value) for r in batch])
             handled.update(r.value or b"" for r in batch)
 
@@ -198,15 +206,11 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
         consuming = asyncio.create_task(consume(kafka, ["webhook-audit"], group, handle, stop))
         feeding = asyncio.create_task(feed())
         try:
-            started = loop.time()
-            while len(handled) < 40:
-                assert loop.time() < started + 30, "no progress before the outage"
-                await asyncio.sleep(0.1)
+            await asyncio.wait_for(held.wait(), 30)  # progress, then a batch in hand
             _kill(node)
-            saw_kafka_away = False
+            killed.set()
             away_until = loop.time() + 6
             while loop.time() < away_until:
-                saw_kafka_away = saw_kafka_away or not DEPENDENCIES.is_up("kafka")
                 assert not consuming.done(), f"consume() ended: {consuming!r}"
                 await asyncio.sleep(0.2)
             await asyncio.to_thread(node.start)
@@ -222,7 +226,6 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
             while table.get("after") is None:
                 assert loop.time() < deadline, "the table stopped following"
                 await asyncio.sleep(0.2)
-            assert saw_kafka_away, "readiness never said kafka: false during the outage"
             assert DEPENDENCIES.is_up("kafka")
             assert not consuming.done()
         finally:
