@@ -8,6 +8,7 @@ import httpx
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
+from blametrail_common.kafka.consumer import stop_quietly
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
@@ -79,7 +80,7 @@ async def serve() -> None:
             except ExceptionGroup as died:
                 raise died.exceptions[0] from None
             finally:
-                await consumer.stop()
+                await stop_quietly(consumer)
 
         async def loop(stop: asyncio.Event) -> None:
             try:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 from blametrail_common.kafka import EventProducer, create_consumer
+from blametrail_common.kafka.consumer import stop_quietly
 from blametrail_common.metrics import DEPENDENCY_UP
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
@@ -309,7 +310,7 @@ class ParkingLot:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_quietly(self._consumer)
             self._consumer = None
 
     def check(self) -> None:

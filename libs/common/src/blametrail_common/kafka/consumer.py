@@ -36,6 +36,7 @@ __all__ = [
     "create_consumer",
     "install_stop_signals",
     "run_batches",
+    "stop_quietly",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ async def consume(
             await consumer.start()
             await run_batches(consumer, handle, stop)
         finally:
-            await consumer.stop()
+            await stop_quietly(consumer)
 
     await supervise(name or group_id, once, stop)
 
@@ -209,3 +210,18 @@ def _next_offsets(
     return {
         tp: OffsetAndMetadata(batch[-1].offset + 1, "") for tp, batch in polled.items() if batch
     }
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer`` even when the broker is away: closing its fetcher while a fetch to a
+    node that is gone backs off, aiokafka lets that fetch task's ``CancelledError`` (or the
+    ``NodeNotReadyError`` behind it) out of ``stop()``, which would turn a shutdown or a restart
+    during an outage into an error of its own. A cancellation of the caller itself still
+    propagates."""
+    try:
+        await consumer.stop()
+    except (KafkaError, asyncio.CancelledError) as exc:
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise
+        log.info("consumer stopped with the broker away", extra={"error": type(exc).__name__})

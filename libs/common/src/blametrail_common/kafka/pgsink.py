@@ -24,7 +24,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from blametrail_common.kafka.consumer import KafkaWatch, create_consumer
+from blametrail_common.kafka.consumer import KafkaWatch, create_consumer, stop_quietly
 from blametrail_common.resilience import DEPENDENCIES, POSTGRES, supervise
 from blametrail_common.settings import KafkaSettings
 
@@ -154,7 +154,7 @@ async def project_into_postgres(
                 consumer, topics, dsn, group_id, apply, stop, max_records=max_records
             )
         finally:
-            await consumer.stop()
+            await stop_quietly(consumer)
 
     await supervise(name or group_id, once, stop)
 

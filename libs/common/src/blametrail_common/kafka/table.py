@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from blametrail_common.events import DecodeError, Envelope, EventPayload, decode
+from blametrail_common.kafka.consumer import stop_quietly
 from blametrail_common.resilience import supervise
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
@@ -99,7 +100,7 @@ class CompactedTable(Generic[P]):
                     )
                 await asyncio.sleep(0.05)
         except BaseException:
-            await consumer.stop()
+            await stop_quietly(consumer)
             raise
         return consumer
 
@@ -110,7 +111,7 @@ class CompactedTable(Generic[P]):
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_quietly(self._consumer)
             self._consumer = None
 
     def _follow(
@@ -145,7 +146,7 @@ class CompactedTable(Generic[P]):
                         self.ready.set()
             except Exception:
                 self._consumer = None
-                await consumer.stop()
+                await stop_quietly(consumer)
                 raise
 
         return follow
