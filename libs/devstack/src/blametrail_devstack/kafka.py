@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,7 @@ class KafkaNode:
         log4j.write_text(LOG4J.format(log=self.home / "server.log"))
         base = [java, f"-Dlog4j.configuration=file:{log4j}", "-cp", f"{libs}/*"]
         if not (data / "meta.properties").is_file():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
                 check=True,
@@ -163,6 +164,16 @@ class KafkaNode:
         else:
             os.kill(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
+
+
+def new_cluster_id(uuid4: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id: a random UUID, base64url without padding, never starting with ``-``
+    (the storage tool would take it for an option and refuse to format: one id in 64), as
+    Kafka's own ``Uuid.randomUuid`` avoids too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _reap(pid: int) -> None:
