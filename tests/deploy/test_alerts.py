@@ -61,10 +61,6 @@ WATCHED = {
         "blametrail_ingest_verified_total",
     },
 }
-# Rule and panel names that the services' code does not declare yet (being added by others:
-# strict=False, so the marks can go once they land). Empty: every name is declared.
-NOT_YET_DECLARED: dict[str, str] = {}
-
 SERVICE_PACKAGES = (
     "blametrail_common",
     "blametrail_ingest",
@@ -221,16 +217,7 @@ def _used_names() -> dict[str, set[str]]:
 
 
 def _name_params() -> list[object]:
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(strict=False, reason=NOT_YET_DECLARED[name])
-            if name in NOT_YET_DECLARED
-            else (),
-            id=name,
-        )
-        for name in sorted(_used_names())
-    ]
+    return [pytest.param(name, id=name) for name in sorted(_used_names())]
 
 
 @pytest.fixture(scope="module")
