@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import spawn
 from blametrail_sentry_stub import StubState, serve
 
 N = 2000
@@ -111,13 +111,7 @@ async def test_kill_minus_nine_while_2000_incidents_flow(
         logs = {name: tmp_path / f"{name}.log" for name in modules}
 
         def start(name: str) -> subprocess.Popen[bytes]:
-            with logs[name].open("ab") as log:
-                return subprocess.Popen(
-                    [sys.executable, "-m", modules[name]],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
+            return spawn(modules[name], env, logs[name])
 
         procs = {name: start(name) for name in modules}
         kills = 0

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from blametrail_common.kafka.admin import admin_client, committed_offsets, ensur
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import spawn
 from blametrail_enricher.client import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.parking import (
@@ -465,13 +465,7 @@ async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_r
         log_path = tmp_path / "enricher.log"
 
         def start() -> subprocess.Popen[bytes]:
-            with log_path.open("ab") as log:
-                return subprocess.Popen(
-                    [sys.executable, "-m", "blametrail_enricher"],
-                    env=env_vars,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
+            return spawn("blametrail_enricher", env_vars, log_path)
 
         watcher = ParkingLot(kafka, producer)  # reads the parked topic as the enricher does
         await watcher.start()

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -24,6 +23,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_devstack.ingest_testing import make_settings, running_ingest
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import spawn
 from blametrail_ingest.connections import ConnectionSecrets
 from blametrail_ingest.spool import Spool
 
@@ -70,16 +70,6 @@ async def _publish_connection(kafka: KafkaSettings, box: SecretBox, others: int 
     return connection_id
 
 
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "blametrail_ingest"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-
-
 async def test_no_valid_webhook_gets_a_4xx_from_the_first_instant_ingest_listens(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
@@ -104,7 +94,7 @@ async def test_no_valid_webhook_gets_a_4xx_from_the_first_instant_ingest_listens
     }
     statuses: Counter[int] = Counter()
     log = tmp_path / "ingest.log"
-    proc = _start(env, log)
+    proc = spawn("blametrail_ingest", env, log)
     try:
 
         async def fire(client: httpx.AsyncClient, deadline: float) -> None:

@@ -25,18 +25,8 @@ from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import dedicated_postgres, readyz, until
+from blametrail_devstack.testkit import dedicated_postgres, readyz, spawn, until
 from blametrail_mappings_api.repository import Repository, create_pool
-
-
-def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "blametrail_mappings_api"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
 
 
 @pytest.fixture
@@ -67,7 +57,8 @@ async def test_relay_and_readiness_recover_after_a_postgres_restart(
             api_key = await Repository(pool, SecretBox(key)).create_api_key("heal-org")
         finally:
             await pool.close()
-        proc = _spawn(
+        proc = spawn(
+            "blametrail_mappings_api",
             {
                 "PATH": "/usr/bin:/bin",
                 "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,

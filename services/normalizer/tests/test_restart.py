@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from blametrail_common.kafka import EventProducer, create_consumer, create_produ
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import spawn
 from blametrail_normalizer.settings import NormalizerSettings
 
 BOUND_S = 15.0
@@ -41,17 +41,6 @@ def _raw(i: int) -> tuple[bytes, bytes]:
     )
     env = new_event(payload, key=str(i))
     return str(i).encode(), encode(env)
-
-
-def _start(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "blametrail_normalizer"],
-            env=env,
-            cwd=cwd,  # faust's data directory goes here
-            stdout=err,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def test_kill_minus_nine_then_restart_resumes_processing_within_the_bound(
@@ -106,7 +95,7 @@ async def test_kill_minus_nine_then_restart_resumes_processing_within_the_bound(
         return None
 
     tasks = [asyncio.create_task(flow()), asyncio.create_task(watch())]
-    proc = _start(env, tmp_path, log)
+    proc = spawn("blametrail_normalizer", env, log, cwd=tmp_path)  # faust data dir: cwd
     try:
         began = time.monotonic()
         assert await first_output_after(began, 60) is not None, log.read_text()[-3000:]
@@ -114,7 +103,7 @@ async def test_kill_minus_nine_then_restart_resumes_processing_within_the_bound(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed = time.monotonic()
-        proc = _start(env, tmp_path, log)
+        proc = spawn("blametrail_normalizer", env, log, cwd=tmp_path)  # faust data dir: cwd
         gap = await first_output_after(killed, 90)
         print(f"kill -9 -> first record processed again: {gap} s")
         assert gap is not None, log.read_text()[-3000:]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.stack import free_port
+from blametrail_devstack.testkit import spawn
 from blametrail_normalizer.__main__ import wait_for_kafka
 from blametrail_normalizer.settings import NormalizerSettings
 
@@ -25,14 +24,7 @@ def test_started_without_kafka_it_stays_alive_and_names_kafka(tmp_path: Path) ->
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{absent}",
         "BLAMETRAIL_NORMALIZER_PORT": str(port),
     }
-    with (tmp_path / "normalizer.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "blametrail_normalizer"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn("blametrail_normalizer", env, tmp_path / "normalizer.log", cwd=tmp_path)
     try:
         deadline, answers = time.monotonic() + 20, []
         while time.monotonic() < deadline and len(answers) < 5:

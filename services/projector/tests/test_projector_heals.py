@@ -27,7 +27,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import dedicated_postgres, readyz, until
+from blametrail_devstack.testkit import dedicated_postgres, readyz, spawn, until
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 N = 300
@@ -45,16 +45,6 @@ def _opened(incident_id: str, i: int) -> Envelope[IncidentOpenedV1]:
         snapshot=IssueSnapshot(title=f"incident {i}", count=1),
     )
     return new_event(payload, key=incident_id, tenant="t", occurred_at=payload.status_at)
-
-
-def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "blametrail_projector"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
 
 
 async def _counts(dsn: str) -> tuple[int, int]:
@@ -104,7 +94,7 @@ async def test_projector_survives_a_postgres_restart(
             "BLAMETRAIL_PROJECTION_GROUP": "heal",
             "BLAMETRAIL_SHUTDOWN_GRACE_S": "5",
         }
-        proc = _spawn(env, log_path)
+        proc = spawn("blametrail_projector", env, log_path)
         await producer.start()
         ids = [str(uuid.uuid4()) for _ in range(N)]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

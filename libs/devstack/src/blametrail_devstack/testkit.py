@@ -5,6 +5,7 @@
   and another pytest session on the machine resets ``/tmp/pytest-of-<user>`` to 0700, after
   which that user can no longer reach its data directory (``pg_ctl: could not access
   directory``).
+- :func:`spawn`: ``python -m module`` as a real process, its output appended to a log file.
 - :func:`until`: poll an async predicate with a deadline that names what never came.
 - :func:`readyz`: a service's ``/readyz`` status and checks (``0, {}`` while it does not answer).
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -23,7 +27,7 @@ from blametrail_devstack.paths import local_dir
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
 
-__all__ = ["dedicated_postgres", "readyz", "until"]
+__all__ = ["dedicated_postgres", "readyz", "spawn", "until"]
 
 
 @contextmanager
@@ -36,6 +40,21 @@ def dedicated_postgres(database: str) -> Iterator[PgCluster]:
     finally:
         pg.stop()
         shutil.rmtree(pg.home, ignore_errors=True)
+
+
+def spawn(
+    module: str, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` with exactly ``env``; stdout and stderr appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 async def until(
