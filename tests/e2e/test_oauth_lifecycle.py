@@ -24,13 +24,13 @@ from blametrail_common.kafka import EventProducer, consume, create_consumer, cre
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import background, fixture_bytes
 from blametrail_common.topics import topic_name
 from blametrail_devstack.ingest_testing import TEST_SECRET, make_settings, running_ingest
 from blametrail_devstack.pytest_plugin import Infra, create_database
-from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_ingest.connections import ConnectionSecrets

@@ -32,11 +32,11 @@ from blametrail_common.events.incidents import (
 )
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.admin import admin_client, committed_offsets, ensure_topics
+from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from blametrail_devstack.stack import free_port
 from blametrail_devstack.testkit import spawn
-from blametrail_enricher.client import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.parking import (
     Parked,

@@ -19,8 +19,8 @@ from blametrail_common.events.incidents import (
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.redrive import redrive
+from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_common.settings import KafkaSettings
-from blametrail_enricher.client import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_enricher.pipeline import Enricher
 from blametrail_sentry_stub import StubState, serve
 

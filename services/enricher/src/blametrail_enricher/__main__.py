@@ -13,9 +13,9 @@ from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
 from blametrail_common.runner import run_with_health
+from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.settings import KafkaSettings, SecretsSettings
 
-from blametrail_enricher.client import HttpxSentryApi, RetryPolicy
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.parking import ParkingLot, ParkPolicy

@@ -15,8 +15,7 @@ from blametrail_common.events import ConnectionStateV1, new_event
 from blametrail_common.events.installations import TokenRefreshRequestedV1, token_fingerprint
 from blametrail_common.kafka import EventProducer
 from blametrail_common.kafka.table import CompactedTable
-
-from blametrail_enricher.client import SentryCredentials
+from blametrail_common.sentry_api import SentryCredentials
 
 __all__ = ["ConnectionCredentials"]
 

@@ -36,15 +36,15 @@ from blametrail_common.events import DecodeError, Envelope, decode, new_event
 from blametrail_common.events.enrichment import IncidentEnrichmentFailedV1, IncidentLinkedV1
 from blametrail_common.events.incidents import IncidentEvent, IncidentOpenedV1, IncidentReopenedV1
 from blametrail_common.kafka import EventProducer, publish_to_dlq
-from prometheus_client import Counter, Histogram
-
-from blametrail_enricher.client import (
+from blametrail_common.sentry_api import (
     SentryApi,
     SentryApiError,
     SentryCredentials,
     TokenRejected,
     is_transient,
 )
+from prometheus_client import Counter, Histogram
+
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.parking import (
     Parked,

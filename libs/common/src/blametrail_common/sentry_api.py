@@ -1,4 +1,7 @@
-"""The Sentry web API as the enricher uses it (httpx), with Sentry's rate limits honoured.
+"""The Sentry web API as BlameTrail's workers call it (httpx), with Sentry's rate limits honoured.
+
+Shared by every process that calls Sentry on a connection's behalf (the enricher; write-back and
+reconciliation), so each obeys the same budget rules. Install with ``blametrail-common[sentry]``.
 
 Contract of every call: returns the decoded JSON, or raises one of
 :class:`TokenRejected` (401: ask the token owner for a refresh), :class:`NotFound` (404: the
@@ -77,7 +80,7 @@ class RetryPolicy:
 
 
 class SentryApi(Protocol):
-    """What the enricher needs from Sentry."""
+    """What the enricher needs from Sentry (other callers use :meth:`HttpxSentryApi.call`)."""
 
     async def latest_event(self, creds: SentryCredentials, issue_id: str) -> dict[str, Any]: ...
 
@@ -150,7 +153,7 @@ class HttpxSentryApi:
     ) -> dict[str, Any]:
         """Show a BlameTrail link on a Sentry issue (``issueId``, ``webUrl``, ``project``,
         ``identifier``); Sentry keeps one per issue and app, so posting again updates it."""
-        found = await self._call(
+        found = await self.call(
             "POST",
             creds,
             f"/api/0/sentry-app-installations/{installation_uuid}/external-issues/",
@@ -161,11 +164,11 @@ class HttpxSentryApi:
         return found
 
     async def _get(self, creds: SentryCredentials, path: str) -> Any:
-        return await self._call("GET", creds, path)
+        return await self.call("GET", creds, path)
 
-    async def _call(
-        self, method: str, creds: SentryCredentials, path: str, body: Any = None
-    ) -> Any:
+    async def call(self, method: str, creds: SentryCredentials, path: str, body: Any = None) -> Any:
+        """One Sentry API call with this organization's shared gate, retries and rate-limit
+        holds; the decoded JSON, or one of the errors in the module's contract."""
         gate, attempt, waited, last = self._gate(creds.org_slug), 0, 0.0, ""
         while True:
             hold = gate.blocked_until - self.clock()

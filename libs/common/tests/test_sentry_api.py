@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from blametrail_enricher.client import (
+from blametrail_common.sentry_api import (
     GaveUp,
     HttpxSentryApi,
     NotFound,
