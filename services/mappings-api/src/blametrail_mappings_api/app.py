@@ -19,9 +19,21 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.applications import Starlette
 
-from blametrail_mappings_api.api import audit, connections, deploys, incidents, mappings, services
+from blametrail_mappings_api.api import (
+    api_keys,
+    audit,
+    connections,
+    deploys,
+    incidents,
+    mappings,
+    services,
+    sessions,
+    users,
+)
 from blametrail_mappings_api.api.docs import docs_route
 from blametrail_mappings_api.api.problems import HANDLERS
+from blametrail_mappings_api.identity import Clock, Identity, utcnow
+from blametrail_mappings_api.passwords import Passwords
 from blametrail_mappings_api.repository import Repository
 from blametrail_mappings_api.sentry.oauth import OAuth
 from blametrail_mappings_api.sentry.oauth_routes import oauth_routes
@@ -33,6 +45,10 @@ from blametrail_mappings_api.store.read_model import ReadModel
 __all__ = ["ENDPOINTS", "ROUTERS", "Endpoint", "create_app"]
 
 ROUTERS = (
+    sessions.public,
+    sessions.router,
+    users.router,
+    api_keys.router,
     services.router,
     connections.router,
     mappings.router,
@@ -65,6 +81,8 @@ def create_app(
     checks: dict[str, ReadinessCheck],
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None,
     oauth: OAuth | None = None,
+    clock: Clock = utcnow,
+    passwords: Passwords | None = None,
 ) -> FastAPI:
     states = ConnectState(repo.box.mac_keys("sentry connect state"))
     app = FastAPI(
@@ -86,4 +104,5 @@ def create_app(
         app.include_router(router)
     app.state.repo, app.state.settings, app.state.reads = repo, settings, ReadModel(repo.pool)
     app.state.oauth, app.state.connect_states = oauth, states
+    app.state.identity = Identity(repo.pool, settings, clock, passwords)
     return app

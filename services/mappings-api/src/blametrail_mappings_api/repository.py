@@ -8,8 +8,11 @@ and :func:`create_pool` are re-exported from :mod:`~blametrail_mappings_api.stor
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from blametrail_common.crypto import SecretBox
 
+from blametrail_mappings_api import auth
 from blametrail_mappings_api.store.api_keys import ApiKeyStore
 from blametrail_mappings_api.store.connections import ConnectionStore, publish_connection
 from blametrail_mappings_api.store.db import Conn, Page, Pool, Row, create_pool, decode_cursor
@@ -46,4 +49,8 @@ class Repository:
 
     async def org_for_key(self, authorization: str | None) -> str | None:
         """The organization of an ``Authorization: Bearer <key>`` header, if the key is live."""
-        return await self.keys.org_for(authorization)
+        cred = auth.parse_credential(authorization)
+        if cred is None or cred.kind != "key":
+            return None
+        found = await self.keys.principal(cred, datetime.now(UTC))
+        return found.org if found else None

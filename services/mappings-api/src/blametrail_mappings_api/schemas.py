@@ -19,6 +19,9 @@ from pydantic import (
 )
 
 __all__ = [
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyOut",
     "AuditEntry",
     "ConnectLinkOut",
     "ConnectionCreate",
@@ -31,10 +34,16 @@ __all__ = [
     "MappingCreate",
     "MappingOut",
     "MappingPatch",
+    "MeOut",
     "Page",
     "ServiceCreate",
     "ServiceOut",
     "ServicePatch",
+    "SessionCreate",
+    "SessionOut",
+    "UserCreate",
+    "UserOut",
+    "UserPatch",
 ]
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$")]
@@ -306,3 +315,99 @@ class AuditEntry(BaseModel):
     project_id: str | None
     detail: dict[str, Any]
     received_at: datetime
+
+
+# -- people: sessions, users, API keys --------------------------------------------------------
+
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, max_length=320, pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+    ),
+]
+Role = Literal["admin", "member"]
+Password = Annotated[
+    str,
+    StringConstraints(min_length=12, max_length=1000),
+    Field(description="At least 12 characters"),
+]
+
+
+class SessionCreate(_In):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class UserBrief(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: str
+    org: str
+    """The organization's slug."""
+
+
+class SessionOut(BaseModel):
+    """A session: send ``token`` as ``Authorization: Bearer``. It ends at ``expires_at`` at the
+    latest, or after ``idle_timeout_s`` seconds unused; signing out ends it at once."""
+
+    token: str
+    expires_at: datetime
+    idle_timeout_s: int
+    user: UserBrief
+
+
+class MeOut(BaseModel):
+    """Who calls: a signed-in user (``kind`` ``user``) or an API key (``api_key``, no email)."""
+
+    kind: Literal["user", "api_key"]
+    id: str
+    email: str | None
+    name: str
+    role: str
+    org: str
+
+
+class UserCreate(_In):
+    email: Email
+    name: Name
+    password: Password
+    role: Role
+
+
+class UserPatch(_Patch):
+    name: Name | None = None
+    role: Role | None = None
+    disabled: bool | None = Field(default=None, description="true also ends their sessions")
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: str
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyCreate(_In):
+    name: Name
+    role: Role
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as listed: never the key itself (shown once, when created)."""
+
+    id: str
+    prefix: str
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str
+    """The key: shown this once, stored only as a hash."""

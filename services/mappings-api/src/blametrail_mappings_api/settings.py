@@ -3,8 +3,10 @@ unless noted). The composition root (:mod:`~blametrail_mappings_api.__main__`) b
 
 from __future__ import annotations
 
+import ipaddress
+
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 __all__ = ["ApiSettings", "OAuthSettings", "SentryUiSettings"]
 
@@ -21,6 +23,39 @@ class ApiSettings(BaseBlametrailSettings):
     deploy_store_group: str = Field(
         default="blametrail-api-deploys", validation_alias=f"{PREFIX}API_DEPLOY_STORE_GROUP"
     )
+    session_idle_s: int = Field(default=8 * 3600, validation_alias=f"{PREFIX}API_SESSION_IDLE_S")
+    """A session unused this long is over (sign in again)."""
+    session_absolute_s: int = Field(
+        default=7 * 86400, validation_alias=f"{PREFIX}API_SESSION_ABSOLUTE_S"
+    )
+    """A session is over this long after sign-in, used or not."""
+    login_window_s: int = Field(default=900, validation_alias=f"{PREFIX}API_LOGIN_WINDOW_S")
+    login_account_failures: int = Field(
+        default=5, validation_alias=f"{PREFIX}API_LOGIN_ACCOUNT_FAILURES"
+    )
+    """Failed sign-ins per account per window before it is refused (429) until the window ends."""
+    login_address_failures: int = Field(
+        default=20, validation_alias=f"{PREFIX}API_LOGIN_ADDRESS_FAILURES"
+    )
+    """Failed sign-ins per client address per window (any accounts) before 429."""
+    trusted_proxies: str = Field(
+        default="127.0.0.1/32,::1", validation_alias=f"{PREFIX}API_TRUSTED_PROXIES"
+    )
+    """Comma-separated networks whose first ``X-Forwarded-For`` hop is taken as the client's
+    address (the edge); from any other peer the header is ignored."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        cls.parse_networks(value)
+        return value
+
+    @staticmethod
+    def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n.strip()) for n in value.split(",") if n.strip())
+
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return self.parse_networks(self.trusted_proxies)
 
 
 class OAuthSettings(BaseBlametrailSettings):

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from blametrail_mappings_api.api.deps import Api, Context, Cursor, Limit, page_size
+from blametrail_mappings_api.api.deps import Admin, Api, Context, Cursor, Limit, page_size
 from blametrail_mappings_api.api.problems import ApiError, answers
 from blametrail_mappings_api.api.route import ApiRoute
 from blametrail_mappings_api.api.shapes import out, page_of
@@ -67,7 +67,7 @@ async def list_connections(
     status_code=201,
     responses=answers(400, 409),
 )
-async def create_connection(api: Api, body: ConnectionCreate) -> ConnectionOut:
+async def create_connection(api: Admin, body: ConnectionCreate) -> ConnectionOut:
     row = await api.repo.connections.create(api.org, body.model_dump())
     return out(ConnectionOut, _shown(api, row))
 
@@ -78,7 +78,7 @@ async def create_connection(api: Api, body: ConnectionCreate) -> ConnectionOut:
     status_code=201,
     responses=answers(503),
 )
-async def create_connect_link(api: Api) -> ConnectLinkOut:
+async def create_connect_link(api: Admin) -> ConnectLinkOut:
     state = api.request.app.state
     oauth: OAuth | None = state.oauth
     if oauth is None:
@@ -100,7 +100,7 @@ async def get_connection(api: Api, id: str) -> ConnectionOut:
 @router.patch(
     PATH + "/{id}", summary="Edit a connection, rotate secrets", responses=answers(400, 404, 409)
 )
-async def patch_connection(api: Api, id: str, body: ConnectionPatch) -> ConnectionOut:
+async def patch_connection(api: Admin, id: str, body: ConnectionPatch) -> ConnectionOut:
     row = await api.repo.connections.update(api.org, id, body.model_dump(exclude_unset=True))
     return out(ConnectionOut, _shown(api, row))
 
@@ -112,6 +112,6 @@ async def patch_connection(api: Api, id: str, body: ConnectionPatch) -> Connecti
     response_class=Response,
     responses=answers(404, 409),
 )
-async def delete_connection(api: Api, id: str) -> Response:
+async def delete_connection(api: Admin, id: str) -> Response:
     await api.repo.connections.delete(api.org, id)
     return Response(status_code=204)

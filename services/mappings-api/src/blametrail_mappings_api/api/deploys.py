@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from blametrail_mappings_api.api.deps import Api, Cursor, Limit, page_size
+from blametrail_mappings_api.api.deps import Admin, Api, Cursor, Limit, page_size
 from blametrail_mappings_api.api.problems import answers
 from blametrail_mappings_api.api.route import ApiRoute
 from blametrail_mappings_api.api.shapes import out, page_of
@@ -31,7 +31,7 @@ def _shown(row: Row) -> dict[str, Any]:
     status_code=201,
     responses={200: {"model": DeployOut, "description": "Re-posted: updated"}, **answers(400)},
 )
-async def create_deploy(api: Api, body: DeployCreate, response: Response) -> DeployOut:
+async def create_deploy(api: Admin, body: DeployCreate, response: Response) -> DeployOut:
     row, created = await api.repo.deploys.create(api.org, body.model_dump())
     if not created:
         response.status_code = 200

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from blametrail_mappings_api.api.deps import Api, Cursor, Limit, page_size
+from blametrail_mappings_api.api.deps import Admin, Api, Cursor, Limit, page_size
 from blametrail_mappings_api.api.problems import answers
 from blametrail_mappings_api.api.route import ApiRoute
 from blametrail_mappings_api.api.shapes import out, page_of
@@ -56,7 +56,7 @@ async def list_mappings(
 @router.post(
     "", summary="Map a Sentry project to a service", status_code=201, responses=answers(400, 409)
 )
-async def create_mapping(api: Api, body: MappingCreate) -> MappingOut:
+async def create_mapping(api: Admin, body: MappingCreate) -> MappingOut:
     return out(MappingOut, _shown(await api.repo.mappings.create(api.org, body.model_dump())))
 
 
@@ -66,7 +66,7 @@ async def get_mapping(api: Api, id: str) -> MappingOut:
 
 
 @router.patch("/{id}", summary="Edit a mapping (service, active)", responses=answers(400, 404, 409))
-async def patch_mapping(api: Api, id: str, body: MappingPatch) -> MappingOut:
+async def patch_mapping(api: Admin, id: str, body: MappingPatch) -> MappingOut:
     row = await api.repo.mappings.update(api.org, id, body.model_dump(exclude_unset=True))
     return out(MappingOut, _shown(row))
 
@@ -78,6 +78,6 @@ async def patch_mapping(api: Api, id: str, body: MappingPatch) -> MappingOut:
     response_class=Response,
     responses=answers(404),
 )
-async def delete_mapping(api: Api, id: str) -> Response:
+async def delete_mapping(api: Admin, id: str) -> Response:
     await api.repo.mappings.delete(api.org, id)
     return Response(status_code=204)

@@ -2,10 +2,14 @@
 models that document them in ``/openapi.json``, and the exception handlers that write them.
 
 - 400 ``bad_json``: the body is not JSON;
-- 401 ``unauthorized``: no API key, or not a live one (with ``WWW-Authenticate: Bearer``);
+- 401 ``unauthorized``: no API key or session, or not a live one (with ``WWW-Authenticate:
+  Bearer``); "Session expired" for a session that is over; "Wrong email or password" at sign-in;
+- 403 ``forbidden``: "This needs the admin role" (a member's call to an admin route);
 - 404 ``not_found``: an unknown id, or another organization's;
 - 409 ``conflict``: with ``existing``, what the request conflicts with;
 - 422 ``validation``: with ``fields``, each field in error and why;
+- 429 ``throttled``: too many failed sign-ins (with ``Retry-After``, seconds);
+- 502 ``sentry``: Sentry could not be asked, or refused (its error in ``message``);
 - 503 ``not_configured``: a feature this deployment has not set up;
 - any other HTTP error (unknown path, method not allowed): ``{"error": "http", "message"}``.
 """
@@ -60,18 +64,27 @@ class ApiError(Exception):
     """An answer with ``status`` and the body ``{error, message[, fields]}``."""
 
     def __init__(
-        self, status: int, error: str, message: str, fields: list[dict[str, str]] | None = None
+        self,
+        status: int,
+        error: str,
+        message: str,
+        fields: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.error, self.message, self.fields = status, error, message, fields
+        self.headers = headers
 
 
 _ANSWERS: dict[int, tuple[type[BaseModel], str]] = {
     400: (Problem, "Malformed JSON"),
-    401: (Problem, "Missing or invalid API key"),
+    401: (Problem, "Missing or invalid API key or session, or the session expired"),
+    403: (Problem, "This needs the admin role"),
     404: (Problem, "Unknown id (or another organization's)"),
     409: (ConflictProblem, "Conflict"),
     422: (ValidationProblem, "Validation error (body, query or path parameter)"),
+    429: (Problem, "Too many failed sign-ins (Retry-After: seconds)"),
+    502: (Problem, "Sentry could not be asked, or refused"),
     503: (Problem, "Not configured"),
 }
 
@@ -91,9 +104,9 @@ def field_problems(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def unauthorized() -> Response:
+def unauthorized(message: str | None = None) -> Response:
     return JSONResponse(
-        {"error": "unauthorized", "message": "missing or invalid API key"},
+        {"error": "unauthorized", "message": message or "missing or invalid API key"},
         401,
         headers={"WWW-Authenticate": "Bearer"},
     )
@@ -104,7 +117,7 @@ async def _api_error(_: Request, exc: Exception) -> Response:
     body: dict[str, Any] = {"error": exc.error, "message": exc.message}
     if exc.fields:
         body["fields"] = exc.fields
-    return JSONResponse(body, exc.status)
+    return JSONResponse(body, exc.status, headers=exc.headers)
 
 
 async def _invalid(_: Request, exc: Exception) -> Response:

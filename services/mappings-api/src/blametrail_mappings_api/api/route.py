@@ -1,14 +1,15 @@
 """How every ``/api/v1`` request is taken, in this order (as before FastAPI):
 
-1. the API key (``Authorization: Bearer``): none, or not a live one, is a 401 before anything
-   else is looked at; then a NUL character in a query or path parameter is a 422 (Postgres
-   cannot take one);
+1. the credential (``Authorization: Bearer``, an API key or a session token): none, or not a
+   live one, is a 401 before anything else is looked at ("Session expired" for a session that
+   is over); then the role: a route that takes :data:`~.deps.Admin` answers a member 403; then
+   a NUL character in a query or path parameter is a 422 (Postgres cannot take one);
 2. the body, for routes that take one (a parameter named ``body``, a pydantic model): read as
    JSON whatever its ``Content-Type`` says (``curl -d`` sends form-encoded), 400 ``bad_json``
    when it is not JSON, 422 with every field in error when the model refuses it;
 3. then FastAPI's own handling: dependencies, parameters, the endpoint, the response model.
 
-:class:`ApiRoute` does 1 and 2 (FastAPI would decode the body before any dependency runs, and
+:class:`PublicApiRoute` skips 1 (signing in). :class:`ApiRoute` does 1 and 2 (FastAPI would decode the body before any dependency runs, and
 say so in its own words); FastAPI then decodes the checked body again, which cannot fail. GET
 routes also answer HEAD, as Starlette's routes do.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, get_type_hints
 
 import orjson
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -26,23 +28,45 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from blametrail_mappings_api.api.problems import ApiError, field_problems, unauthorized
+from blametrail_mappings_api.api.deps import require_admin
+from blametrail_mappings_api.api.problems import ApiError, answers, field_problems, unauthorized
+from blametrail_mappings_api.auth import Principal
 
-__all__ = ["ApiRoute", "check_body"]
+__all__ = ["ADMIN_ONLY", "ApiRoute", "PublicApiRoute", "admin_only", "check_body"]
+
+ADMIN_ONLY = ApiError(403, "forbidden", "This needs the admin role")
+
+
+def admin_only(dependant: Dependant) -> bool:
+    """Whether a route (its dependency tree) takes :data:`~.deps.Admin`."""
+    return any(d.call is require_admin or admin_only(d) for d in dependant.dependencies)
 
 
 class ApiRoute(APIRoute):
     """The route class of every API router (``APIRouter(route_class=ApiRoute)``)."""
 
+    authenticated = True
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if admin_only(self.dependant):  # documented on every admin route
+            self.responses = {**self.responses, **answers(403)}
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         model = _body_model(self.endpoint)
+        admin = admin_only(self.dependant)
 
         async def handler(request: Request) -> Response:
-            org = await request.app.state.repo.org_for_key(request.headers.get("authorization"))
-            if org is None:
-                return unauthorized()
-            request.state.org = org
+            if self.authenticated:
+                found = await request.app.state.identity.authenticate(
+                    request.headers.get("authorization")
+                )
+                if not isinstance(found, Principal):
+                    return unauthorized("Session expired" if found else None)
+                if admin and not found.is_admin:
+                    raise ADMIN_ONLY
+                request.state.principal, request.state.org = found, found.org
             params = [*request.query_params.multi_items(), *request.path_params.items()]
             if nul := sorted({k for k, v in params if "\x00" in str(v)}):
                 problems = [{"field": k, "message": "must not contain NUL characters"} for k in nul]
@@ -69,6 +93,12 @@ class ApiRoute(APIRoute):
 
     def _head_of_get(self, scope: Scope) -> bool:
         return scope.get("method") == "HEAD" and "GET" in (self.methods or ())
+
+
+class PublicApiRoute(ApiRoute):
+    """A route that takes no credential (``POST /api/v1/sessions``: signing in)."""
+
+    authenticated = False
 
 
 def check_body(model: type[BaseModel], raw: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from blametrail_mappings_api.api.deps import Api, Cursor, Limit, page_size
+from blametrail_mappings_api.api.deps import Admin, Api, Cursor, Limit, page_size
 from blametrail_mappings_api.api.problems import answers
 from blametrail_mappings_api.api.route import ApiRoute
 from blametrail_mappings_api.api.shapes import out, page_of
@@ -22,7 +22,7 @@ async def list_services(api: Api, cursor: Cursor = None, limit: Limit = "50") ->
 
 
 @router.post("", summary="Create a service", status_code=201, responses=answers(400, 409))
-async def create_service(api: Api, body: ServiceCreate) -> ServiceOut:
+async def create_service(api: Admin, body: ServiceCreate) -> ServiceOut:
     return out(ServiceOut, await api.repo.services.create(api.org, body.model_dump()))
 
 
@@ -32,7 +32,7 @@ async def get_service(api: Api, id: str) -> ServiceOut:
 
 
 @router.patch("/{id}", summary="Edit a service", responses=answers(400, 404, 409))
-async def patch_service(api: Api, id: str, body: ServicePatch) -> ServiceOut:
+async def patch_service(api: Admin, id: str, body: ServicePatch) -> ServiceOut:
     changes = body.model_dump(exclude_unset=True)
     return out(ServiceOut, await api.repo.services.update(api.org, id, changes))
 
@@ -44,6 +44,6 @@ async def patch_service(api: Api, id: str, body: ServicePatch) -> ServiceOut:
     response_class=Response,
     responses=answers(404, 409),
 )
-async def delete_service(api: Api, id: str) -> Response:
+async def delete_service(api: Admin, id: str) -> Response:
     await api.repo.services.delete(api.org, id)
     return Response(status_code=204)
