@@ -21,6 +21,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
+from blametrail_mappings_api.sentry.binding import record_installation
 from blametrail_mappings_api.sentry.ui_components import SEVERITIES, ui_routes
 from blametrail_mappings_api.settings import ApiSettings, SentryUiSettings
 from blametrail_mappings_api.store.outbox import Relay
@@ -148,15 +149,17 @@ async def test_every_call_must_carry_a_valid_sentry_app_signature(api: Any, pool
     )
     assert malformed.status_code == 401
     foreign = await _post(client, "/sentry/alert-rule-action", doc, "not-the-secret")
-    assert foreign.status_code == 404  # no connection holds that secret: unknown installation
-    assert "installation" in foreign.json()["message"].lower()
+    # No connection holds that secret: a bad signature (401), as for an OAuth connection; a
+    # 404 "Unknown installation" would send a person who just rotated the secret astray.
+    assert foreign.status_code == 401
+    assert "signature" in foreign.json()["message"].lower()
     body = orjson.dumps(doc)
     tampered = await client.post(
         "/sentry/alert-rule-action",
         content=body.replace(b"sev2", b"sev1"),
         headers={"Sentry-App-Signature": sign(body, t.secret)},
     )
-    assert tampered.status_code == 404
+    assert tampered.status_code == 401
     ok = await _post(client, "/sentry/alert-rule-action", doc, t.secret)
     assert ok.status_code == 200, ok.text
     # The webhook header is accepted too (Sentry's example app checks both), never both at once.
@@ -252,7 +255,7 @@ async def test_service_options_list_only_the_tenants_services(api: Any, pool: Po
         params={"installationId": a.installation},
         headers={"Sentry-App-Signature": sign(b"x", a.secret)},
     )
-    assert wrong.status_code == 404
+    assert wrong.status_code == 401  # a bad signature, not an unknown installation
 
 
 async def _relay_and_read(pool: Pool, kafka_settings: KafkaSettings, topic: str) -> list[Any]:
@@ -424,7 +427,8 @@ async def test_link_to_an_existing_incident_and_never_to_another_tenants(
     assert "incident" in stolen.json()["message"]
     # B's signature on A's installation does not make B's call A's.
     b_as_a = _issue_link(b, 2003, incident=incident) | {"installationId": a.installation}
-    assert (await _post(client, "/sentry/issue-link/link", b_as_a, b.secret)).status_code == 404
+    # (A's installation is known by now: B's secret is a bad signature for it.)
+    assert (await _post(client, "/sentry/issue-link/link", b_as_a, b.secret)).status_code == 401
     for bad in ("not-a-uuid", str(uuid.uuid4()), ""):
         got = await _post(
             client, "/sentry/issue-link/link", _issue_link(a, 1003, incident=bad), a.secret
@@ -500,3 +504,134 @@ def test_the_sentry_app_schema_points_at_the_routes_served() -> None:
     severity = next(f for f in settings["required_fields"] if f["name"] == "severity")
     assert [v for v, _ in severity["options"]] == list(SEVERITIES)
     assert [f["name"] for f in settings["optional_fields"]] == ["environment"]
+
+
+async def _installation_of(pool: Pool, connection: str) -> str | None:
+    async with pool.connection() as c:
+        row = await (
+            await c.execute(
+                "SELECT installation_uuid FROM sentry_connections WHERE id = %s", (connection,)
+            )
+        ).fetchone()
+    assert row is not None
+    return row["installation_uuid"]
+
+
+async def test_an_internal_connection_answers_only_for_its_own_installation(
+    api: Any, pool: Pool
+) -> None:
+    client = api[0]
+    t = await _tenant(api, pool)
+    doc = _action(t, severity="sev2", service=t.services[0])
+    # Before any webhook: a GET (its query is not signed) is answered but teaches nothing.
+    assert await _options(client, "services", t)
+    assert await _installation_of(pool, t.connection) is None
+    # A signed POST names the installation inside what was signed: the connection learns it.
+    assert (await _post(client, "/sentry/alert-rule-action", doc, t.secret)).status_code == 200
+    assert await _installation_of(pool, t.connection) == t.installation
+    async with pool.connection() as c:  # and tells the other services (cp-connections)
+        told = await (
+            await c.execute(
+                "SELECT count(*) AS n FROM outbox WHERE topic = 'cp-connections'"
+                " AND key = %s AND position(%s in convert_from(value, 'UTF8')) > 0",
+                (t.connection.encode(), t.installation),
+            )
+        ).fetchone()
+    assert told == {"n": 1}
+    # From now on a random installation id is refused, signed or not, GET or POST.
+    stranger = {**doc, "installationId": str(uuid.uuid4())}
+    refused = await _post(client, "/sentry/alert-rule-action", stranger, t.secret)
+    assert refused.status_code == 403, refused.text
+    assert "not the one" in refused.json()["message"]
+    got = await client.get(
+        "/sentry/options/services",
+        params={"installationId": str(uuid.uuid4())},
+        headers={"Sentry-App-Signature": sign(b"", t.secret)},
+    )
+    assert got.status_code == 403
+    # Its own installation with a wrong signature (a secret rotated in Sentry only): 401.
+    rotated = await _post(client, "/sentry/alert-rule-action", doc, "rotated-in-sentry")
+    assert (rotated.status_code, "signature" in rotated.json()["message"].lower()) == (401, True)
+    assert (await _post(client, "/sentry/alert-rule-action", doc, t.secret)).status_code == 200
+    too_long = await _post(
+        client, "/sentry/alert-rule-action", {**doc, "installationId": "x" * 65}, t.secret
+    )
+    assert too_long.status_code == 400
+
+
+async def test_connections_sharing_a_secret_are_told_apart_by_their_installation(
+    api: Any, pool: Pool
+) -> None:
+    client = api[0]
+    t = await _tenant(api, pool)
+    second = await client.post(
+        "/api/v1/integrations/sentry/connections",
+        headers=t.auth,
+        json={
+            "mode": "internal",
+            "sentry_org_slug": f"acme-{uuid.uuid4().hex[:6]}",
+            "client_secret": t.secret,  # the same internal integration, connected twice
+            "auth_token": "sntrys_other",
+        },
+    )
+    assert second.status_code == 201, second.text
+    other = second.json()["id"]
+    doc = _issue_link(t, 5912345601, service=t.services[0])
+    ambiguous = await _post(client, "/sentry/issue-link/create", doc, t.secret)
+    assert ambiguous.status_code == 409
+    message = ambiguous.json()["message"]
+    assert "share this client secret" in message
+    assert "organization" not in message
+    # Their webhooks named their installations (what the installation learner records).
+    theirs = str(uuid.uuid4())
+    assert await record_installation(pool, t.connection, t.installation, replace=True)
+    assert await record_installation(pool, other, theirs, replace=True)
+    for installation, connection, issue in (
+        (t.installation, t.connection, 5912345602),
+        (theirs, other, 5912345603),
+    ):
+        link = {**_issue_link(t, issue, service=t.services[0]), "installationId": installation}
+        made = await _post(client, "/sentry/issue-link/create", link, t.secret)
+        assert made.status_code == 201, made.text
+        async with pool.connection() as c:
+            row = await (
+                await c.execute(
+                    "SELECT connection_id FROM sentry_issue_links WHERE sentry_issue_id = %s",
+                    (str(issue),),
+                )
+            ).fetchone()
+        assert row == {"connection_id": connection}
+
+
+async def test_secret_shared_across_organizations_is_still_named_so(api: Any, pool: Pool) -> None:
+    client = api[0]
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    async with pool.connection() as c:
+        await c.execute(
+            "UPDATE sentry_connections SET client_secrets_enc = (SELECT client_secrets_enc"
+            " FROM sentry_connections WHERE id = %s) WHERE id = %s",
+            (a.connection, b.connection),
+        )
+    got = await _post(client, "/sentry/alert-rule-action", _action(a, severity="sev2"), a.secret)
+    assert got.status_code == 409
+    assert "more than one BlameTrail organization" in got.json()["message"]
+
+
+async def test_a_webhook_learnt_installation_replaces_an_older_one_never_anothers(
+    api: Any, pool: Pool
+) -> None:
+    a, b = await _tenant(api, pool), await _tenant(api, pool)
+    assert await record_installation(pool, a.connection, a.installation, replace=False)
+    newer = str(uuid.uuid4())
+    # A UI call never overwrites; a webhook signed for the connection does.
+    assert (await record_installation(pool, a.connection, newer, replace=False) or {}).get(
+        "installation_uuid"
+    ) == a.installation
+    assert (await record_installation(pool, a.connection, newer, replace=True) or {}).get(
+        "installation_uuid"
+    ) == newer
+    # b's webhooks cannot take a's installation.
+    row = await record_installation(pool, b.connection, newer, replace=True)
+    assert row is not None
+    assert row["installation_uuid"] is None
+    assert await record_installation(pool, "not-a-uuid", newer, replace=True) is None

@@ -1,19 +1,28 @@
 """An OAuth installation bound to (and unbound from) a BlameTrail organization's connection:
 a new ``oauth`` connection, or the one that Sentry organization had (a reinstall keeps the
 connection id, so its mappings resume); ``installation.deleted`` disables it and wipes its
-tokens, keeping its mappings. Each change goes out on ``cp-connections`` in its transaction."""
+tokens, keeping its mappings. Each change goes out on ``cp-connections`` in its transaction.
+
+An internal connection has no install flow: it learns its installation uuid
+(:func:`record_installation`) from what Sentry signed with its client secret: the webhooks that
+come to its own URL (the normalizer reports each installation a webhook names that the
+connection does not know yet: ``sentry.installation_seen`` on ``sentry-installations``) and,
+until one came, the first signed UI-component POST (its body, ``installationId`` included, is
+covered by the signature; a GET's query is not, so a GET never teaches)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
+import psycopg
+
 from blametrail_mappings_api.sentry.oauth_core import OAuthCore, as_uuid, one
 from blametrail_mappings_api.sentry.state import OAuthRefused
 from blametrail_mappings_api.store.connections import publish_connection
-from blametrail_mappings_api.store.db import Row
+from blametrail_mappings_api.store.db import Pool, Row
 
-__all__ = ["Binding"]
+__all__ = ["Binding", "record_installation"]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +129,62 @@ class Binding:
                 await publish_connection(conn, row)
             log.info("sentry installation deleted", extra={"installation": installation})
             return row
+
+
+async def record_installation(
+    pool: Pool, connection_id: str, installation: str, *, replace: bool
+) -> Row | None:
+    """Record ``installation`` as the uuid of internal connection ``connection_id``; the row as it
+    is afterwards (``None``: no such enabled internal connection). ``replace``: a webhook signed
+    for this connection names it, so it wins over an older uuid (the integration was made anew);
+    else (a UI call) only an unknown uuid is filled in. An installation another connection holds
+    is never taken from it (logged; the row is returned unchanged)."""
+    ident = as_uuid(connection_id)
+    if ident is None:
+        return None
+    try:
+        return await _record(pool, ident, installation, replace)
+    except psycopg.errors.UniqueViolation:  # another connection took it meanwhile
+        log.warning(
+            "installation already held by another connection; not recorded",
+            extra={"installation": installation, "connection_id": connection_id},
+        )
+        async with pool.connection() as conn:
+            return await one(conn, "SELECT * FROM sentry_connections WHERE id = %s", ident)
+
+
+async def _record(pool: Pool, ident: uuid.UUID, installation: str, replace: bool) -> Row | None:
+    async with pool.connection() as conn, conn.transaction():
+        row = await one(
+            conn,
+            "SELECT * FROM sentry_connections WHERE id = %s AND mode = 'internal' AND enabled"
+            " FOR UPDATE",
+            ident,
+        )
+        if row is None or row["installation_uuid"] == installation:
+            return row
+        if row["installation_uuid"] is not None and not replace:
+            return row
+        holder = await one(
+            conn, "SELECT id FROM sentry_connections WHERE installation_uuid = %s", installation
+        )
+        if holder is not None:
+            log.warning(
+                "installation already held by another connection; not recorded",
+                extra={"installation": installation, "connection_id": str(ident)},
+            )
+            return row
+        row = await one(
+            conn,
+            "UPDATE sentry_connections SET installation_uuid = %s, updated_at = now()"
+            " WHERE id = %s RETURNING *",
+            installation,
+            ident,
+        )
+        assert row is not None
+        await publish_connection(conn, row)
+    log.info(
+        "sentry installation recorded for internal connection",
+        extra={"installation": installation, "connection_id": str(ident)},
+    )
+    return row

@@ -1,9 +1,19 @@
 """Who is calling (PROTOCOL §4): a UI-component request is signed with ``Sentry-App-Signature``
 (HMAC-SHA256 of the raw body; of ``""`` for the GETs) under a client secret of the connection its
-``installationId`` belongs to. A connection bound to the installation (OAuth installs) is checked
-with its own secrets plus the public app's; an internal connection that never learnt its
-installation id is found by the secret that signed. Also the request shapes (PROTOCOL §4.1,
-§4.2). Every refusal is a :class:`Refused`: a 4xx ``{"message": ...}``, which Sentry shows.
+``installationId`` belongs to, and every refusal says which of these failed:
+
+- a connection that knows its installation uuid (OAuth installs bind one; an internal one learns
+  it from its webhooks, :func:`~.binding.record_installation`) is checked with its own secrets
+  plus, for OAuth, the public app's: a bad signature is a 401;
+- otherwise the internal connections whose secret signed are the candidates: none is a 401 (a
+  call the public app signed for an installation not connected yet is a 404); one that knows
+  another installation is never meant (403); of those that know none, exactly one must be left
+  (two that share the secret: 409, the message naming why). A signed POST then teaches that
+  connection its installation (the body, ``installationId`` included, is what was signed; a
+  GET's query is not, so a GET never teaches).
+
+Also the request shapes (PROTOCOL §4.1, §4.2). Every refusal is a :class:`Refused`: a 4xx
+``{"message": ...}``, which Sentry shows.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from blametrail_common.crypto import SecretBox, SecretBoxError
 from blametrail_common.events.incidents import Severity
 from starlette.requests import Request
 
+from blametrail_mappings_api.sentry.binding import record_installation
 from blametrail_mappings_api.store.db import Row
 from blametrail_mappings_api.store.ui import IssueRef, UiRepository
 
@@ -38,6 +49,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADERS = ("sentry-app-signature", "sentry-hook-signature")
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 MAX_BODY_BYTES = 64 * 1024
+MAX_INSTALLATION_ID = 64  # Sentry's are uuids; a longer one is never stored
 
 
 class Refused(Exception):
@@ -73,35 +85,74 @@ async def verified(request: Request, repo: UiRepository, box: SecretBox, public:
     installation = doc.get("installationId") or request.query_params.get("installationId")
     if not isinstance(installation, str) or not installation:
         raise Refused(400, "installationId missing")
-    connection = await _connection(repo, box, public, installation, body, values[0])
+    if len(installation) > MAX_INSTALLATION_ID:
+        raise Refused(400, f"installationId over {MAX_INSTALLATION_ID} characters")
+    signed = _Signed(body, values[0], installation, learns=request.method == "POST")
+    connection = await _connection(repo, box, public, signed)
     return Call(request, doc, connection)
 
 
-async def _connection(
-    repo: UiRepository, box: SecretBox, public: list[str], installation: str, body: bytes, sig: str
-) -> Row:
-    if not signature.is_well_formed(sig):
+@dataclass(frozen=True)
+class _Signed:
+    body: bytes
+    sig: str
+    installation: str
+    learns: bool  # the installation id is inside the signed body
+
+
+async def _connection(repo: UiRepository, box: SecretBox, public: list[str], s: _Signed) -> Row:
+    if not signature.is_well_formed(s.sig):
         raise Refused(401, "Sentry-App-Signature is not a hex HMAC-SHA256")
-    bound = await repo.connection_for_installation(installation)
+    bound = await repo.connection_for_installation(s.installation)
     if bound is not None:
         secrets = _secrets(box, bound) + (public if bound["mode"] == "oauth" else [])
-        if not signature.verify(body, sig, secrets):
+        if not signature.verify(s.body, s.sig, secrets):
             raise Refused(401, "Sentry-App-Signature does not match the body")
         return bound
     # Internal integrations: the webhook URL names the connection, UI calls only the
     # installation; the client secret is the app's own, so the one that verifies names it.
-    matches = [
+    signers = [
         c
-        for c in await repo.unbound_internal_connections()
-        if signature.verify(body, sig, _secrets(box, c))
+        for c in await repo.internal_connections()
+        if signature.verify(s.body, s.sig, _secrets(box, c))
     ]
-    if not matches:
-        raise Refused(404, f"Unknown installation {short(installation)}")
-    if len(matches) > 1:
+    if not signers:
+        if public and signature.verify(s.body, s.sig, public):
+            raise Refused(404, f"Unknown installation {short(s.installation)}")
+        raise Refused(401, "Sentry-App-Signature does not match the body")
+    chosen = _one_unbound(signers, s.installation)
+    if not s.learns:
+        return chosen
+    row = await record_installation(repo.pool, str(chosen["id"]), s.installation, replace=False)
+    if row is None or row["installation_uuid"] != s.installation:
+        raise Refused(
+            409, f"Installation {short(s.installation)} is held by another BlameTrail connection"
+        )
+    return row
+
+
+def _one_unbound(signers: list[Row], installation: str) -> Row:
+    """The connection meant, among the internal ones whose secret signed a call naming an
+    installation none of them is bound to."""
+    unbound = [c for c in signers if c["installation_uuid"] is None]
+    if not unbound:
+        raise Refused(
+            403,
+            f"Installation {short(installation)} is not the one this BlameTrail connection"
+            " receives webhooks from",
+        )
+    if len(unbound) == 1:
+        return unbound[0]
+    if len({str(c["org_id"]) for c in unbound}) > 1:
         raise Refused(
             409, "This installation is connected to more than one BlameTrail organization"
         )
-    return matches[0]
+    raise Refused(
+        409,
+        f"{len(unbound)} BlameTrail connections share this client secret and none has had a"
+        f" webhook from installation {short(installation)} yet: send one (a test alert) or give"
+        " each connection its own secret",
+    )
 
 
 def _secrets(box: SecretBox, connection: Row) -> list[str]:
