@@ -76,7 +76,7 @@ _INCIDENTS = TopicSpec(
     cleanup_policy="delete",
     retention_ms=FOREVER,  # projections are rebuilt from offset zero
     producers=("normalizer", "mappings-api"),  # the API: incidents created from Sentry's issue link
-    consumers=("enricher", "projection", "suspects"),
+    consumers=("enricher", "projection", "suspects", "sync"),
 )
 _PARKED = TopicSpec(
     name="incident-events-parked",
@@ -164,7 +164,7 @@ _CONNECTIONS = TopicSpec(
     partitions=1,
     cleanup_policy="compact",
     producers=("mappings-api",),
-    consumers=("ingest", "normalizer", "enricher"),
+    consumers=("ingest", "normalizer", "enricher", "sync"),
 )
 _MAPPINGS = TopicSpec(
     name="cp-mappings",
@@ -174,6 +174,29 @@ _MAPPINGS = TopicSpec(
     cleanup_policy="compact",
     producers=("mappings-api",),
     consumers=("normalizer",),
+)
+
+_COMMANDS = TopicSpec(
+    name="incident-commands",
+    key="incident id",
+    description="Incident actions accepted by the API (acknowledge, resolve, reopen, assign), folded"
+    " by the normalizer into incident events.",
+    partitions=6,
+    cleanup_policy="delete",
+    retention_ms=FOREVER,  # the source of truth of BlameTrail's own actions
+    producers=("mappings-api",),
+    consumers=("normalizer",),
+)
+_WRITEBACKS = TopicSpec(
+    name="incident-writebacks",
+    key="incident id",
+    description="Write-backs of incident states to Sentry: requested, confirmed, refused, failed,"
+    " echoed (Sentry's webhook for our own change). Timeline only, never a state change.",
+    partitions=6,
+    cleanup_policy="delete",
+    retention_ms=FOREVER,
+    producers=("sync", "normalizer"),
+    consumers=("projection", "normalizer"),  # the normalizer recognises echoes with it
 )
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -195,6 +218,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     _SERVICES,
     _CONNECTIONS,
     _MAPPINGS,
+    _COMMANDS,
+    _dlq(_COMMANDS, ()),
+    _WRITEBACKS,
 )
 _BY_NAME = {t.name: t for t in TOPICS}
 

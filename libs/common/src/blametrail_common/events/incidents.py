@@ -21,7 +21,10 @@ from blametrail_common.events.envelope import EventPayload, event_type
 
 __all__ = [
     "INCIDENT_NAMESPACE",
+    "ActionName",
+    "Actor",
     "Assignee",
+    "IncidentActionV1",
     "IncidentAssignedV1",
     "IncidentEvent",
     "IncidentMutedV1",
@@ -149,6 +152,31 @@ class IncidentMutedV1(IncidentEvent):
     details: dict[str, int | str | bool | None]
 
 
+class Actor(_Part):
+    """Who took an action in BlameTrail: a signed-in user or an API key (its id and name)."""
+
+    kind: Literal["user", "api_key"]
+    id: str
+    name: str
+
+
+ActionName = Literal["acknowledge", "resolve", "reopen", "assign"]
+
+
+@event_type("incident.action", 1)
+class IncidentActionV1(IncidentEvent):
+    """An action taken in BlameTrail (the API's command, folded by the normalizer). ``status_at``
+    is when the API accepted it; it is ordered against Sentry's webhooks by
+    :func:`incident_order` like any other state. ``status`` is the state it leaves the incident
+    in (an assignment keeps the status the incident had); ``assignee`` is set for ``assign``."""
+
+    action_id: str
+    action: ActionName
+    actor: Actor
+    status: Literal["open", "acknowledged", "resolved", "muted"]
+    assignee: Assignee | None = None
+
+
 # -- order ---------------------------------------------------------------------------------------
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Among events of one second that the issue's own fields do not tell apart: facts about an open
@@ -162,6 +190,8 @@ _KIND_RANK = {
     "incident.muted": 4,
     "incident.resolved": 5,
 }
+# BlameTrail's actions rank as the webhook of the same change would.
+_ACTION_RANK = {"assign": 2, "acknowledge": 3, "reopen": 3, "resolve": 5}
 
 
 def _micros(at: datetime | None, unit: timedelta) -> int:
@@ -190,6 +220,8 @@ def incident_order(event: IncidentEvent) -> str:
     """
     name = getattr(type(event), "EVENT_TYPE", "")
     kind = _KIND_RANK.get(name, 9)
+    if isinstance(event, IncidentActionV1):
+        kind = _ACTION_RANK[event.action]
     phase = 0 if kind == 0 and event.source == "sentry_issue" else 1
     snap = event.snapshot
     digest = hashlib.sha256(f"{name}:{event.model_dump_json()}".encode()).hexdigest()[:32]
