@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 APPLIED = Counter("blametrail_projection_rows_total", "Rows written by the projection", ["table"])
 DEAD = Counter("blametrail_projection_dead_letters_total", "Records the projection could not apply")
 
-PROJECTED_TOPICS = ("incident-events", "incident-enrichments", "webhook-audit", "incident-suspects")
+PROJECTED_TOPICS = (
+    "incident-events",
+    "incident-enrichments",
+    "webhook-audit",
+    "incident-suspects",
+    "incident-writebacks",
+)
 TABLES = (
     "incidents",
     "incident_timeline",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blametrail_common.events import DecodeError, decode
+from blametrail_common.events.actions import WriteBackEvent
 from blametrail_common.events.audit import WebhookAuditedV1
 from blametrail_common.events.deploys import IncidentSuspectsV1
 from blametrail_common.events.enrichment import (
@@ -21,6 +22,7 @@ from blametrail_common.events.enrichment import (
     IncidentLinkedV1,
 )
 from blametrail_common.events.incidents import (
+    IncidentActionV1,
     IncidentAssignedV1,
     IncidentEvent,
     IncidentMutedV1,
@@ -78,6 +80,8 @@ class Rows:
 
 
 def status_for(event: IncidentEvent) -> str:
+    if isinstance(event, IncidentActionV1):
+        return event.status
     if isinstance(event, IncidentResolvedV1):
         return "resolved"
     if isinstance(event, IncidentMutedV1):
@@ -113,6 +117,8 @@ def rows_for(records: list[Any]) -> Rows:
                     "sanitized": changed,
                 }
             )
+        elif isinstance(p, WriteBackEvent):
+            out.timeline.append(_writeback(env, p, record))
         elif isinstance(p, IncidentEnrichedV1):
             record_json, changed = _safe_jsonb(p.model_dump(mode="json"))
             out.enriched.append(
@@ -170,11 +176,34 @@ def rows_for(records: list[Any]) -> Rows:
     return out
 
 
+def _writeback(env: Any, p: WriteBackEvent, record: Any) -> dict[str, Any]:
+    """A write-back to Sentry on the incident's timeline: never a state change."""
+    payload, changed = _safe_jsonb(p.model_dump(mode="json"))
+    return {
+        "event_id": env.id,
+        "incident_id": p.incident_id,
+        "tenant_id": p.tenant_id,
+        "event_type": env.type,
+        "occurred_at": p.at,
+        "log_partition": record.partition,
+        "log_offset": record.offset,
+        "payload": payload,
+        "sanitized": changed,
+    }
+
+
+def _sets_assignee(p: IncidentEvent) -> bool:
+    return isinstance(p, IncidentAssignedV1) or (
+        isinstance(p, IncidentActionV1) and p.action == "assign"
+    )
+
+
 def _incident(p: IncidentEvent) -> dict[str, Any]:
     s = p.snapshot
     sentry, _ = _safe_jsonb(p.sentry.model_dump(mode="json", exclude_none=True))
     assignee = None
-    if isinstance(p, IncidentAssignedV1) and p.assignee is not None:
+    sets_assignee = _sets_assignee(p)
+    if isinstance(p, IncidentAssignedV1 | IncidentActionV1) and p.assignee is not None:
         assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]
     status = status_for(p)
     order = incident_order(p)
@@ -188,7 +217,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "title": pg_text(s.title),
         "culprit": pg_text(s.culprit),
         "assignee": assignee,
-        "sets_assignee": isinstance(p, IncidentAssignedV1),
+        "sets_assignee": sets_assignee,
         "sentry": sentry,
         "first_seen": s.first_seen,
         "last_seen": s.last_seen,
@@ -197,7 +226,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "resolved_at": p.status_at if status == "resolved" else None,
         "state_changed_at": p.status_at,
         "state_order": order,
-        "assignee_order": order if isinstance(p, IncidentAssignedV1) else None,
+        "assignee_order": order if sets_assignee else None,
     }
 
 
