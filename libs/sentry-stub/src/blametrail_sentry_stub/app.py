@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from blametrail_sentry_stub import issues
 from blametrail_sentry_stub.state import Fault, StubState, Token
 
 Handler = Callable[[Request, StubState, Token | None], Awaitable[Response]]
@@ -361,6 +362,14 @@ def create_app(state: StubState) -> Starlette:
         Route(
             "/api/0/organizations/{org}/issues/{issue_id}/tags/", _guard("tags", issue_tags, state)
         ),
+        Route(
+            "/api/0/organizations/{org}/issues/",
+            _guard("issue_search", issues.issue_search, state),
+        ),
+        Route(
+            "/api/0/organizations/{org}/issues/{issue_id}/",
+            _guard("issue_detail", issues.issue_detail, state),
+        ),
         Route("/api/0/organizations/{org}/releases/", _guard("releases", releases, state)),
         Route(
             "/api/0/organizations/{org}/releases/{version}/", _guard("releases", releases, state)
@@ -387,6 +396,7 @@ def create_app(state: StubState) -> Starlette:
         ),
         Route("/sentry-apps/{slug}/external-install/", external_install),
         *_control_routes(state),
+        *issues.control_routes(state),
     ]
     app = Starlette(routes=routes)
     app.state.stub = state

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import orjson
 from blametrail_common.testing import fixture_bytes
 
+from blametrail_sentry_stub.issues import IssueStore
+
 GRANT_LIFE_S = 10 * 60
 TOKEN_LIFE_S = 8 * 60 * 60
 
@@ -89,6 +91,7 @@ class StubState:
     faults: list[Fault] = field(default_factory=list)
     storms: list[Storm] = field(default_factory=list)
     public_app: PublicApp | None = None
+    issue_store: IssueStore = field(default_factory=IssueStore)  # issues.py: status, merges
     requests: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
 
