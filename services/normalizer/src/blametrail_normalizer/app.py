@@ -99,10 +99,13 @@ class Normalizer:
 
 
 def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer:
+    datadir = settings.faust_datadir()
+    datadir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{kafka.bootstrap_servers}",
         store="memory://",
+        datadir=datadir,
         topic_partitions=get_topic("sentry-webhooks-raw").partitions,
         topic_replication_factor=1,
         topic_disable_leader=True,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import tempfile
+from pathlib import Path
 
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field
@@ -25,6 +27,14 @@ class NormalizerSettings(BaseBlametrailSettings):
         default=True, validation_alias=f"{PREFIX}NORMALIZER_STATIC_MEMBERSHIP"
     )
     """Join the consumer group as a static member (``group.instance.id``)."""
+    data_dir: str = Field(default="", validation_alias=f"{PREFIX}NORMALIZER_DATA_DIR")
+    """faust's data directory (the app keeps no table on disk: only faust's empty skeleton).
+    Empty: ``<system temp dir>/blametrail-faust/<app id>``, never the working directory."""
+
+    def faust_datadir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        return Path(tempfile.gettempdir()) / "blametrail-faust" / self.app_id
 
     def group_instance_id(self, hostname: str | None = None) -> str | None:
         """``<app id>-<host or pod name>-<instance id or port>``: the same again when this replica
