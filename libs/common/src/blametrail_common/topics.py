@@ -199,6 +199,29 @@ _WRITEBACKS = TopicSpec(
     consumers=("projection", "normalizer"),  # the normalizer recognises echoes with it
 )
 
+_OBSERVATIONS = TopicSpec(
+    name="sentry-observations",
+    key="connection id + ':' + the Sentry issue id asked about",
+    description="What the reconciler's sweeps saw in Sentry that the read model did not show (a"
+    " missed resolve/unresolve/ignore, a missed creation, a merge); folded by the normalizer like"
+    " the webhook Sentry would have sent.",
+    partitions=3,
+    cleanup_policy="delete",
+    retention_ms=FOREVER,  # a source of incident events, like the raw webhooks
+    producers=("reconciler",),
+    consumers=("normalizer",),
+)
+_ALIASES = TopicSpec(
+    name="sentry-issue-aliases",
+    key="connection id + ':' + merged-away Sentry issue id",
+    description="Merged-away Sentry issue ids and the issue that superseded each; latest per key,"
+    " read whole by the normalizer (later news about an old id lands on the primary).",
+    partitions=1,
+    cleanup_policy="compact",
+    producers=("reconciler",),
+    consumers=("normalizer",),
+)
+
 TOPICS: tuple[TopicSpec, ...] = (
     _RAW,
     _dlq(_RAW, ()),
@@ -221,6 +244,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     _COMMANDS,
     _dlq(_COMMANDS, ()),
     _WRITEBACKS,
+    _OBSERVATIONS,
+    _dlq(_OBSERVATIONS, ()),
+    _ALIASES,
 )
 _BY_NAME = {t.name: t for t in TOPICS}
 
