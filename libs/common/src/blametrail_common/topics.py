@@ -131,10 +131,7 @@ _DEPLOYS = TopicSpec(
 _INSTALLATIONS = TopicSpec(
     name="sentry-installations",
     key="installation uuid",
-    description=(
-        "Installation webhooks of the public app (created with its grant code, deleted); the"
-        " installations internal connections' webhooks name (installation_seen)."
-    ),
+    description="Installation webhooks of the public app (created with its grant code, deleted).",
     partitions=1,
     cleanup_policy="delete",
     retention_ms=7 * DAY_MS,  # a grant lives ten minutes; a week is for investigations

@@ -252,6 +252,27 @@ async def releases(request: Request, state: StubState, token: Token | None) -> R
     return JSONResponse(one)
 
 
+async def org_projects(request: Request, state: StubState, token: Token | None) -> Response:
+    """``GET /organizations/{org}/projects/``: 100 a page, cursor pagination in ``Link``."""
+    denied = _same_org(request, token)
+    if denied is not None:
+        return denied
+    found = state.projects.get(request.path_params["org"], [])
+    cursor = request.query_params.get("cursor", "0:0:0")
+    try:
+        start = int(cursor.split(":")[1])
+    except (IndexError, ValueError):
+        return JSONResponse({"detail": "Invalid cursor parameter."}, 400)
+    page, more = found[start : start + 100], start + 100 < len(found)
+    base = str(request.url.replace(query=""))
+    link = (
+        f'<{base}?cursor=0:{max(start - 100, 0)}:1>; rel="previous"; results="{str(start > 0).lower()}";'
+        f' cursor="0:{max(start - 100, 0)}:1", <{base}?cursor=0:{start + 100}:0>; rel="next";'
+        f' results="{str(more).lower()}"; cursor="0:{start + 100}:0"'
+    )
+    return JSONResponse(page, headers={"Link": link})
+
+
 async def release_deploys(request: Request, state: StubState, token: Token | None) -> Response:
     denied = _same_org(request, token)
     if denied is not None:
@@ -371,6 +392,7 @@ def create_app(state: StubState) -> Starlette:
             _guard("issue_detail", issues.issue_detail, state),
         ),
         Route("/api/0/organizations/{org}/releases/", _guard("releases", releases, state)),
+        Route("/api/0/organizations/{org}/projects/", _guard("projects", org_projects, state)),
         Route(
             "/api/0/organizations/{org}/releases/{version}/", _guard("releases", releases, state)
         ),

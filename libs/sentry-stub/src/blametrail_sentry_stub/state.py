@@ -87,6 +87,8 @@ class StubState:
     grants: dict[str, tuple[str, float]] = field(default_factory=dict)  # code -> (inst, expiry)
     external_issues: dict[str, dict[str, Any]] = field(default_factory=dict)
     releases: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # org -> newest first
+    projects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """org -> its projects (``{id, slug, name, ...}``), listed by ``/organizations/{org}/projects/``."""
     deploys: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     storms: list[Storm] = field(default_factory=list)
