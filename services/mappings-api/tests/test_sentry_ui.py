@@ -6,22 +6,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from aiokafka import ConsumerRecord
 from blametrail_common.crypto import SecretBox, generate_key
-from blametrail_common.events import decode
+from blametrail_common.events import decode, encode, new_event
 from blametrail_common.events.incidents import IncidentOpenedV1, incident_id_for
+from blametrail_common.events.installations import SentryInstallationSeenV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
-from blametrail_mappings_api.sentry.binding import record_installation
+from blametrail_mappings_api.sentry.binding import InstallationLearner, record_installation
 from blametrail_mappings_api.sentry.ui_components import SEVERITIES, ui_routes
 from blametrail_mappings_api.settings import ApiSettings, SentryUiSettings
 from blametrail_mappings_api.store.outbox import Relay
@@ -635,3 +638,54 @@ async def test_a_webhook_learnt_installation_replaces_an_older_one_never_another
     assert row is not None
     assert row["installation_uuid"] is None
     assert await record_installation(pool, "not-a-uuid", newer, replace=True) is None
+
+
+def _seen(connection: str, installation: str, offset: int) -> ConsumerRecord[bytes, bytes]:
+    """What the normalizer puts on ``sentry-installations`` for an internal connection's webhook."""
+    seen = SentryInstallationSeenV1(
+        installation_uuid=installation,
+        connection_id=connection,
+        raw_event_id=str(uuid.uuid4()),
+        received_at=datetime.now(UTC),
+    )
+    value = encode(new_event(seen, key=installation))
+    return ConsumerRecord(
+        "sentry-installations",
+        0,
+        offset,
+        0,
+        0,
+        installation.encode(),
+        value,
+        None,
+        0,
+        len(value),
+        (),
+    )
+
+
+async def test_the_installation_a_webhook_names_is_recorded_and_then_required(
+    api: Any, pool: Pool
+) -> None:
+    client = api[0]
+    t = await _tenant(api, pool)
+    learner = InstallationLearner(pool)
+    junk = ConsumerRecord(
+        "sentry-installations", 0, 0, 0, 0, b"k", b"not an event", None, 0, 12, ()
+    )
+    await learner.handle([junk, _seen(t.connection, t.installation, 1)])
+    await learner.handle([_seen(t.connection, t.installation, 1)])  # redelivered: no change
+    assert await _installation_of(pool, t.connection) == t.installation
+    # The first UI call already names a known installation; another one is refused.
+    doc = _action(t, severity="sev2", service=t.services[0])
+    assert (await _post(client, "/sentry/alert-rule-action", doc, t.secret)).status_code == 200
+    other = {**doc, "installationId": str(uuid.uuid4())}
+    assert (await _post(client, "/sentry/alert-rule-action", other, t.secret)).status_code == 403
+    # The integration made anew in Sentry: its webhooks name a new installation, which wins.
+    anew = str(uuid.uuid4())
+    await learner.handle([_seen(t.connection, anew, 2)])
+    assert await _installation_of(pool, t.connection) == anew
+    assert (
+        await _post(client, "/sentry/alert-rule-action", other | {"installationId": anew}, t.secret)
+    ).status_code == 200
+    assert learner.recorded == 3

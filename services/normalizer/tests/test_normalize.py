@@ -30,7 +30,10 @@ from blametrail_common.events.incidents import (
     IncidentUpdatedV1,
     incident_id_for,
 )
-from blametrail_common.events.installations import SentryInstallationV1
+from blametrail_common.events.installations import (
+    SentryInstallationSeenV1,
+    SentryInstallationV1,
+)
 from blametrail_common.testing import FIXTURES, signed_fixture
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
@@ -79,7 +82,7 @@ def lookup(
         sentry_org_slug="acme",
         api_base_url="https://sentry.io",
         client_secrets_enc=["x"],
-        installation_uuid=None,
+        installation_uuid=extra.get("installation_uuid", INSTALL),
         updated_at=NOW,
     )
     mem.services[SERVICE] = ServiceStateV1(
@@ -368,3 +371,84 @@ def test_normalize_is_deterministic() -> None:
     ):
         a, b = normalize(raw(name), lookup()), normalize(raw(name), lookup())
         assert [encode(e) for _, e in a.events] == [encode(e) for _, e in b.events]
+
+
+def test_an_internal_connection_is_told_the_installation_its_webhooks_name() -> None:
+    out = normalize(raw("issue.created"), lookup(installation_uuid=None))
+    assert [t for t, _ in out.events] == ["incident-events", "sentry-installations"]
+    seen = out.events[1][1]
+    assert isinstance(seen.payload, SentryInstallationSeenV1)
+    assert (seen.key, seen.payload.installation_uuid, seen.payload.connection_id) == (
+        INSTALL,
+        INSTALL,
+        CONN,
+    )
+    # Also when no incident is made (the installation is the connection's all the same).
+    unmapped = normalize(raw("issue.created"), lookup(mapped=False, installation_uuid=None))
+    assert [t for t, _ in unmapped.events] == ["webhook-audit", "sentry-installations"]
+    # A newer installation (the integration made anew) is told too; a known one is not.
+    assert [t for t, _ in normalize(raw("issue.created"), lookup()).events] == ["incident-events"]
+    moved = normalize(raw("issue.created"), lookup(installation_uuid="older-installation"))
+    assert [t for t, _ in moved.events][-1] == "sentry-installations"
+    # Never for a disabled connection, nor for a webhook that did not come to its own URL.
+    disabled = normalize(raw("issue.created"), lookup(enabled=False, installation_uuid=None))
+    assert [t for t, _ in disabled.events] == ["webhook-audit"]
+    mem = lookup(installation_uuid=None)
+    mem.connections[CONN] = mem.connections[CONN].model_copy(update={"mode": "oauth"})
+    assert [t for t, _ in normalize(raw("issue.created"), mem).events] == ["incident-events"]
+    a, b = (normalize(raw("issue.created"), lookup(installation_uuid=None)) for _ in "ab")
+    assert [encode(e) for _, e in a.events] == [encode(e) for _, e in b.events]
+
+
+def test_an_invalid_alert_action_severity_is_audited_and_the_incident_still_made() -> None:
+    body = signed_fixture("event_alert.triggered")[0].replace(
+        b'{"name":"severity","value":"sev2"}', b'{"name":"severity","value":"critical"}'
+    )
+    out = normalize(raw("event_alert.triggered", body=body), lookup())
+    assert [t for t, _ in out.events] == ["incident-events", "webhook-audit"]
+    opened, audit = out.events[0][1].payload, out.events[1][1]
+    assert isinstance(opened, IncidentOpenedV1)
+    assert opened.severity == "sev2"  # the event's level (error), not the ignored setting
+    assert isinstance(audit.payload, WebhookAuditedV1)
+    assert (audit.payload.reason, audit.payload.tenant_id, audit.key) == (
+        "invalid_setting",
+        TENANT,
+        TENANT,
+    )
+    assert "'critical'" in audit.payload.detail
+    assert "sev1" in audit.payload.detail
+    assert audit.payload.project_slug == "checkout-api"
+    assert audit.id != out.events[0][1].id
+    again = normalize(raw("event_alert.triggered", body=body), lookup())
+    assert [encode(e) for _, e in again.events] == [encode(e) for _, e in out.events]
+    # An absurd value is bounded in the record; a valid or missing one is never audited.
+    huge = signed_fixture("event_alert.triggered")[0].replace(
+        b'{"name":"severity","value":"sev2"}',
+        b'{"name":"severity","value":"' + b"x" * 10_000 + b'"}',
+    )
+    ((_, big),) = [
+        e
+        for e in normalize(raw("event_alert.triggered", body=huge), lookup()).events
+        if e[0] == "webhook-audit"
+    ]
+    assert len(big.payload.detail) < 300
+    unset = signed_fixture("event_alert.triggered")[0].replace(
+        b'{"name":"severity","value":"sev2"}', b'{"name":"severity","value":""}'
+    )
+    assert [t for t, _ in normalize(raw("event_alert.triggered", body=unset), lookup()).events] == [
+        "incident-events"
+    ]
+
+
+def test_an_invalid_metric_alert_action_severity_is_audited() -> None:
+    name = "metric_alert.critical"
+    body = signed_fixture(name)[0]
+    doc = json.loads(body)
+    for trigger in doc["data"]["metric_alert"]["alert_rule"]["triggers"]:
+        for act in trigger["actions"]:
+            if act.get("type") == "sentry_app":
+                act["settings"] = [{"name": "severity", "value": 7}]
+    out = normalize(raw(name, body=json.dumps(doc).encode()), lookup())
+    assert [t for t, _ in out.events] == ["incident-events", "webhook-audit"]
+    assert out.events[0][1].payload.severity == "sev1"
+    assert out.events[1][1].payload.reason == "invalid_setting"

@@ -131,7 +131,10 @@ _DEPLOYS = TopicSpec(
 _INSTALLATIONS = TopicSpec(
     name="sentry-installations",
     key="installation uuid",
-    description="Installation webhooks of the public app (created with its grant code, deleted).",
+    description=(
+        "Installation webhooks of the public app (created with its grant code, deleted); the"
+        " installations internal connections' webhooks name (installation_seen)."
+    ),
     partitions=1,
     cleanup_policy="delete",
     retention_ms=7 * DAY_MS,  # a grant lives ten minutes; a week is for investigations

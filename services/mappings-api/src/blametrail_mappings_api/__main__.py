@@ -1,6 +1,6 @@
 """Composition root: settings -> logging -> pool -> background workers -> app -> uvicorn.
 
-The background workers (outbox relay, deploy store, installation consumer, token keeper) each
+The background workers (outbox relay, deploy store, installation consumers, token keeper) each
 run supervised (:mod:`blametrail_common.resilience`): after an error they start again with a
 backoff. One that ends anyway takes the process down; none is left dead inside a serving API.
 """
@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Repository
+from blametrail_mappings_api.sentry.binding import InstallationLearner
 from blametrail_mappings_api.sentry.client import SentryApp
 from blametrail_mappings_api.sentry.deploy_import import SentryDeployStore
 from blametrail_mappings_api.sentry.oauth import OAuth
@@ -79,6 +80,16 @@ async def serve() -> None:
         workers["deploys"] = asyncio.create_task(
             consume(
                 kafka, ["deploys"], settings.deploy_store_group, store.handle, stop, name="deploys"
+            )
+        )
+        workers["installations-seen"] = asyncio.create_task(
+            consume(
+                kafka,
+                ["sentry-installations"],
+                SentryUiSettings().installations_group,
+                InstallationLearner(pool).handle,
+                stop,
+                name="installations-seen",
             )
         )
         if oauth is not None:

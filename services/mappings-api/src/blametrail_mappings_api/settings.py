@@ -88,6 +88,11 @@ class SentryUiSettings(BaseBlametrailSettings):
     """Link target shown in Sentry, ``{incident_id}`` replaced; default: the API's incident URL
     on ``BLAMETRAIL_PUBLIC_INGEST_URL``."""
     deadline_s: float = Field(default=0.8, validation_alias=f"{PREFIX}API_SENTRY_UI_DEADLINE_S")
+    installations_group: str = Field(
+        default="blametrail-api-installations",
+        validation_alias=f"{PREFIX}API_INSTALLATIONS_GROUP",
+    )
+    """Consumer group recording the installation each internal connection's webhooks name."""
 
     def public_secrets(self) -> list[str]:
         raw = self.public_client_secrets.get_secret_value()

@@ -35,7 +35,10 @@ from blametrail_common.events.incidents import (
     incident_id_for,
     severity_for_level,
 )
-from blametrail_common.events.installations import SentryInstallationV1
+from blametrail_common.events.installations import (
+    SentryInstallationSeenV1,
+    SentryInstallationV1,
+)
 from blametrail_common.text import scrub_surrogates
 
 from blametrail_normalizer.lookup import Lookup
@@ -71,6 +74,7 @@ class _Ctx:
     lookup: Lookup
     conn: ConnectionStateV1 | None = None
     learned: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[_Skip] = field(default_factory=list)  # settings ignored, the incident still made
 
     def conn_tenant(self) -> str:
         assert self.conn is not None
@@ -98,10 +102,37 @@ def normalize(raw: Envelope[WebhookReceivedV1], lookup: Lookup) -> Normalized:
         ctx.conn = _connection(ctx)
         payloads = _route(ctx, doc)
     except _Skip as skip:
-        return Normalized([("webhook-audit", _audit(ctx, skip))], ctx.learned)
+        return Normalized([("webhook-audit", _audit(ctx, skip)), *_seen(ctx)], ctx.learned)
     events = [("incident-events", _wrap(ctx, p, i)) for i, p in enumerate(payloads)]
     opened = [p.incident_id for p in payloads if isinstance(p, IncidentOpenedV1)]
-    return Normalized(events, ctx.learned, opened)
+    ignored = [
+        ("webhook-audit", _audit(ctx, n, f"audit:setting:{i}")) for i, n in enumerate(ctx.notes)
+    ]
+    return Normalized([*events, *ignored, *_seen(ctx)], ctx.learned, opened)
+
+
+def _seen(ctx: _Ctx) -> list[tuple[str, Envelope[Any]]]:
+    """An internal connection's webhook naming an installation the connection does not know:
+    told to the control plane, which records it (UI calls naming another are refused). Only a
+    webhook that came to the connection's own URL (so signed with its secret) teaches."""
+    conn, hook = ctx.conn, ctx.hook
+    inst = hook.installation_uuid
+    if conn is None or conn.mode != "internal" or hook.connection_id != conn.connection_id:
+        return []
+    if not inst or len(inst) > 64 or inst == conn.installation_uuid or not conn.enabled:
+        return []
+    seen = SentryInstallationSeenV1(
+        installation_uuid=inst,
+        connection_id=conn.connection_id,
+        raw_event_id=str(ctx.raw.id),
+        received_at=hook.received_at,
+    )
+    event_id = uuid.uuid5(ctx.raw.id, "normalizer:installation-seen")
+    at = hook.received_at
+    env = new_event(
+        seen, key=inst, tenant=conn.tenant_id, occurred_at=at, event_id=event_id, produced_at=at
+    )
+    return [("sentry-installations", env)]
 
 
 def _parse(ctx: _Ctx) -> dict[str, Any]:
@@ -180,6 +211,9 @@ def _issue(ctx: _Ctx, action: Any, data: dict[str, Any]) -> list[IncidentEvent]:
     issue_id, slug, pid = _str(issue.get("id")), _str(project.get("slug")), _str(project.get("id"))
     if not issue_id or not slug:
         raise _Skip("invalid_payload", "issue webhook without issue id or project slug", slug, pid)
+    primary = _primary(ctx, issue_id)
+    if primary != issue_id:  # merged away in Sentry: the news is the primary's
+        issue, issue_id = {**issue, "id": primary}, primary
     _learn(ctx, pid, slug)
     service_id = _mapped_service(ctx, slug, pid)
     common = _common(
@@ -258,6 +292,7 @@ def _assignee(value: Any) -> Assignee | None:
 def _event_alert(ctx: _Ctx, data: dict[str, Any]) -> list[IncidentEvent]:
     event = _obj(data.get("event"))
     issue_id, pid = _str(event.get("issue_id")), _str(event.get("project"))
+    issue_id = _primary(ctx, issue_id) if issue_id else issue_id
     found = _PROJECT_IN_URL.search(_str(event.get("url")) or "")
     slug = found["project"] if found else None
     if slug:
@@ -286,7 +321,9 @@ def _event_alert(ctx: _Ctx, data: dict[str, Any]) -> list[IncidentEvent]:
             pid,
         )
     service_id = _alert_service(ctx, slug, pid, _str(settings.get("service")))
-    severity = _severity_setting(settings) or severity_for_level(_str(event.get("level")))
+    severity = _severity_setting(settings, ctx, slug, pid) or severity_for_level(
+        _str(event.get("level"))
+    )
     incident_id = incident_id_for(ctx.conn_tenant(), "issue", issue_id)
     assert ctx.conn is not None
     ref = SentryRef(
@@ -330,9 +367,29 @@ def _alert_service(ctx: _Ctx, slug: str, pid: str | None, override: str | None) 
     return service.service_id
 
 
-def _severity_setting(settings: dict[Any, Any]) -> Severity | None:
-    value = _str(settings.get("severity"))
-    return value if value in _SEVERITIES else None  # type: ignore[return-value]
+def _severity_setting(
+    settings: dict[Any, Any],
+    ctx: _Ctx | None = None,
+    slug: str | None = None,
+    pid: str | None = None,
+) -> Severity | None:
+    """The action's severity; one that is set but not ours is noted on ``ctx`` (audited)."""
+    raw = settings.get("severity")
+    value = _str(raw)
+    if value in _SEVERITIES:
+        return value  # type: ignore[return-value]
+    if raw not in (None, "") and ctx is not None:
+        shown = repr(raw)[:66]  # Sentry-provided: bounded
+        ctx.notes.append(
+            _Skip(
+                "invalid_setting",
+                f"alert action severity {shown} is not one of {', '.join(sorted(_SEVERITIES))};"
+                " the incident got the default severity",
+                slug,
+                pid,
+            )
+        )
+    return None
 
 
 # -- metric alerts -----------------------------------------------------------------------------
@@ -354,7 +411,9 @@ def _metric_alert(ctx: _Ctx, action: Any, data: dict[str, Any]) -> list[Incident
     assert mapping is not None
     rule = _obj(alert.get("alert_rule"))
     settings = _trigger_settings(rule, action)
-    severity = _severity_setting(settings) or ("sev1" if action == "critical" else "sev3")
+    severity = _severity_setting(settings, ctx, slug) or (
+        "sev1" if action == "critical" else "sev3"
+    )
     incident_id = incident_id_for(ctx.conn_tenant(), "metric_alert", alert_id)
     ref = SentryRef(
         connection_id=ctx.conn.connection_id,
@@ -431,6 +490,12 @@ def _common(
     }
 
 
+def _primary(ctx: _Ctx, issue_id: str) -> str:
+    """A merged-away issue id files under the issue it was merged into (sentry-issue-aliases)."""
+    assert ctx.conn is not None
+    return ctx.lookup.primary_issue(ctx.conn.connection_id, issue_id) or issue_id
+
+
 def _learn(ctx: _Ctx, pid: str | None, slug: str) -> None:
     if pid and ctx.conn and ctx.lookup.project_slug(ctx.conn.connection_id, pid) != slug:
         ctx.learned.append((ctx.conn.connection_id, pid, slug))
@@ -447,7 +512,7 @@ def _wrap(ctx: _Ctx, payload: IncidentEvent, index: int) -> Envelope[Any]:
     )
 
 
-def _audit(ctx: _Ctx, skip: _Skip) -> Envelope[Any]:
+def _audit(ctx: _Ctx, skip: _Skip, stage: str = "audit") -> Envelope[Any]:
     hook, tenant = ctx.hook, ctx.conn.tenant_id if ctx.conn else None
     record = WebhookAuditedV1(
         reason=skip.reason,
@@ -469,7 +534,7 @@ def _audit(ctx: _Ctx, skip: _Skip) -> Envelope[Any]:
         key=key,
         tenant=tenant,
         occurred_at=hook.received_at,
-        event_id=uuid.uuid5(ctx.raw.id, "normalizer:audit"),
+        event_id=uuid.uuid5(ctx.raw.id, f"normalizer:{stage}"),
         produced_at=hook.received_at,
     )
 

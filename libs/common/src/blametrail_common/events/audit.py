@@ -1,4 +1,5 @@
-"""Audit records on ``webhook-audit``: webhooks received but not turned into incidents, and why."""
+"""Audit records on ``webhook-audit``: webhooks received but not turned into incidents, and why;
+and webhooks that did make an incident but carried an alert-action setting that was ignored."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ AuditReason = Literal[
     "environment_filtered",  # an alert-rule action's environment filter excluded it
     "invalid_payload",  # valid JSON, but not the shape Sentry documents
     "unknown_service",  # an alert-rule action named a service that is not the tenant's
+    "invalid_setting",  # an alert-rule action setting was ignored (the incident was still made)
 ]
 
 

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 
 import psycopg
+from aiokafka import ConsumerRecord
+from blametrail_common.events import DecodeError, decode
+from blametrail_common.events.installations import SentryInstallationSeenV1
 
 from blametrail_mappings_api.sentry.oauth_core import OAuthCore, as_uuid, one
 from blametrail_mappings_api.sentry.state import OAuthRefused
 from blametrail_mappings_api.store.connections import publish_connection
 from blametrail_mappings_api.store.db import Pool, Row
 
-__all__ = ["Binding", "record_installation"]
+MAX_INSTALLATION_ID = 64  # Sentry's are uuids; a longer one is never stored
+
+__all__ = ["Binding", "InstallationLearner", "record_installation"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +194,32 @@ async def _record(pool: Pool, ident: uuid.UUID, installation: str, replace: bool
         extra={"installation": installation, "connection_id": str(ident)},
     )
     return row
+
+
+class InstallationLearner:
+    """The consumer of ``sentry-installations`` that records what internal connections'
+    webhooks name (``sentry.installation_seen``); other records there are the OAuth flow's.
+    Idempotent: a redelivered record finds the uuid recorded already."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.recorded = 0
+
+    async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            if record.value is None:
+                continue
+            try:
+                seen = decode(record.value).payload
+            except DecodeError as exc:
+                log.error("undecodable installation record skipped", extra={"error": str(exc)})
+                continue
+            if not isinstance(seen, SentryInstallationSeenV1):
+                continue
+            if len(seen.installation_uuid) > MAX_INSTALLATION_ID:
+                continue
+            row = await record_installation(
+                self.pool, seen.connection_id, seen.installation_uuid, replace=True
+            )
+            if row is not None and row["installation_uuid"] == seen.installation_uuid:
+                self.recorded += 1

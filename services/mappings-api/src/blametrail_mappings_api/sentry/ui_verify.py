@@ -28,7 +28,7 @@ from blametrail_common.crypto import SecretBox, SecretBoxError
 from blametrail_common.events.incidents import Severity
 from starlette.requests import Request
 
-from blametrail_mappings_api.sentry.binding import record_installation
+from blametrail_mappings_api.sentry.binding import MAX_INSTALLATION_ID, record_installation
 from blametrail_mappings_api.store.db import Row
 from blametrail_mappings_api.store.ui import IssueRef, UiRepository
 
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADERS = ("sentry-app-signature", "sentry-hook-signature")
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 MAX_BODY_BYTES = 64 * 1024
-MAX_INSTALLATION_ID = 64  # Sentry's are uuids; a longer one is never stored
 
 
 class Refused(Exception):
