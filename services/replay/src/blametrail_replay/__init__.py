@@ -4,10 +4,11 @@ An operator package, not a service: it runs no process beside the pipeline, and 
 package that imports other packages' code, on purpose. Two of its commands must do exactly what
 a service does, so they run that service's own code rather than a copy:
 
-- ``replay projection rebuild`` (:mod:`blametrail_replay.rebuild`) writes the shadow tables with
-  the projector's projection, :mod:`blametrail_projector.projection` (``Projection``,
-  ``PROJECTED_TOPICS``, ``TABLES``; its rows come from the pure :mod:`blametrail_projector.rows`),
-  and :mod:`blametrail_replay.cli` reads the live group's name from
+- ``replay projection rebuild`` (:mod:`blametrail_replay.rebuild`) folds the log with the
+  projector's pure row mapping, :mod:`blametrail_projector.rows` (:mod:`blametrail_replay.fold`),
+  bulk-loads the result (:mod:`blametrail_replay.bulk`), and applies what follows with the
+  projector's projection, :mod:`blametrail_projector.projection` (``Projection``,
+  ``PROJECTED_TOPICS``, ``TABLES``); and :mod:`blametrail_replay.cli` reads the live group's name from
   :mod:`blametrail_projector.settings`;
 - ``replay reprocess`` and ``reprocess-ignored`` (:mod:`blametrail_replay.reprocess`) normalize
   with the normalizer's pure rules, :mod:`blametrail_normalizer.normalize`, over the control-plane

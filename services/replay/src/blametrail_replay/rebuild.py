@@ -1,18 +1,25 @@
 """``replay projection rebuild``: the read model rebuilt from offset zero, swapped in atomically.
 
 1. Shadow tables ``rebuild_<table>`` are created like the live ones (columns, defaults,
-   constraints, indexes).
-2. A group-less reader applies the projected topics from their first offset into the shadow
-   tables with the very code the live projection runs (:class:`Projection` with a table
-   prefix), while the live projection keeps serving and writing. The reader never goes past
-   the live group's stored offsets, so the two meet at the same log positions.
-3. The swap, one transaction: lock the live tables (the live projector's next write waits; its
+   constraints), without indexes.
+2. Bulk: a group-less reader reads the projected topics from their first offset up to the live
+   group's stored offsets (the end of the log if it never ran) and folds them by key in memory
+   (:mod:`blametrail_replay.fold`, over the live projection's own row mapping): the append-only
+   tables are streamed with ``COPY`` as they are read, the folded tables are copied once at the
+   end (:mod:`blametrail_replay.bulk`). Then the keys and indexes are built once each.
+   Memory grows with distinct keys; past ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS`` the fold stops
+   there, is loaded, and the rest of the log goes the live way (below). A folded row Postgres
+   refuses (the live projection would have dead-lettered its record) makes the rebuild start
+   again the live way from offset zero, so such a record leaves exactly the same trace.
+3. Follow: the records after that (the live projection kept writing) are applied with the very
+   code the live projection runs (:class:`Projection` with a table prefix) until close behind it.
+4. The swap, one transaction: lock the live tables (the live projector's next write waits; its
    readers wait for the commit), read the live group's offsets, apply the last records up to
    exactly those offsets, checksum live and shadow (same positions, so equal when the live tables
    are correct), rename live -> ``previous_<table>`` and shadow -> live, and give the indexes the
    live names. Postgres re-resolves table names of statements blocked on the lock, so the
    live projector continues into the new tables; its offsets are untouched.
-4. ``previous_*`` tables are dropped unless asked to keep them.
+5. ``previous_*`` tables are dropped unless asked to keep them.
 
 A crash before the swap leaves the live tables as they were; the next rebuild drops the
 leftover shadow tables and starts again.
@@ -20,6 +27,7 @@ leftover shadow tables and starts again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +40,10 @@ from blametrail_common.kafka import open_reader
 from blametrail_common.settings import KafkaSettings
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 
+from blametrail_replay import bulk
+from blametrail_replay.fold import Fold
+from blametrail_replay.settings import ReplaySettings
+
 __all__ = [
     "CHECKSUM_KEYS",
     "PREVIOUS",
@@ -41,6 +53,7 @@ __all__ = [
     "rebuild_projection",
 ]
 
+log = logging.getLogger(__name__)
 SHADOW, PREVIOUS = "rebuild_", "previous_"
 CHECKSUM_KEYS = {
     "incidents": "incident_id",
@@ -50,6 +63,8 @@ CHECKSUM_KEYS = {
     "incident_suspects": "incident_id",
 }
 Report = Callable[[int, int], None]  # (records applied so far, records to apply known so far)
+# Postgres refusing a value of a row (the live projection dead-letters such a record)
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError)
 
 
 @dataclass
@@ -60,6 +75,10 @@ class RebuildSummary:
     seconds: float = 0.0
     live: dict[str, str] = field(default_factory=dict)
     rebuilt: dict[str, str] = field(default_factory=dict)
+    folded: int = 0  # records folded and bulk-loaded (the rest went the live projection's way)
+    keys: int = 0  # distinct keys the fold held at most
+    duplicates: int = 0  # rows of an event delivered again, dropped as the live projection does
+    fallback: str = ""  # why the bulk path stopped short, if it did
 
     @property
     def identical(self) -> bool:
@@ -87,11 +106,18 @@ async def rebuild_projection(
     keep_previous: bool = False,
     report: Report | None = None,
     batch: int = 10000,
+    fold_max_incidents: int | None = None,
 ) -> RebuildSummary:
+    """Rebuild the projection's tables from the log and swap them in (module docstring).
+
+    ``fold_max_incidents`` bounds the fold (default: ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS``).
+    Raises what the broker or Postgres raise when they fail; the live tables are then untouched."""
     assert set(CHECKSUM_KEYS) == set(TABLES)
+    if fold_max_incidents is None:
+        fold_max_incidents = ReplaySettings().fold_max_incidents
     started = time.monotonic()
     summary = RebuildSummary()
-    projection = Projection(None, table_prefix=SHADOW, bulk=True)
+    projection = Projection(None, table_prefix=SHADOW)
     async with open_reader(
         kafka,
         PROJECTED_TOPICS,
@@ -99,23 +125,28 @@ async def rebuild_projection(
         max_poll_records=batch,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-    ) as log:
-        reader, tps, begins = log.consumer, log.partitions, log.begins
+    ) as log_reader:
+        reader, tps, begins = log_reader.consumer, log_reader.partitions, log_reader.begins
         positions = dict(begins)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await _create_shadow(conn)
-            await _secondary_indexes(conn, build=False)  # the bulk load is faster without them
             # A crash before the swap restarts the rebuild from zero, so its commits need not
             # wait for the WAL flush; the swap itself is a durable commit.
             await conn.execute("SET synchronous_commit = off")
             run = _Run(reader, projection, positions, summary, report, begins)
-            # Bulk: follow the live projection until close behind it.
+            targets = await _targets(conn, reader, group, tps, begins)
+            try:
+                await _bulk(conn, dsn, run, targets, fold_max_incidents)
+            except _REFUSED as exc:
+                summary.fallback = f"Postgres refused a folded row ({type(exc).__name__}: {exc})"
+                log.warning("bulk load refused, rebuilding the live way", extra={"error": str(exc)})
+                await _restart_live(conn, run)
+            # Follow the live projection until close behind it.
             while True:
                 targets = await _targets(conn, reader, group, tps, begins)
                 if sum(max(0, targets[tp] - positions[tp]) for tp in tps) <= batch:
                     break
                 await run.until(conn, targets)
-            await _secondary_indexes(conn, build=True)  # one sorted build each, not row by row
+            await bulk.build_secondary(conn, TABLES, SHADOW)  # one sorted build each
             # Swap.
             await conn.execute("SET synchronous_commit = on")
             conn_tx: Any = conn
@@ -132,9 +163,66 @@ async def rebuild_projection(
             if not keep_previous:
                 for table in TABLES:
                     await conn.execute(f"DROP TABLE IF EXISTS {PREVIOUS}{table}")
-    summary.refused = projection.refused
+    summary.refused += projection.refused
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _bulk(
+    conn: psycopg.AsyncConnection[Any],
+    dsn: str,
+    run: _Run,
+    targets: dict[TopicPartition, int],
+    bound: int,
+) -> None:
+    """Fold and bulk-load up to ``targets`` (or until the fold holds ``bound`` keys), then
+    build the keys the live projection's upserts need."""
+    await _drop_leftovers(conn)
+    await bulk.create_bare(conn, TABLES, SHADOW)
+    fold = Fold()
+    sink = bulk.BulkSink(dsn, SHADOW)
+    await sink.open()
+    try:
+        while not run.reached(targets):
+            records = await run.poll(targets)
+            if records:
+                written = fold.add(records)
+                await sink.write(written)
+                run.summary.refused += written.refused
+                run.summary.folded += len(records)
+                run.summary.applied += len(records)
+            run.progress(targets)
+            if fold.keys >= bound:
+                run.summary.fallback = (
+                    f"the fold reached {bound:,} keys (BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS):"
+                    " the rest of the log was applied the live way"
+                )
+                break
+    except BaseException as exc:
+        await sink.close(exc)
+        raise
+    await sink.close()
+    run.summary.keys = fold.keys
+    await bulk.copy_folded(conn, fold, SHADOW)
+    del fold.incidents, fold.enrichments, fold.suspects  # the memory goes before the index builds
+    await bulk.write_links(conn, fold)
+    run.summary.duplicates = await bulk.build_keys(conn, TABLES, SHADOW)
+
+
+async def _restart_live(conn: psycopg.AsyncConnection[Any], run: _Run) -> None:
+    """Back to offset zero, into fresh shadow tables with their keys, the live projection's way."""
+    run.summary.refused = run.summary.applied = run.summary.folded = 0
+    run.summary.duplicates = 0
+    for tp, begin in run.begins.items():
+        run.positions[tp] = begin
+        run.reader.seek(tp, begin)
+    await bulk.create_bare(conn, TABLES, SHADOW)
+    await bulk.build_keys(conn, TABLES, SHADOW)
+
+
+async def _drop_leftovers(conn: psycopg.AsyncConnection[Any]) -> None:
+    for table in TABLES:
+        await conn.execute(f"DROP TABLE IF EXISTS {PREVIOUS}{table}")
 
 
 @dataclass
@@ -146,35 +234,45 @@ class _Run:
     report: Report | None
     begins: dict[TopicPartition, int]
 
+    def reached(self, targets: dict[TopicPartition, int]) -> bool:
+        return all(self.positions[tp] >= t for tp, t in targets.items())
+
+    async def poll(self, targets: dict[TopicPartition, int]) -> list[ConsumerRecord[bytes, bytes]]:
+        """The next records before the targets. Records at or past a target are not returned;
+        the reader is moved back to the target so they are read again later."""
+        todo = [tp for tp, t in targets.items() if self.positions[tp] < t]
+        self.reader.pause(*[tp for tp in targets if tp not in todo])
+        self.reader.resume(*todo)
+        polled = await self.reader.getmany(timeout_ms=500)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        for tp, recs in polled.items():
+            keep = [r for r in recs if self.positions[tp] <= r.offset < targets[tp]]
+            self.summary.read += len(recs)
+            records.extend(keep)
+            if keep:
+                self.positions[tp] = keep[-1].offset + 1
+            if recs and recs[-1].offset >= targets[tp]:
+                self.reader.seek(tp, self.positions[tp])
+        return records
+
+    def progress(self, targets: dict[TopicPartition, int]) -> None:
+        if self.report is not None:
+            done = sum(p - self.begins[tp] for tp, p in self.positions.items())
+            total = sum(max(t, self.positions[tp]) - self.begins[tp] for tp, t in targets.items())
+            self.report(done, total)
+
     async def until(
         self, conn: psycopg.AsyncConnection[Any], targets: dict[TopicPartition, int]
     ) -> None:
-        """Apply records until every partition reached its target. Records at or past a target
-        are not applied; the reader is moved back to the target so they are read again later."""
-        while todo := [tp for tp, t in targets.items() if self.positions[tp] < t]:
-            self.reader.pause(*[tp for tp in targets if tp not in todo])
-            self.reader.resume(*todo)
-            polled = await self.reader.getmany(timeout_ms=500)
-            records: list[ConsumerRecord[bytes, bytes]] = []
-            for tp, recs in polled.items():
-                keep = [r for r in recs if self.positions[tp] <= r.offset < targets[tp]]
-                self.summary.read += len(recs)
-                records.extend(keep)
-                if keep:
-                    self.positions[tp] = keep[-1].offset + 1
-                if recs and recs[-1].offset >= targets[tp]:
-                    self.reader.seek(tp, self.positions[tp])
+        """Apply records the live projection's way until every partition reached its target."""
+        while not self.reached(targets):
+            records = await self.poll(targets)
             if records:
                 tx: Any = conn
                 async with tx.transaction():
                     await self.projection.apply(conn, records)
                 self.summary.applied += len(records)
-            if self.report is not None:
-                done = sum(p - self.begins[tp] for tp, p in self.positions.items())
-                total = sum(
-                    max(t, self.positions[tp]) - self.begins[tp] for tp, t in targets.items()
-                )
-                self.report(done, total)
+            self.progress(targets)
 
 
 async def _stored(conn: psycopg.AsyncConnection[Any], group: str) -> dict[TopicPartition, int]:
@@ -199,35 +297,6 @@ async def _targets(
     if not stored:
         return dict(await reader.end_offsets(tps))
     return {tp: stored.get(tp, begins[tp]) for tp in tps}
-
-
-async def _create_shadow(conn: psycopg.AsyncConnection[Any]) -> None:
-    for table in TABLES:
-        await conn.execute(f"DROP TABLE IF EXISTS {SHADOW}{table}")
-        await conn.execute(f"DROP TABLE IF EXISTS {PREVIOUS}{table}")
-        await conn.execute(f"CREATE TABLE {SHADOW}{table} (LIKE {table} INCLUDING ALL)")
-
-
-async def _secondary_indexes(conn: psycopg.AsyncConnection[Any], *, build: bool) -> None:
-    """Drop the shadow tables' non-unique indexes, or build them as the live tables have them.
-
-    The unique ones stay: the upserts need them. Names are Postgres's; the swap renames every
-    shadow index to its live twin's name by shape."""
-    for table in TABLES:
-        source = table if build else f"{SHADOW}{table}"
-        cur = await conn.execute(
-            "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x"
-            " JOIN pg_class i ON i.oid = x.indexrelid"
-            " WHERE x.indrelid = %s::regclass AND NOT x.indisunique",
-            (source,),
-        )
-        for name, definition in await cur.fetchall():
-            if build:
-                shape = str(definition).split(" USING ", 1)[1]
-                await conn.execute("SET maintenance_work_mem = '256MB'")
-                await conn.execute(f"CREATE INDEX ON {SHADOW}{table} USING {shape}".encode())
-            else:
-                await conn.execute(f"DROP INDEX {name}".encode())
 
 
 async def _indexes(conn: psycopg.AsyncConnection[Any], table: str) -> dict[str, str]:

@@ -1,0 +1,195 @@
+"""The bulk load of a rebuild: empty shadow tables without indexes, ``COPY``, then the indexes.
+
+I/O only; the rows come from :mod:`blametrail_replay.fold` (pure). The append-only tables are
+streamed while the log is read (one connection and one ``COPY`` each, so Postgres parses on its
+own core while this process decodes); the folded tables are copied once the fold is done. Then
+every index and key constraint of the live table is built once, on the loaded rows. A key that
+is not unique there (an event delivered twice) is resolved as ``ON CONFLICT DO NOTHING`` would:
+the first of the event's rows in the log stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg.copy import AsyncQueuedLibpqWriter
+
+from blametrail_replay.fold import COLUMNS, Batch, Fold
+
+__all__ = [
+    "STREAMED",
+    "BulkSink",
+    "build_keys",
+    "build_secondary",
+    "copy_folded",
+    "copy_lines",
+    "create_bare",
+    "write_links",
+]
+
+STREAMED = ("incident_timeline", "webhook_audit")
+_CHUNK = 256 * 1024
+# Which of two rows with one key is the first in the log (for the tables that keep the first).
+_FIRST_OF = {"incident_timeline": "log_partition, log_offset, ctid", "webhook_audit": "ctid"}
+_LINKS = """
+INSERT INTO sentry_issue_links (incident_id, connection_id, sentry_issue_id, web_url, external_issue_id,
+    linked_at)
+VALUES (%(incident_id)s, %(connection_id)s, %(sentry_issue_id)s, %(web_url)s, %(external_issue_id)s,
+    %(linked_at)s)
+ON CONFLICT (incident_id, connection_id, sentry_issue_id) DO UPDATE SET
+    external_issue_id = EXCLUDED.external_issue_id,
+    web_url = COALESCE(EXCLUDED.web_url, sentry_issue_links.web_url)
+"""
+
+
+async def create_bare(
+    conn: psycopg.AsyncConnection[Any], tables: Iterable[str], prefix: str
+) -> None:
+    """``<prefix><table>`` like each live table (columns, defaults, checks), without any index."""
+    for table in tables:
+        await conn.execute(f"DROP TABLE IF EXISTS {prefix}{table}")
+        await conn.execute(
+            f"CREATE TABLE {prefix}{table} (LIKE {table} INCLUDING ALL EXCLUDING INDEXES)"
+        )
+
+
+async def copy_lines(
+    conn: psycopg.AsyncConnection[Any], table: str, prefix: str, lines: Iterable[bytes]
+) -> int:
+    """COPY text lines (``fold.COLUMNS[table]`` order) into ``<prefix><table>``; returns how many."""
+    n, buf, size = 0, [], 0
+    async with conn.cursor() as cur:
+        statement = f"COPY {prefix}{table} ({', '.join(COLUMNS[table])}) FROM STDIN"
+        async with cur.copy(statement) as copy:
+            for line in lines:
+                buf.append(line)
+                size += len(line)
+                n += 1
+                if size >= _CHUNK:
+                    await copy.write(b"".join(buf))
+                    buf, size = [], 0
+            if buf:
+                await copy.write(b"".join(buf))
+    return n
+
+
+class BulkSink:
+    """The streaming half: one open ``COPY`` per append-only table, on a connection of its own.
+
+    Writes are queued (psycopg's queued writer) so decoding goes on while Postgres parses. The
+    ``COPY`` ends, and its rows become visible, at :meth:`close`; an error of Postgres surfaces
+    there (or at a later write) as a ``psycopg.Error``.
+    """
+
+    def __init__(self, dsn: str, prefix: str) -> None:
+        self._dsn, self._prefix = dsn, prefix
+        self._conns: list[psycopg.AsyncConnection[Any]] = []
+        self._copies: dict[str, Any] = {}
+        self._exits: list[Any] = []
+
+    async def open(self) -> None:
+        for table in STREAMED:
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            self._conns.append(conn)
+            await conn.execute("SET synchronous_commit = off")
+            cur = conn.cursor()
+            statement = f"COPY {self._prefix}{table} ({', '.join(COLUMNS[table])}) FROM STDIN"
+            ctx = cur.copy(statement, writer=AsyncQueuedLibpqWriter(cur))
+            self._copies[table] = await ctx.__aenter__()
+            self._exits.append(ctx)
+
+    async def write(self, batch: Batch) -> None:
+        if batch.timeline:
+            await self._copies["incident_timeline"].write(batch.timeline)
+        if batch.audit:
+            await self._copies["webhook_audit"].write(batch.audit)
+
+    async def close(self, error: BaseException | None = None) -> None:
+        """End every ``COPY`` (committed unless ``error``) and close the connections."""
+        try:
+            for ctx in self._exits:
+                exc = (type(error), error, error.__traceback__) if error else (None, None, None)
+                await ctx.__aexit__(*exc)
+        finally:
+            for conn in self._conns:
+                await conn.close()
+            self._exits, self._conns, self._copies = [], [], {}
+
+
+async def copy_folded(conn: psycopg.AsyncConnection[Any], fold: Fold, prefix: str) -> int:
+    n = 0
+    for table in ("incidents", "incident_enrichments", "incident_suspects"):
+        n += await copy_lines(conn, table, prefix, fold.lines(table))
+    return n
+
+
+async def write_links(conn: psycopg.AsyncConnection[Any], fold: Fold) -> None:
+    """The folded Sentry issue links into the live table (not one a rebuild swaps): the same
+    upsert the projection runs, once per link."""
+    if fold.links:
+        async with conn.cursor() as cur:
+            await cur.executemany(_LINKS, list(fold.links.values()))
+
+
+async def build_keys(conn: psycopg.AsyncConnection[Any], tables: Iterable[str], prefix: str) -> int:
+    """Each live table's primary and unique keys (and unique indexes), built on
+    ``<prefix><table>``; returns how many duplicate rows were removed first (the later rows
+    of a key, as ``ON CONFLICT DO NOTHING`` would have kept the first)."""
+    removed = 0
+    await conn.execute("SET maintenance_work_mem = '256MB'")
+    for table in tables:
+        shadow = f"{prefix}{table}"
+        cur = await conn.execute(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+            " WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u')",
+            (table,),
+        )
+        for (definition,) in await cur.fetchall():
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
+            except psycopg.errors.UniqueViolation:
+                removed += await _keep_first(conn, table, shadow, str(definition))
+                await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
+        await _plain_indexes(conn, table, shadow, unique=True)
+    return removed
+
+
+async def build_secondary(
+    conn: psycopg.AsyncConnection[Any], tables: Iterable[str], prefix: str
+) -> None:
+    """Each live table's non-unique indexes, built on ``<prefix><table>`` (one sorted build
+    each, where row-by-row maintenance during the load would cost far more)."""
+    await conn.execute("SET maintenance_work_mem = '256MB'")
+    for table in tables:
+        await _plain_indexes(conn, table, f"{prefix}{table}", unique=False)
+
+
+async def _plain_indexes(
+    conn: psycopg.AsyncConnection[Any], table: str, shadow: str, *, unique: bool
+) -> None:
+    """The live table's indexes that back no constraint, unique or not, built on ``shadow``."""
+    cur = await conn.execute(
+        "SELECT pg_get_indexdef(x.indexrelid) FROM pg_index x"
+        " WHERE x.indrelid = %s::regclass AND x.indisunique = %s AND NOT EXISTS"
+        " (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+        (table, unique),
+    )
+    for (definition,) in await cur.fetchall():
+        shape = str(definition).split(" USING ", 1)[1]
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        await conn.execute(f"CREATE {kind} ON {shadow} USING {shape}".encode())
+
+
+async def _keep_first(
+    conn: psycopg.AsyncConnection[Any], table: str, shadow: str, definition: str
+) -> int:
+    key = definition.split("(", 1)[1].rsplit(")", 1)[0]
+    order = _FIRST_OF.get(table, "ctid")
+    cur = await conn.execute(
+        f"DELETE FROM {shadow} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER"  # noqa: S608
+        f" (PARTITION BY {key} ORDER BY {order}) AS n FROM {shadow}) d WHERE n > 1)"
+    )
+    return cur.rowcount

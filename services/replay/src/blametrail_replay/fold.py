@@ -1,0 +1,300 @@
+"""Pure: the log folded by key into the read model's final rows, as ``COPY`` text. No I/O library.
+
+A rebuild reads the log from offset zero into empty tables, so it can know each row's final
+state before it writes anything. :class:`Fold` takes batches of records (the rows of each come
+from :func:`blametrail_projector.rows.rows_for`, the live projection's own mapping) and keeps:
+
+- ``incidents``: one compact state per incident, merged exactly as the live upsert merges
+  (``rows.merge_incident``; the tests hold the two to each other);
+- ``incident_enrichments``: the latest enrichment per incident, else its first failure;
+- ``incident_suspects``: the latest computation per incident;
+- Sentry issue links: first ``linked_at``, latest external issue, latest known web URL.
+
+The append-only tables (``incident_timeline``, ``webhook_audit``) are not held: each batch's rows
+come back at once as ``COPY`` text for the caller to stream (their duplicates are the caller's:
+it keeps the first of each event id, as ``ON CONFLICT DO NOTHING`` does). So memory grows with
+the number of distinct keys (:attr:`Fold.keys`), not with the length of the log; the caller
+bounds it with ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS`` (see ``rebuild.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from blametrail_projector.rows import EncodedJson, rows_for
+
+__all__ = ["COLUMNS", "Batch", "Fold", "copy_field", "copy_line"]
+
+# Column lists of the COPY statements, table by table (the incidents' grouped by how they merge).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "incidents": (
+        "incident_id",
+        "tenant_id",
+        "service_id",
+        "source",
+        "status",
+        "severity",
+        "title",
+        "culprit",
+        "resolved_at",
+        "state_changed_at",
+        "updated_at",
+        "state_order",
+        "assignee",
+        "assignee_order",
+        "sentry",
+        "first_seen",
+        "last_seen",
+        "event_count",
+        "opened_at",
+    ),
+    "incident_timeline": (
+        "event_id",
+        "incident_id",
+        "tenant_id",
+        "event_type",
+        "occurred_at",
+        "log_partition",
+        "log_offset",
+        "payload",
+        "sanitized",
+    ),
+    "webhook_audit": (
+        "event_id",
+        "tenant_id",
+        "connection_id",
+        "reason",
+        "resource",
+        "action",
+        "project_slug",
+        "project_id",
+        "detail",
+        "received_at",
+        "sanitized",
+    ),
+    "incident_enrichments": (
+        "incident_id",
+        "tenant_id",
+        "event_id",
+        "status",
+        "reason",
+        "record",
+        "fetched_at",
+        "sanitized",
+    ),
+    "incident_suspects": (
+        "incident_id",
+        "tenant_id",
+        "event_id",
+        "computed_at",
+        "candidates",
+        "suspects",
+    ),
+}
+_STATE = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
+_SPECIAL = re.compile(rb"[\\\t\n\r]")
+_NULL = b"\\N"
+
+
+def _escape(data: bytes) -> bytes:
+    if _SPECIAL.search(data) is None:
+        return data
+    return (
+        data.replace(b"\\", b"\\\\")
+        .replace(b"\t", b"\\t")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+    )
+
+
+def copy_field(value: Any) -> bytes:
+    """One value in ``COPY ... FROM STDIN`` text format (Postgres parses it as psycopg's
+    parameter of the same value: text, ``jsonb``, ``timestamptz``, ``uuid``, integers, booleans)."""
+    if value is None:
+        return _NULL
+    if isinstance(value, str):
+        return _escape(value.encode())
+    if isinstance(value, EncodedJson):
+        return _escape(value.encoded)
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, int | uuid.UUID):
+        return str(value).encode()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # psycopg sends a naive datetime as timestamp: the session's zone
+            raise TypeError("a naive datetime has no single timestamptz")
+        return value.isoformat().encode()
+    raise TypeError(f"no COPY text for {type(value).__name__}")
+
+
+def copy_line(row: dict[str, Any], columns: Sequence[str]) -> bytes:
+    return b"\t".join([copy_field(row[c]) for c in columns]) + b"\n"
+
+
+def _least(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _merge_refs(older: bytes, newer: bytes) -> bytes:
+    """``older || newer`` of two jsonb objects (the later event's value wins a shared key)."""
+    if older == newer:
+        return newer
+    return orjson.dumps({**orjson.loads(older), **orjson.loads(newer)})
+
+
+# An incident's state, compact (a list, values pre-encoded where they only ever move together):
+_HEAD, _STATE_TEXT, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _COUNT, _OPENED = (
+    range(10)
+)
+
+
+def _new_incident(row: dict[str, Any]) -> list[Any]:
+    head = b"\t".join([copy_field(row[c]) for c in ("incident_id", "tenant_id")])
+    head += b"\t" + b"\t".join([copy_field(row[c]) for c in ("service_id", "source")])
+    return [
+        head,
+        _state_text(row),
+        row["state_order"],
+        row["assignee"].encoded if row["assignee"] is not None else None,
+        row["assignee_order"],
+        row["sentry"].encoded,
+        row["first_seen"],
+        row["last_seen"],
+        row["event_count"],
+        row["opened_at"],
+    ]
+
+
+def _state_text(row: dict[str, Any]) -> bytes:
+    # updated_at is the shown state's own time, as the live upsert writes it
+    return b"\t".join([copy_field(row[c]) for c in (*_STATE, "state_changed_at")])
+
+
+def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
+    """The incident's state after one more event's row (``rows._incident``): what
+    ``rows.merge_incident`` (and so the live upsert) computes, in compact form."""
+    if cur is None:
+        return _new_incident(row)
+    newer = cur[_ORDER] < row["state_order"]
+    if newer:
+        cur[_STATE_TEXT], cur[_ORDER] = _state_text(row), row["state_order"]
+    if row["sets_assignee"] and (
+        cur[_ASSIGNEE_ORDER] is None or cur[_ASSIGNEE_ORDER] < row["assignee_order"]
+    ):
+        assignee = row["assignee"]
+        cur[_ASSIGNEE] = assignee.encoded if assignee is not None else None
+        cur[_ASSIGNEE_ORDER] = row["assignee_order"]
+    refs = row["sentry"].encoded
+    cur[_REFS] = _merge_refs(cur[_REFS], refs) if newer else _merge_refs(refs, cur[_REFS])
+    cur[_FIRST] = _least(cur[_FIRST], row["first_seen"])
+    cur[_LAST] = _greatest(cur[_LAST], row["last_seen"])
+    cur[_COUNT] = _greatest(cur[_COUNT], row["event_count"])
+    cur[_OPENED] = _least(cur[_OPENED], row["opened_at"])
+    return cur
+
+
+def incident_line(state: list[Any]) -> bytes:
+    assignee = _NULL if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
+    tail = [
+        copy_field(state[_ORDER]),
+        assignee,
+        copy_field(state[_ASSIGNEE_ORDER]),
+        _escape(state[_REFS]),
+        *(copy_field(state[i]) for i in (_FIRST, _LAST, _COUNT, _OPENED)),
+    ]
+    return b"\t".join([state[_HEAD], state[_STATE_TEXT], *tail]) + b"\n"
+
+
+@dataclass
+class Batch:
+    """What one batch of records gives at once: the append-only tables' lines."""
+
+    timeline: bytes = b""
+    audit: bytes = b""
+    refused: int = 0  # records that are no event of the projection (the live one dead-letters them)
+
+
+@dataclass
+class Fold:
+    """Records in log order (per partition) -> final rows. See the module docstring."""
+
+    incidents: dict[str, list[Any]] = field(default_factory=dict)
+    # incident id -> [incident id + tenant (COPY text), the rest (COPY text), status, fetched_at]
+    enrichments: dict[str, list[Any]] = field(default_factory=dict)
+    # incident id -> [incident id + tenant (COPY text), the rest (COPY text), computed_at]
+    suspects: dict[str, list[Any]] = field(default_factory=dict)
+    links: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> int:
+        """Distinct keys held: what the fold's memory grows with."""
+        return len(self.incidents) + len(self.enrichments) + len(self.suspects) + len(self.links)
+
+    def add(self, records: Sequence[Any]) -> Batch:
+        rows = rows_for(list(records))
+        incidents = self.incidents
+        for row in rows.incidents:
+            key = row["incident_id"]
+            incidents[key] = fold_incident(incidents.get(key), row)
+        for row in rows.enriched:
+            self._enriched(row)
+        for row in rows.failed:  # the first failure stays only while nothing else came
+            if row["incident_id"] not in self.enrichments:
+                self.enrichments[row["incident_id"]] = self._keyed(row, "incident_enrichments")
+        for row in rows.suspects:
+            cur = self.suspects.get(row["incident_id"])
+            if cur is None or cur[2] <= row["computed_at"]:
+                new = self._keyed(row, "incident_suspects")
+                self.suspects[row["incident_id"]] = new if cur is None else [cur[0], *new[1:]]
+        for row in rows.links:
+            self._link(row)
+        return Batch(
+            timeline=b"".join(copy_line(r, COLUMNS["incident_timeline"]) for r in rows.timeline),
+            audit=b"".join(copy_line(r, COLUMNS["webhook_audit"]) for r in rows.audit),
+            refused=len(rows.undecodable),
+        )
+
+    def _enriched(self, row: dict[str, Any]) -> None:
+        # the upsert replaces a failure, or an enrichment fetched no later; the tenant stays
+        cur = self.enrichments.get(row["incident_id"])
+        if cur is None or cur[2] == "failed" or cur[3] <= row["fetched_at"]:
+            new = self._keyed(row, "incident_enrichments")
+            self.enrichments[row["incident_id"]] = new if cur is None else [cur[0], *new[1:]]
+
+    @staticmethod
+    def _keyed(row: dict[str, Any], table: str) -> list[Any]:
+        """[incident id + tenant, the other columns] as COPY text, then what the merge compares."""
+        head = copy_field(row["incident_id"]) + b"\t" + copy_field(row["tenant_id"])
+        tail = b"\t".join([copy_field(row[c]) for c in COLUMNS[table][2:]])
+        if table == "incident_enrichments":
+            return [head, tail, row["status"], row["fetched_at"]]
+        return [head, tail, row["computed_at"]]
+
+    def _link(self, row: dict[str, Any]) -> None:
+        key = (row["incident_id"], row["connection_id"], row["sentry_issue_id"])
+        cur = self.links.get(key)
+        if cur is None:
+            self.links[key] = dict(row)
+            return
+        cur["external_issue_id"] = row["external_issue_id"]
+        if row["web_url"] is not None:
+            cur["web_url"] = row["web_url"]
+
+    def lines(self, table: str) -> Iterator[bytes]:
+        """The folded table's final rows as ``COPY`` text lines (``COLUMNS[table]``)."""
+        if table == "incidents":
+            yield from map(incident_line, self.incidents.values())
+            return
+        held = {"incident_enrichments": self.enrichments, "incident_suspects": self.suspects}
+        for state in held[table].values():
+            yield state[0] + b"\t" + state[1] + b"\n"

@@ -1,0 +1,356 @@
+"""The bulk rebuild on the real broker and Postgres: the tables it swaps in are the live
+projection's, byte for byte (the checksum query), on logs with resolutions, reopenings,
+duplicates, out-of-order events, enrichments, suspects, audit records, links and junk;
+also when the fold bound is reached and when Postgres refuses a folded row."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from blametrail_common.db import migrate
+from blametrail_common.events import encode, new_event
+from blametrail_common.events.audit import WebhookAuditedV1
+from blametrail_common.events.deploys import IncidentSuspectsV1
+from blametrail_common.events.enrichment import (
+    IncidentEnrichedV1,
+    IncidentEnrichmentFailedV1,
+    IncidentLinkedV1,
+)
+from blametrail_common.events.incidents import (
+    Assignee,
+    IncidentAssignedV1,
+    IncidentEvent,
+    IncidentMutedV1,
+    IncidentOpenedV1,
+    IncidentReopenedV1,
+    IncidentResolvedV1,
+    IncidentUpdatedV1,
+    IssueSnapshot,
+    SentryRef,
+)
+from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.settings import KafkaSettings
+from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
+from blametrail_devstack.pytest_plugin import Infra, create_database
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
+from blametrail_replay.rebuild import CHECKSUM_KEYS, RebuildSummary, rebuild_projection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+TITLES = ["KeyError", "tab\there", "new\nline\r", "back\\slash \\N", "nul \x00", "emoji \U0001f389"]
+KINDS: dict[str, type[IncidentEvent]] = {
+    "opened": IncidentOpenedV1,
+    "updated": IncidentUpdatedV1,
+    "resolved": IncidentResolvedV1,
+    "reopened": IncidentReopenedV1,
+    "assigned": IncidentAssignedV1,
+    "muted": IncidentMutedV1,
+}
+Log = list[tuple[str, bytes, bytes]]  # (topic, key, value) in log order
+
+
+def _incident_id(n: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"rebuild-{n}"))
+
+
+def incident_event(
+    kind: str, n: int, second: int, title: str = "KeyError", count: int | None = 1, **more: Any
+) -> IncidentEvent:
+    extra: dict[str, Any] = {
+        "updated": {"reason": "alert"},
+        "resolved": {"resolution_type": None},
+        "assigned": {"assignee": Assignee(type="user", id=more.get("assignee") or "u1")},
+        "muted": {"details": {}},
+    }.get(kind, {})
+    return KINDS[kind](
+        incident_id=_incident_id(n),
+        tenant_id="t",
+        service_id="svc",
+        source="sentry_issue",
+        severity=more.get("severity", "sev2"),
+        status_at=T0 + timedelta(seconds=second),
+        sentry=SentryRef(
+            connection_id="c",
+            issue_id=str(n),
+            web_url=f"https://acme.sentry.io/issues/{n}/" if more.get("web_url") else None,
+        ),
+        snapshot=IssueSnapshot(
+            title=title,
+            culprit=more.get("culprit"),
+            first_seen=T0 - timedelta(minutes=second % 3),
+            last_seen=T0 + timedelta(milliseconds=more.get("last_seen_ms", 0)),
+            count=count,
+        ),
+        **extra,
+    )
+
+
+def enriched(n: int, minute: int, title: str) -> IncidentEnrichedV1:
+    return IncidentEnrichedV1(
+        incident_id=_incident_id(n),
+        tenant_id="t",
+        connection_id="c",
+        sentry_issue_id=str(n),
+        sentry_event_id=None,
+        fetched_at=T0 + timedelta(minutes=minute),
+        title=title,
+        message=None,
+        platform="python",
+        environment=None,
+        release=None,
+        tags=[],
+        event_tags=[],
+        exceptions=[],
+        breadcrumbs=[],
+        user=None,
+        contexts={},
+        event_created_at=None,
+        event_received_at=None,
+        links={},
+        truncated=[],
+    )
+
+
+def failed(n: int, minute: int) -> IncidentEnrichmentFailedV1:
+    return IncidentEnrichmentFailedV1(
+        incident_id=_incident_id(n),
+        tenant_id="t",
+        sentry_issue_id=str(n),
+        reason=f"HTTP 500 \t{minute}",
+        attempts=3,
+        failed_at=T0 + timedelta(minutes=minute),
+    )
+
+
+def suspects(n: int, minute: int) -> IncidentSuspectsV1:
+    return IncidentSuspectsV1(
+        incident_id=_incident_id(n),
+        tenant_id="t",
+        computed_at=T0 + timedelta(minutes=minute),
+        candidates=minute,
+        suspects=[],
+    )
+
+
+def linked(n: int, external: str, url: str | None) -> IncidentLinkedV1:
+    return IncidentLinkedV1(
+        incident_id=_incident_id(n),
+        tenant_id="t",
+        connection_id="c",
+        sentry_issue_id=str(n),
+        external_issue_id=external,
+        sentry_web_url=url,
+        incident_url="https://blametrail.example/i",
+        linked_at=T0,
+    )
+
+
+def audit(i: int) -> WebhookAuditedV1:
+    return WebhookAuditedV1(
+        reason="unmapped",
+        detail=f"no mapping \\ {i}\n",
+        tenant_id="t",
+        connection_id="c",
+        installation_uuid=None,
+        resource="issue",
+        action="created",
+        project_slug="front\tend",
+        raw_event_id=f"r{i}",
+        body_sha256="0" * 64,
+        received_at=T0 + timedelta(seconds=i),
+    )
+
+
+_TOPIC = {
+    IncidentEnrichedV1: "incident-enrichments",
+    IncidentEnrichmentFailedV1: "incident-enrichments",
+    IncidentLinkedV1: "incident-enrichments",
+    IncidentSuspectsV1: "incident-suspects",
+    WebhookAuditedV1: "webhook-audit",
+}
+
+
+def record(payload: Any, i: int) -> tuple[str, bytes, bytes]:
+    key = getattr(payload, "incident_id", "t")
+    env = new_event(
+        payload,
+        key=key,
+        tenant="t",
+        event_id=uuid.uuid5(uuid.NAMESPACE_OID, f"event-{i}"),
+        produced_at=T0,
+    )
+    return _TOPIC.get(type(payload), "incident-events"), key.encode(), encode(env)
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> Log:
+    """A few incidents' histories shuffled together (out of order across seconds and kinds),
+    with redeliveries, enrichments (ties), suspects, links, audit records and junk."""
+    payloads: list[Any] = []
+    for n in range(draw(st.integers(1, 4))):
+        for _ in range(draw(st.integers(1, 6))):
+            payloads.append(
+                incident_event(
+                    draw(st.sampled_from(list(KINDS))),
+                    n,
+                    draw(st.integers(0, 3)),
+                    title=draw(st.sampled_from(TITLES)),
+                    count=draw(st.none() | st.integers(1, 4)),
+                    culprit=draw(st.none() | st.sampled_from(["x", "y\\z"])),
+                    severity=draw(st.sampled_from(["sev1", "sev2"])),
+                    assignee=draw(st.sampled_from(["u1", "u2"])),
+                    web_url=draw(st.booleans()),
+                    last_seen_ms=draw(st.sampled_from([0, 250, 999])),
+                )
+            )
+        for _ in range(draw(st.integers(0, 3))):
+            minute = draw(st.integers(0, 2))
+            payloads.append(
+                draw(
+                    st.sampled_from(
+                        [
+                            enriched(n, minute, draw(st.sampled_from(TITLES))),
+                            failed(n, minute),
+                            suspects(n, minute),
+                            linked(n, f"X-{minute}", draw(st.none() | st.just("https://s/1"))),
+                        ]
+                    )
+                )
+            )
+    payloads += [audit(i) for i in range(draw(st.integers(0, 3)))]
+    out = [record(p, i) for i, p in enumerate(payloads)]
+    out = draw(st.permutations(out))
+    for _ in range(draw(st.integers(0, 3))):  # redeliveries, later in the log
+        out.append(draw(st.sampled_from(out)))
+    if draw(st.booleans()):
+        out.insert(draw(st.integers(0, len(out))), ("incident-events", b"junk", b"\xff junk"))
+    return out
+
+
+# -- harness -------------------------------------------------------------------------------------
+
+
+async def _links(dsn: str) -> list[Any]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT incident_id, connection_id, sentry_issue_id, web_url, external_issue_id,"
+            " linked_at FROM sentry_issue_links ORDER BY 1, 2, 3"
+        )
+        return await cur.fetchall()
+
+
+async def _compare(
+    kafka_settings: KafkaSettings, infra: Infra, log: Log, **options: Any
+) -> RebuildSummary:
+    """Project ``log`` live into one database, rebuild it into a fresh one, and rebuild the
+    live one in place; every table must be the same in the three."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        topic_prefix=f"rb{uuid.uuid4().hex[:6]}.",
+    )
+    await ensure_topics(kafka)
+    live = create_database(infra.server_dsn, f"bt_rbl_{uuid.uuid4().hex[:6]}")
+    scratch = create_database(infra.server_dsn, f"bt_rbs_{uuid.uuid4().hex[:6]}")
+    migrate(live)
+    migrate(scratch)
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    try:
+        for topic, key, value in log:  # one by one: the log order is the test's
+            await producer.send_raw(topic, key, value)
+    finally:
+        await producer.stop()
+    end = await end_offsets(kafka, PROJECTED_TOPICS)
+    await project_until(kafka, live, "live", PROJECTED_TOPICS, Projection(None).apply, end)
+    expected = await table_checksums(live, CHECKSUM_KEYS)
+
+    summary = await rebuild_projection(kafka, scratch, "never-ran", batch=7, **options)
+    assert await table_checksums(scratch, CHECKSUM_KEYS) == expected
+    assert await _links(scratch) == await _links(live)
+    assert summary.applied == len(log)
+
+    in_place = await rebuild_projection(kafka, live, "live", **options)
+    assert in_place.identical, (in_place.live, in_place.rebuilt)
+    assert await table_checksums(live, CHECKSUM_KEYS) == expected
+    assert in_place.refused == summary.refused
+    return summary
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(log=logs())
+def test_a_rebuild_gives_the_live_projections_tables_for_any_log(
+    kafka_settings: KafkaSettings, infra: Infra, log: Log
+) -> None:
+    summary = asyncio.run(_compare(kafka_settings, infra, log))
+    assert summary.fallback == ""
+    assert summary.folded == len(log)
+    assert summary.refused == sum(1 for _, _, v in log if v.startswith(b"\xff"))
+
+
+def _fixed_log() -> Log:
+    payloads: list[Any] = [
+        incident_event("resolved", 0, 5, title="resolved first"),  # before its opening
+        incident_event("opened", 0, 0, web_url=True),
+        incident_event("reopened", 0, 9, count=4, last_seen_ms=999),
+        incident_event("opened", 1, 0, title="tab\there"),
+        incident_event("assigned", 1, 2, assignee="u2"),
+        incident_event("muted", 2, 1),
+        incident_event("opened", 2, 0),
+        failed(0, 1),
+        enriched(0, 2, "e"),
+        failed(0, 3),
+        enriched(1, 1, "a"),
+        enriched(1, 1, "b"),  # a tie: the later one wins
+        suspects(0, 2),
+        suspects(0, 1),
+        linked(0, "X-1", "https://s/1"),
+        linked(0, "X-2", None),
+        audit(1),
+        audit(2),
+    ]
+    out = [record(p, i) for i, p in enumerate(payloads)]
+    return [*out, out[1], out[8], out[16], ("incident-events", b"junk", b"\xff junk")]
+
+
+async def test_past_the_fold_bound_the_rest_goes_the_live_way_with_the_same_tables(
+    kafka_settings: KafkaSettings, infra: Infra
+) -> None:
+    summary = await _compare(kafka_settings, infra, _fixed_log(), fold_max_incidents=2)
+    assert "BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS" in summary.fallback
+    assert 0 < summary.folded < summary.applied
+    assert summary.keys >= 2
+    assert summary.refused == 1
+
+
+async def test_duplicates_are_dropped_as_the_live_projection_drops_them(
+    kafka_settings: KafkaSettings, infra: Infra
+) -> None:
+    summary = await _compare(kafka_settings, infra, _fixed_log())
+    assert summary.fallback == ""
+    assert summary.duplicates == 2  # a redelivered incident event and a redelivered audit record
+    assert summary.refused == 1
+
+
+async def test_a_row_postgres_refuses_makes_the_rebuild_go_the_live_way_from_zero(
+    kafka_settings: KafkaSettings, infra: Infra
+) -> None:
+    """A count beyond bigint: the live projection dead-letters that record, so must the rebuild."""
+    log = _fixed_log()
+    log.insert(3, record(incident_event("updated", 1, 3, count=2**70), 100))
+    summary = await _compare(kafka_settings, infra, log)
+    assert "Postgres refused a folded row" in summary.fallback
+    assert "bigint" in summary.fallback
+    assert summary.refused == 2
