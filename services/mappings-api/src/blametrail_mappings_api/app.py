@@ -24,6 +24,7 @@ from blametrail_mappings_api.api import (
     audit,
     connections,
     deploys,
+    incident_actions,
     incidents,
     mappings,
     services,
@@ -53,6 +54,7 @@ ROUTERS = (
     connections.router,
     mappings.router,
     incidents.router,
+    incident_actions.router,
     deploys.router,
     audit.router,
 )
