@@ -24,6 +24,7 @@ from blametrail_common.topics import get_topic, topic_name
 from prometheus_client import Counter
 
 from blametrail_normalizer.normalize import normalize
+from blametrail_normalizer.observed import handle_observation
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_normalizer.tables import ControlPlaneTables, LruDict, TableLookup
 
@@ -157,6 +158,11 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
     async def normalize_raw(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             await _handle(normalizer, event.message)
+
+    @app.agent(external("sentry-observations"))  # the reconciler's sweeps (observed.py)
+    async def fold_observations(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await handle_observation(normalizer, event.message)
 
     return normalizer
 

@@ -27,3 +27,7 @@ class Lookup(Protocol):
     def incident_known(self, incident_id: str) -> bool:
         """Whether an ``incident.opened`` was already emitted for this incident."""
         ...
+
+    def primary_issue(self, connection_id: str, issue_id: str) -> str | None:
+        """The issue a merged-away issue id was merged into (``sentry-issue-aliases``), if any."""
+        ...

@@ -21,6 +21,7 @@ class MemoryLookup:
         default_factory=dict
     )  # (connection, project id) -> slug
     incidents: set[str] = field(default_factory=set)
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # merged -> primary
 
     def connection(self, connection_id: str) -> ConnectionStateV1 | None:
         return self.connections.get(connection_id)
@@ -51,3 +52,6 @@ class MemoryLookup:
 
     def incident_known(self, incident_id: str) -> bool:
         return incident_id in self.incidents
+
+    def primary_issue(self, connection_id: str, issue_id: str) -> str | None:
+        return self.aliases.get((connection_id, issue_id))

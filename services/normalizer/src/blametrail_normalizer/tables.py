@@ -22,6 +22,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Generic, TypeVar
 
 from blametrail_common.events import ConnectionStateV1, MappingStateV1, ServiceStateV1, mapping_key
+from blametrail_common.events.observations import IssueAliasV1, alias_key
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 
@@ -64,14 +65,22 @@ class ControlPlaneTables:
         self.connections = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
         self.mappings = CompactedTable(kafka, "cp-mappings", MappingStateV1)
         self.services = CompactedTable(kafka, "cp-services", ServiceStateV1)
+        self.aliases = CompactedTable(kafka, "sentry-issue-aliases", IssueAliasV1)  # merges
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        await asyncio.gather(self.connections.start(), self.mappings.start(), self.services.start())
+        await asyncio.gather(
+            self.connections.start(),
+            self.mappings.start(),
+            self.services.start(),
+            self.aliases.start(),
+        )
         self.ready.set()
 
     async def stop(self) -> None:
-        await asyncio.gather(self.connections.stop(), self.mappings.stop(), self.services.stop())
+        await asyncio.gather(
+            self.connections.stop(), self.mappings.stop(), self.services.stop(), self.aliases.stop()
+        )
 
 
 class TableLookup:
@@ -113,3 +122,7 @@ class TableLookup:
 
     def incident_known(self, incident_id: str) -> bool:
         return bool(self.incidents.get(incident_id))
+
+    def primary_issue(self, connection_id: str, issue_id: str) -> str | None:
+        alias = self.cp.aliases.get(alias_key(connection_id, issue_id))
+        return alias.primary_issue_id if alias is not None else None
