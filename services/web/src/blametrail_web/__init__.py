@@ -1,0 +1,1 @@
+"""BlameTrail web: the product pages over the REST API."""

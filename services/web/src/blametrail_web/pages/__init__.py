@@ -1,0 +1,1 @@
+"""One module per page or resource: its routes and form handling."""
