@@ -29,6 +29,7 @@ from blametrail_common.events.incidents import (
     IncidentResolvedV1,
     incident_order,
 )
+from blametrail_common.events.observations import IncidentAbsorbedV1, IncidentMergedV1
 
 from blametrail_projector.pgsafe import pg_jsonb, pg_text
 
@@ -82,8 +83,10 @@ class Rows:
 def status_for(event: IncidentEvent) -> str:
     if isinstance(event, IncidentActionV1):
         return event.status
-    if isinstance(event, IncidentResolvedV1):
+    if isinstance(event, IncidentResolvedV1 | IncidentMergedV1):  # merged: closed into another
         return "resolved"
+    if isinstance(event, IncidentAbsorbedV1):  # took in a merged issue: the status observed
+        return _STATUS_OF_SENTRY.get(event.snapshot.status or "", "open")
     if isinstance(event, IncidentMutedV1):
         return "muted"
     if isinstance(event, IncidentAssignedV1):
@@ -103,6 +106,8 @@ def rows_for(records: list[Any]) -> Rows:
         p = env.payload
         if isinstance(p, IncidentEvent):
             out.incidents.append(_incident(p))
+            if isinstance(p, IncidentAbsorbedV1):  # the merged issue's links move here
+                out.links.extend(_moved_links(p))
             payload, changed = _safe_jsonb(p.model_dump(mode="json"))
             out.timeline.append(
                 {
@@ -262,6 +267,21 @@ def merge_incident(cur: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
         values = [v for v in (cur[column], new[column]) if v is not None]
         out[column] = pick(values) if values else None
     return out
+
+
+def _moved_links(p: IncidentAbsorbedV1) -> list[dict[str, Any]]:
+    return [
+        {
+            "incident_id": p.incident_id,
+            "connection_id": p.sentry.connection_id,
+            "sentry_issue_id": p.sentry.issue_id or "",
+            "external_issue_id": link.external_issue_id,
+            "web_url": pg_text(link.web_url),
+            "linked_at": p.status_at,
+        }
+        for link in p.moved_links
+        if p.sentry.issue_id
+    ]
 
 
 def _audit(event_id: Any, p: WebhookAuditedV1) -> dict[str, Any]:
