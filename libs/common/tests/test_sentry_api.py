@@ -1,10 +1,12 @@
 """The Sentry client against the stand-in: rate limits, 5xx, slowness, resets, bad tokens."""
 
+import asyncio
 import time
 
 import httpx
 import pytest
 from blametrail_common.sentry_api import (
+    Budget,
     GaveUp,
     HttpxSentryApi,
     NotFound,
@@ -13,6 +15,7 @@ from blametrail_common.sentry_api import (
     SentryCredentials,
     TokenRejected,
     backoff_delay,
+    endpoint_of,
     is_transient,
     rate_limit_wait,
 )
@@ -109,3 +112,94 @@ async def test_403_is_an_answer_not_an_outage_and_is_not_retried() -> None:
             await api.issue_tags(foreign, "1")
     assert not is_transient(raised.value)
     assert [r["route"] for r in state.requests] == ["tags"]  # once: FAST would try four times
+
+
+def test_endpoint_of_wildcards_ids_so_one_endpoint_is_one_budget() -> None:
+    latest = "/api/0/organizations/acme/issues/{}/events/latest/"
+    assert endpoint_of("GET", latest.format(1)) == endpoint_of("GET", latest.format(99))
+    assert (
+        endpoint_of("GET", latest.format(1))
+        == "GET /api/0/organizations/acme/issues/*/events/latest/"
+    )
+    tags = "/api/0/organizations/acme/issues/1/tags/"
+    assert endpoint_of("GET", tags) != endpoint_of("GET", latest.format(1))
+    ext = "/api/0/sentry-app-installations/9f3e2a10-77/external-issues/"
+    assert endpoint_of("POST", ext) == "POST /api/0/sentry-app-installations/*/external-issues/"
+    assert endpoint_of("GET", tags + "?cursor=0:100:0") == endpoint_of("GET", tags)
+
+
+def test_budget_learns_the_window_and_the_concurrent_limit_from_the_headers() -> None:
+    budget = Budget(ceiling=4)
+    headers = {
+        "x-sentry-rate-limit-remaining": "10",
+        "x-sentry-rate-limit-reset": "101",
+        "x-sentry-rate-limit-concurrentlimit": "6",
+        "x-sentry-rate-limit-concurrentremaining": "5",
+    }
+    for _ in range(4):  # a ceiling's worth of answers with slots to spare: one slot more
+        assert budget.try_start()
+        budget.learn(headers, 200, 100.0)
+        budget.finish()
+    # 10 left when Sentry answered, less the 3 calls sent since (counted here, not yet there)
+    assert (budget.cap, budget.ceiling, budget.remaining) == (6, 5, 7)
+    for _ in range(5):
+        assert budget.try_start()
+    assert not budget.try_start()  # the ceiling, not the window, stops the sixth
+    assert budget.remaining == 2
+    budget.learn({**headers, "x-sentry-rate-limit-remaining": "1"}, 200, 100.2)
+    assert budget.remaining == 1  # Sentry counted calls of others too: the lower count wins
+    budget.learn({**headers, "x-sentry-rate-limit-remaining": "7"}, 200, 100.3)
+    assert budget.remaining == 1  # an answer from earlier in the window changes nothing
+    budget.remaining = 0
+    assert budget.wait_s(100.5) == pytest.approx(0.5)  # spent: wait for the next window
+    assert budget.wait_s(101.0) == 0.0
+    assert budget.remaining is None  # a new window: unknown until Sentry answers
+    concurrency_429 = {**headers, "x-sentry-rate-limit-concurrentremaining": "0"}
+    budget.learn(concurrency_429, 429, 101.1)
+    assert budget.ceiling == 2  # halved (5 -> 2); and no hold, the window has requests
+    assert budget.blocked_until == 0.0
+    budget.learn(
+        {**headers, "x-sentry-rate-limit-remaining": "0", "x-sentry-rate-limit-reset": "102"},
+        429,
+        101.2,
+    )
+    assert budget.blocked_until == pytest.approx(102.0)  # a rate 429 holds until Reset
+
+
+async def test_concurrency_rises_to_sentrys_limit_without_a_single_429() -> None:
+    state = StubState(concurrent_limit=10, latency_s=0.05)
+    async with serve(state) as url:
+        api, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
+        results = await asyncio.gather(*(api.issue_tags(creds, str(i)) for i in range(150)))
+    assert len(results) == 150
+    budget = api.budget("acme", "GET", "/api/0/organizations/acme/issues/1/tags/")
+    assert budget.cap == 10
+    assert budget.ceiling == 10  # from 4 (RetryPolicy's start) up to the limit Sentry named
+    assert state.limited == {}  # never above it
+
+
+async def test_two_workers_sharing_an_organizations_slots_back_off_instead_of_storming() -> None:
+    state = StubState(concurrent_limit=8, latency_s=0.05)
+    async with serve(state) as url:
+        first, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
+        second = HttpxSentryApi(httpx.AsyncClient(), RetryPolicy(timeout_s=5))
+        calls = [api.issue_tags(creds, str(i)) for i in range(150) for api in (first, second)]
+        results = await asyncio.gather(*calls)
+    assert len(results) == 300  # every call answered
+    tags = sum(1 for r in state.requests if r["route"] == "tags")
+    assert state.limited.get("concurrent", 0) <= 0.1 * tags  # a few probes, not a 429 storm
+    assert state.limited.get("rate", 0) == 0
+
+
+async def test_a_spent_window_waits_for_reset_instead_of_sending_into_429s() -> None:
+    state = StubState(rate_limit=25, rate_window_s=1)
+    async with serve(state) as url:
+        api, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
+        began = time.monotonic()
+        results = await asyncio.gather(*(api.issue_tags(creds, str(i)) for i in range(70)))
+        elapsed = time.monotonic() - began
+    assert len(results) == 70
+    assert elapsed >= 1.0  # 70 calls at 25 a window span at least three windows
+    # Blind calls only at a window's start, before its first answer: at most the ceiling each.
+    assert state.limited.get("rate", 0) <= 3 * 10
+    assert sum(1 for r in state.requests if r["route"] == "tags") <= 70 + 3 * 10

@@ -203,3 +203,40 @@ async def test_storms_hit_every_request_for_their_duration_and_can_be_ended_over
         assert (await client.get(tags)).status_code == 200
         state.faults.append(Fault("latest_event", "500"))  # queued faults still work after
         assert (await client.get(LATEST)).status_code == 500
+
+
+async def test_each_endpoint_has_its_own_window_shared_by_the_organizations_tokens() -> None:
+    state = StubState(rate_limit=2, rate_window_s=60)
+    first, second = state.add_internal_token("acme"), state.add_internal_token("acme")
+    tags = "/api/0/organizations/acme/issues/5912345678/tags/"
+    async with serve(state) as url, httpx.AsyncClient(base_url=url) as client:
+        latest = [
+            (await client.get(LATEST, headers=_auth(t))).status_code for t in (first, second, first)
+        ]
+        tag = (await client.get(tags, headers=_auth(second))).status_code
+    assert latest == [200, 200, 429]  # two tokens of one organization: one caller
+    assert tag == 200  # another endpoint: another window
+    assert state.limited == {"rate": 1}
+
+
+async def test_concurrent_limit_answers_429_and_headers_count_requests_in_progress() -> None:
+    state = StubState(concurrent_limit=3, latency_s=0.3)
+    token = state.add_internal_token("acme")
+    async with serve(state) as url, httpx.AsyncClient(base_url=url, headers=_auth(token)) as client:
+        answers = await asyncio.gather(*(client.get(LATEST) for _ in range(5)))
+        alone = await client.get(LATEST)
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 200, 429, 429]
+    limited = [a for a in answers if a.status_code == 429]
+    assert all("concurrency" in a.json()["detail"] for a in limited)
+    assert all(a.headers["X-Sentry-Rate-Limit-ConcurrentRemaining"] == "0" for a in limited)
+    assert int(limited[0].headers["X-Sentry-Rate-Limit-Remaining"]) > 0  # not the rate window
+    served = sorted(
+        int(a.headers["X-Sentry-Rate-Limit-ConcurrentRemaining"])
+        for a in answers
+        if a.status_code == 200
+    )
+    assert served == [0, 1, 2]
+    assert alone.headers["X-Sentry-Rate-Limit-ConcurrentLimit"] == "3"
+    assert alone.headers["X-Sentry-Rate-Limit-ConcurrentRemaining"] == "2"
+    assert state.limited == {"concurrent": 2}

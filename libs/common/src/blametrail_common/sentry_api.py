@@ -7,16 +7,27 @@ Contract of every call: returns the decoded JSON, or raises one of
 :class:`TokenRejected` (401: ask the token owner for a refresh), :class:`NotFound` (404: the
 issue is gone; permanent), :class:`SentryApiError` itself (403 and other 4xx: Sentry answered
 no; permanent) or :class:`GaveUp` (retries exhausted on 5xx/timeouts/429s: Sentry did not
-answer; the only *transient* outcome, see :func:`is_transient`). Calls to
-one Sentry organization share a concurrency limit and a "blocked until" time learnt from
-``X-Sentry-Rate-Limit-Remaining``/``-Reset`` (Sentry sends no ``Retry-After``).
+answer; the only *transient* outcome, see :func:`is_transient`).
+
+The budget (:class:`Budget`, one per organization and endpoint, as Sentry counts them): Sentry
+answers every call with ``X-Sentry-Rate-Limit-Limit``/``-Remaining``/``-Reset`` (requests left in
+its fixed window, and when the next one starts) and ``-ConcurrentLimit``/``-ConcurrentRemaining``
+(requests in progress allowed, and left). Calls start at ``RetryPolicy.concurrency_per_org`` in
+flight, add one per that many answers that left concurrent slots free, up to the ``ConcurrentLimit`` Sentry
+names, and halve on a concurrency 429 (another process of ours, a write-back or reconciliation
+worker, uses the same organization's slots). No call is sent once the window's requests are
+spent (counted here, corrected by each answer's ``Remaining``) until ``Reset``; a rate 429 holds
+the endpoint until ``Reset`` too (Sentry sends no ``Retry-After``). So a storm of incidents
+spends the budget Sentry grants and is never a 429 storm of our own making.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +35,7 @@ from typing import Any, Protocol
 import httpx
 
 __all__ = [
+    "Budget",
     "GaveUp",
     "HttpxSentryApi",
     "NotFound",
@@ -33,6 +45,7 @@ __all__ = [
     "SentryCredentials",
     "TokenRejected",
     "backoff_delay",
+    "endpoint_of",
     "is_transient",
     "rate_limit_wait",
 ]
@@ -77,6 +90,8 @@ class RetryPolicy:
     max_rate_limit_wait_s: float = 120.0
     timeout_s: float = 5.0
     concurrency_per_org: int = 4
+    """Calls in flight per organization and endpoint before Sentry named its concurrent limit
+    (then :class:`Budget` adapts up to that limit)."""
 
 
 class SentryApi(Protocol):
@@ -106,10 +121,92 @@ def rate_limit_wait(headers: Mapping[str, str], now: float, status: int) -> floa
         return 1.0
 
 
+_ID_SEGMENT = re.compile(r"[^/]*\d[^/]*")
+
+
+def endpoint_of(method: str, path: str) -> str:
+    """Pure: the endpoint a call counts against (Sentry limits each endpoint apart): the method
+    and the path with every segment holding a digit (issue ids, installation uuids) wildcarded."""
+    head, _, rest = path.split("?", 1)[0].partition("/api/0/")
+    return f"{method} {head}{_}{_ID_SEGMENT.sub('*', rest)}"
+
+
+def _int(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
 @dataclass
-class _OrgGate:
-    slots: asyncio.Semaphore
+class Budget:
+    """What Sentry grants one organization on one endpoint, learnt from its answers; the calls
+    in flight against it. Pure bookkeeping (the waiting is :meth:`HttpxSentryApi.call`'s)."""
+
+    ceiling: int
+    cap: int | None = None  # X-Sentry-Rate-Limit-ConcurrentLimit, once told
+    in_flight: int = 0
+    remaining: int | None = None  # requests left in the window ending at ``reset_at``
+    reset_at: float = 0.0
     blocked_until: float = 0.0
+    grown: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds before a call may be sent for want of requests (not of slots)."""
+        if now >= self.reset_at:
+            self.remaining = None  # a new window: Sentry's next answer tells what is left
+        spent = self.remaining is not None and self.remaining <= 0
+        return max(self.blocked_until - now, (self.reset_at - now) if spent else 0.0, 0.0)
+
+    def try_start(self) -> bool:
+        if self.in_flight >= self.ceiling:
+            return False
+        self.in_flight += 1
+        if self.remaining is not None:
+            self.remaining -= 1
+        return True
+
+    def finish(self) -> None:
+        self.in_flight -= 1
+        for _ in range(self.ceiling - self.in_flight):  # the ceiling may have risen meanwhile
+            self.wake()
+
+    def wake(self) -> None:
+        """Let the longest-waiting call try for a slot again."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def learn(self, headers: Mapping[str, str], status: int, now: float) -> None:
+        """Take in one answer's rate-limit headers (``status`` 429: Sentry said no)."""
+        remaining = _int(headers, "x-sentry-rate-limit-remaining")
+        reset = _int(headers, "x-sentry-rate-limit-reset")
+        cap = _int(headers, "x-sentry-rate-limit-concurrentlimit")
+        free = _int(headers, "x-sentry-rate-limit-concurrentremaining")
+        if remaining is not None and reset is not None and reset >= self.reset_at:
+            if reset > self.reset_at:  # a newer window; calls still in flight may land in it
+                self.reset_at, self.remaining = float(reset), remaining - (self.in_flight - 1)
+            else:
+                known = self.remaining
+                self.remaining = remaining if known is None else min(known, remaining)
+        if cap is not None and cap > 0:
+            self.cap = cap
+            self.ceiling = min(self.ceiling, cap)
+        if status == 429:
+            hold = rate_limit_wait(headers, now, status)
+            if remaining is not None and remaining > 0:  # the concurrency variant
+                self.ceiling = max(1, self.ceiling // 2)
+            else:
+                self.blocked_until = max(self.blocked_until, now + (hold or 1.0))
+        elif remaining == 0 and reset is not None:
+            self.blocked_until = max(self.blocked_until, float(reset))
+        elif self.cap is not None and (free is None or free > 1) and self.ceiling < self.cap:
+            self.grown += 1  # one more slot per ceiling's worth of answers with slots to spare
+            if self.grown >= self.ceiling:
+                self.ceiling, self.grown = self.ceiling + 1, 0
 
 
 @dataclass
@@ -121,7 +218,7 @@ class HttpxSentryApi:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: Callable[[], float] = random.random
-    _gates: dict[str, _OrgGate] = field(default_factory=dict)
+    _budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
 
     async def latest_event(self, creds: SentryCredentials, issue_id: str) -> dict[str, Any]:
         """Org-scoped path first; the unscoped one if the org path does not know the issue."""
@@ -143,10 +240,12 @@ class HttpxSentryApi:
             raise GaveUp(f"tags of issue {issue_id}: expected a list")
         return found
 
-    def _gate(self, org: str) -> _OrgGate:
-        if org not in self._gates:
-            self._gates[org] = _OrgGate(asyncio.Semaphore(self.policy.concurrency_per_org))
-        return self._gates[org]
+    def budget(self, org: str, method: str, path: str) -> Budget:
+        """The budget a call of ``method path`` for ``org`` counts against."""
+        key = (org, endpoint_of(method, path))
+        if key not in self._budgets:
+            self._budgets[key] = Budget(ceiling=max(1, self.policy.concurrency_per_org))
+        return self._budgets[key]
 
     async def create_external_issue(
         self, creds: SentryCredentials, installation_uuid: str, body: Mapping[str, str]
@@ -167,11 +266,12 @@ class HttpxSentryApi:
         return await self.call("GET", creds, path)
 
     async def call(self, method: str, creds: SentryCredentials, path: str, body: Any = None) -> Any:
-        """One Sentry API call with this organization's shared gate, retries and rate-limit
-        holds; the decoded JSON, or one of the errors in the module's contract."""
-        gate, attempt, waited, last = self._gate(creds.org_slug), 0, 0.0, ""
+        """One Sentry API call within its organization's and endpoint's :class:`Budget`, with
+        retries and rate-limit holds; the decoded JSON, or one of the errors in the module's
+        contract."""
+        budget, attempt, waited, last = self.budget(creds.org_slug, method, path), 0, 0.0, ""
         while True:
-            hold = gate.blocked_until - self.clock()
+            hold = budget.wait_s(self.clock())
             if hold > 0:
                 if waited + hold > self.policy.max_rate_limit_wait_s:
                     raise GaveUp(
@@ -179,8 +279,21 @@ class HttpxSentryApi:
                     )
                 waited += hold
                 await self.sleep(hold)
-            async with gate.slots:
-                outcome = await self._once(method, creds, path, body, gate)
+                continue
+            if not budget.try_start():
+                waiter = asyncio.get_running_loop().create_future()
+                budget.waiters.append(waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        budget.wake()  # woken, then cancelled: pass the turn on
+                    raise
+                continue
+            try:
+                outcome = await self._once(method, creds, path, body, budget)
+            finally:
+                budget.finish()
             if not isinstance(outcome, _Retry):
                 return outcome
             if outcome.counts:
@@ -189,9 +302,15 @@ class HttpxSentryApi:
                 if attempt >= self.policy.max_attempts:
                     raise GaveUp(f"{method} {path}: gave up after {attempt} attempts: {last}")
                 await self.sleep(backoff_delay(attempt, self.policy, self.rng))
+            elif outcome.reason.startswith("429 concurrency"):
+                delay = backoff_delay(1, self.policy, self.rng)
+                waited += delay
+                if waited > self.policy.max_rate_limit_wait_s:
+                    raise GaveUp(f"{method} {path}: {outcome.reason} for too long")
+                await self.sleep(delay)
 
     async def _once(
-        self, method: str, creds: SentryCredentials, path: str, body: Any, gate: _OrgGate
+        self, method: str, creds: SentryCredentials, path: str, body: Any, budget: Budget
     ) -> Any:
         try:
             resp = await self.client.request(
@@ -205,17 +324,16 @@ class HttpxSentryApi:
             return _Retry(f"timeout after {self.policy.timeout_s}s")
         except httpx.TransportError as exc:
             return _Retry(f"transport error {type(exc).__name__}")
-        hold = rate_limit_wait(resp.headers, self.clock(), resp.status_code)
-        if hold:
-            gate.blocked_until = max(gate.blocked_until, self.clock() + hold)
+        budget.learn(resp.headers, resp.status_code, self.clock())
         if resp.status_code in (200, 201):
             try:
                 return resp.json()
             except ValueError:
                 return _Retry("200 with a body that is not JSON")
         if resp.status_code == 429:
-            gate.blocked_until = max(gate.blocked_until, self.clock() + (hold or 1.0))
-            return _Retry("429 rate limited", counts=False)
+            remaining = _int(resp.headers, "x-sentry-rate-limit-remaining")
+            kind = "concurrency" if remaining is not None and remaining > 0 else "rate limited"
+            return _Retry(f"429 {kind}", counts=False)
         if resp.status_code == 401:
             raise TokenRejected(f"{method} {path}: 401, token rejected")
         if resp.status_code == 404:

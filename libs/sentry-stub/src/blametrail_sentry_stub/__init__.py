@@ -2,7 +2,9 @@
 
 It speaks the documented endpoints BlameTrail calls (latest event, issue tags, the
 installation token exchange and refresh, installation verification, external issues) from the
-project's fixtures, checks Bearer tokens, enforces a rate limit with Sentry's headers, and can
+project's fixtures, checks Bearer tokens, enforces Sentry's two rate limits (requests per fixed
+window and requests in progress, each per organization and endpoint, with Sentry's
+``X-Sentry-Rate-Limit-*`` headers on every answer and a 429 naming the limit), and can
 inject faults per route: 429 (no ``Retry-After``, as Sentry), 5xx, slow answers, dropped
 connections and 401s. Control endpoints live under ``/_stub/``.
 
@@ -21,7 +23,8 @@ Two kinds of faults:
   ``"reset"``/``"slow"`` (with ``delay_s``) for a network that drops or crawls. A storm is
   checked before queued faults; storms never count down.
 
-``GET /_stub/requests`` lists every request seen (route, method, path), to count calls.
+``GET /_stub/requests`` lists every request seen (route, method, path), to count calls;
+``GET /_stub/budget`` the rate limiter's settings and its 429s by reason (``POST`` changes them).
 """
 
 from blametrail_sentry_stub.app import create_app

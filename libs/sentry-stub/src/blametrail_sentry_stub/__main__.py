@@ -6,6 +6,11 @@ plays the public app (the variables the mappings-api reads): its install page
 ``/sentry-apps/{slug}/external-install/?organization=`` installs it, sends the signed
 ``installation.created`` to ``$BLAMETRAIL_PUBLIC_INGEST_URL/webhooks/sentry`` and redirects to
 ``$BLAMETRAIL_PUBLIC_INGEST_URL/integrations/sentry/oauth/callback``.
+
+Its rate limiter (per organization and endpoint, as Sentry's): ``BLAMETRAIL_SENTRY_STUB_RATE_LIMIT``
+requests a second (1000), ``BLAMETRAIL_SENTRY_STUB_CONCURRENT_LIMIT`` at once (25), and
+``BLAMETRAIL_SENTRY_STUB_LATENCY_MS`` added to every answer (0); ``/_stub/budget`` changes them
+while it runs.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from blametrail_sentry_stub.state import PublicApp, StubState
 
 
 def main() -> None:
-    state = StubState()
+    state = StubState(
+        rate_limit=int(os.environ.get("BLAMETRAIL_SENTRY_STUB_RATE_LIMIT", "1000")),
+        concurrent_limit=int(os.environ.get("BLAMETRAIL_SENTRY_STUB_CONCURRENT_LIMIT", "25")),
+        latency_s=float(os.environ.get("BLAMETRAIL_SENTRY_STUB_LATENCY_MS", "0")) / 1000,
+    )
     state.add_internal_token(
         "acme", os.environ.get("BLAMETRAIL_SENTRY_STUB_TOKEN", "demo-internal-token")
     )

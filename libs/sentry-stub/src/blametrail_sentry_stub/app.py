@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from blametrail_sentry_stub import issues
-from blametrail_sentry_stub.state import Fault, StubState, Token
+from blametrail_sentry_stub.state import Fault, StubState, Token, rate_key
 
 Handler = Callable[[Request, StubState, Token | None], Awaitable[Response]]
 JWT_GRANT = "urn:sentry:params:oauth:grant-type:jwt-bearer"
@@ -62,15 +62,33 @@ def _guard(
         token = state.token_for(request.headers.get("authorization")) if auth else None
         if auth and token is None:
             return JSONResponse({"detail": "Invalid token"}, status_code=401)
-        caller = token.token if token else request.client.host if request.client else "anon"
-        allowed, headers = state.rate(caller)
+        caller = (
+            f"org:{token.org_slug}"
+            if token
+            else f"ip:{request.client.host}"
+            if request.client
+            else "anon"
+        )
+        key = rate_key(caller, name, request.method)
+        allowed, headers = state.rate(key)
         if not allowed:
             detail = (
                 f"You are attempting to use this endpoint too frequently. Limit is "
                 f"{state.rate_limit} requests in {state.rate_window_s} seconds"
             )
             return JSONResponse({"detail": detail}, status_code=429, headers=headers)
-        response = await handler(request, state, token)
+        if not state.enter(key, headers):
+            detail = (
+                "You are attempting to go above the allowed concurrency for this endpoint. "
+                f"Concurrency limit is {state.concurrent_limit}"
+            )
+            return JSONResponse({"detail": detail}, status_code=429, headers=headers)
+        try:
+            if state.latency_s > 0:
+                await asyncio.sleep(state.latency_s)
+            response = await handler(request, state, token)
+        finally:
+            state.leave(key)
         if fault is not None and fault.kind == "lost":  # done here, the answer never arrives
             return _DropConnection()
         response.headers.update(headers)
@@ -360,12 +378,32 @@ def _control_routes(state: StubState) -> list[Route]:
     async def requests(_: Request) -> Response:
         return JSONResponse(state.requests)
 
+    async def budget(request: Request) -> Response:
+        """The rate limiter's settings and 429 counts; POST changes the settings."""
+        if request.method == "POST":
+            body = orjson.loads(await request.body())
+            state.rate_limit = int(body.get("rate_limit", state.rate_limit))
+            state.rate_window_s = int(body.get("rate_window_s", state.rate_window_s))
+            state.concurrent_limit = int(body.get("concurrent_limit", state.concurrent_limit))
+            state.latency_s = float(body.get("latency_s", state.latency_s))
+        return JSONResponse(
+            {
+                "rate_limit": state.rate_limit,
+                "rate_window_s": state.rate_window_s,
+                "concurrent_limit": state.concurrent_limit,
+                "latency_s": state.latency_s,
+                "limited": state.limited,
+                "requests": len(state.requests),
+            }
+        )
+
     return [
         Route("/_stub/faults", faults, methods=["POST"]),
         Route("/_stub/storm", storm, methods=["POST", "DELETE"]),
         Route("/_stub/clock", clock, methods=["POST"]),
         Route("/_stub/tokens", token, methods=["POST"]),
         Route("/_stub/requests", requests),
+        Route("/_stub/budget", budget, methods=["GET", "POST"]),
     ]
 
 

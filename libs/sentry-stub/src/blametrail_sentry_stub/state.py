@@ -80,6 +80,9 @@ class StubState:
     clock_offset_s: float = 0.0
     rate_limit: int = 1000
     rate_window_s: int = 1
+    concurrent_limit: int = 25
+    latency_s: float = 0.0
+    """Added to every API answer (as Sentry's own time to answer), so concurrency matters."""
     template_unknown_issues: bool = True
     issues: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     tokens: dict[str, Token] = field(default_factory=dict)
@@ -95,7 +98,10 @@ class StubState:
     public_app: PublicApp | None = None
     issue_store: IssueStore = field(default_factory=IssueStore)  # issues.py: status, merges
     requests: list[dict[str, Any]] = field(default_factory=list)
+    limited: dict[str, int] = field(default_factory=dict)
+    """429s the rate limiter answered, by reason (``"rate"``, ``"concurrent"``)."""
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _in_flight: dict[str, int] = field(default_factory=dict)
 
     def now(self) -> float:
         return time.time() + self.clock_offset_s
@@ -113,6 +119,18 @@ class StubState:
         token = token or secrets.token_hex(32)
         self.tokens[token] = Token(token, org_slug)
         return token
+
+    def add_internal_installation(
+        self, org_slug: str, uuid: str | None = None, token: str | None = None
+    ) -> tuple[Installation, str]:
+        """An internal integration as Sentry makes it: installed on creation (no grant), with
+        a token that belongs to that installation (Sentry's installation tokens), which is what
+        its external issues are made with. An existing ``token`` moves to it."""
+        inst = Installation(uuid or secrets.token_hex(16), org_slug, "", "", status="installed")
+        self.installations[inst.uuid] = inst
+        token = token or secrets.token_hex(32)
+        self.tokens[token] = Token(token, org_slug, installation=inst.uuid)
+        return inst, token
 
     def token_for(self, authorization: str | None) -> Token | None:
         if not authorization or not authorization.startswith("Bearer "):
@@ -177,7 +195,8 @@ class StubState:
         return None
 
     def rate(self, caller: str) -> tuple[bool, dict[str, str]]:
-        """Count a request of ``caller`` in the fixed window; returns (allowed, headers)."""
+        """Count a request of ``caller`` (as Sentry: one caller identity on one endpoint, see
+        :func:`rate_key`) in its fixed window; returns (allowed, the window's headers)."""
         window = int(self.now()) // self.rate_window_s
         start, used = self._windows.get(caller, (window, 0))
         if start != window:
@@ -189,10 +208,41 @@ class StubState:
             "X-Sentry-Rate-Limit-Limit": str(self.rate_limit),
             "X-Sentry-Rate-Limit-Remaining": str(max(self.rate_limit - used, 0)),
             "X-Sentry-Rate-Limit-Reset": str(reset),
-            "X-Sentry-Rate-Limit-ConcurrentLimit": "25",
-            "X-Sentry-Rate-Limit-ConcurrentRemaining": "24",
+            "X-Sentry-Rate-Limit-ConcurrentLimit": str(self.concurrent_limit),
+            "X-Sentry-Rate-Limit-ConcurrentRemaining": str(
+                max(self.concurrent_limit - self._in_flight.get(caller, 0), 0)
+            ),
         }
+        if used > self.rate_limit:
+            self.limited["rate"] = self.limited.get("rate", 0) + 1
         return used <= self.rate_limit, headers
+
+    def enter(self, caller: str, headers: dict[str, str]) -> bool:
+        """Start a request of ``caller`` if it has a concurrent slot left (Sentry's concurrent
+        limiter); ``headers`` get the slots left after this one. Pair with :meth:`leave`."""
+        running = self._in_flight.get(caller, 0)
+        if running >= self.concurrent_limit:
+            self.limited["concurrent"] = self.limited.get("concurrent", 0) + 1
+            headers["X-Sentry-Rate-Limit-ConcurrentRemaining"] = "0"
+            return False
+        self._in_flight[caller] = running + 1
+        headers["X-Sentry-Rate-Limit-ConcurrentRemaining"] = str(
+            self.concurrent_limit - running - 1
+        )
+        return True
+
+    def leave(self, caller: str) -> None:
+        left = self._in_flight.get(caller, 1) - 1
+        if left > 0:
+            self._in_flight[caller] = left
+        else:
+            self._in_flight.pop(caller, None)
+
+
+def rate_key(caller: str, route: str, method: str) -> str:
+    """Sentry limits each caller identity on each endpoint (view and method) apart; an
+    integration's identity is its organization, whichever of its tokens is used."""
+    return f"{caller}:{route}:{method}"
 
 
 _LATEST = orjson.loads(fixture_bytes("api/issue-latest-event.response.json"))
