@@ -22,6 +22,8 @@ up: setup ## start Kafka, Postgres, topics, migrations and every service; writes
 	set -a && . .local/stack.env && $(RUN) blametrail-devstack services-up
 	set -a && . .local/stack.env && $(RUN) blametrail-devstack demo
 	@echo; echo "source .local/stack.env   # to use the stack from this shell"; cat .local/stack.env
+	@echo; echo "BlameTrail web: http://127.0.0.1:8080/  (sign in with .local/demo-credentials)"; \
+	  if [ -f .local/demo-credentials ]; then cat .local/demo-credentials; fi
 
 down: ## stop every service, Kafka and Postgres started by `make up`
 	-$(RUN) blametrail-devstack services-down

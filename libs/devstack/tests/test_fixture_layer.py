@@ -49,3 +49,7 @@ def test_the_edge_sends_webhooks_to_ingest_and_the_rest_to_the_api() -> None:
     assert upstream_for("/webhooks/sentry", "I", "A") == "I"
     for path in ("/sentry/issue-link/create", "/integrations/sentry/oauth/callback", "/api/v1/x"):
         assert upstream_for(path, "I", "A") == "A"
+        assert upstream_for(path, "I", "A", "W") == "A"
+    for path in ("/", "/incidents", "/org/integrations/sentry/mappings", "/signin"):
+        assert upstream_for(path, "I", "A", "W") == "W"
+    assert upstream_for("/webhooks/sentry/abc", "I", "A", "W") == "I"

@@ -1,7 +1,7 @@
 """``python -m blametrail_devstack.edge``: one public host for ``make up``, as the Ingress is in
 Kubernetes (``deploy/k8s/base/ingress.yaml``). Sentry appends UI-component paths to the host of
-the webhook URL, so ``/webhooks/sentry…`` goes to ingest and everything else (``/sentry/…``,
-``/integrations/sentry/…``, ``/api/…``) to the mappings-api. Development only: a plain
+the webhook URL, so ``/webhooks/sentry…`` goes to ingest, ``/sentry/…``, ``/integrations/sentry/…``, ``/api/…``
+to the mappings-api, and every other path (``/``, the pages) to the web. Development only: a plain
 forwarding proxy, bodies and headers passed through unchanged.
 """
 
@@ -20,14 +20,22 @@ __all__ = ["Edge", "main", "upstream_for"]
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 
 
-def upstream_for(path: str, ingest: str, api: str) -> str:
-    """Pure: which service serves ``path``."""
-    return ingest if path.startswith("/webhooks/sentry") else api
+API_PREFIXES = ("/api/", "/sentry/", "/integrations/", "/openapi.json", "/docs")
+
+
+def upstream_for(path: str, ingest: str, api: str, web: str | None = None) -> str:
+    """Pure: which service serves ``path``: webhooks to ingest, the API's paths to the API, and
+    (when the web runs) every other path, the pages, to the web."""
+    if path.startswith("/webhooks/sentry"):
+        return ingest
+    if web is None or path.startswith(API_PREFIXES):
+        return api
+    return web
 
 
 class Edge:
-    def __init__(self, ingest: str, api: str) -> None:
-        self.ingest, self.api = ingest, api
+    def __init__(self, ingest: str, api: str, web: str | None = None) -> None:
+        self.ingest, self.api, self.web = ingest, api, web
         self.client = httpx.AsyncClient(timeout=10)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -37,7 +45,7 @@ class Edge:
         if request.url.path in ("/healthz", "/readyz"):
             await JSONResponse({"status": "ok"})(scope, receive, send)
             return
-        base = upstream_for(request.url.path, self.ingest, self.api)
+        base = upstream_for(request.url.path, self.ingest, self.api, self.web)
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         try:
@@ -62,6 +70,7 @@ def main() -> None:
     edge = Edge(
         os.environ.get("BLAMETRAIL_INGEST_URL", "http://127.0.0.1:8081"),
         os.environ.get("BLAMETRAIL_API_URL", "http://127.0.0.1:8082"),
+        os.environ.get("BLAMETRAIL_WEB_URL", "http://127.0.0.1:8087"),
     )
     port = int(os.environ.get("BLAMETRAIL_EDGE_PORT", "8080"))
     uvicorn.run(edge, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 KAFKA_VERSION = "3.9.1"
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
 def kafka_libs() -> Path:
     return local_dir() / "kafka" / "libs"
 
@@ -89,6 +92,14 @@ def _major(path: str) -> int:
         return 0
 
 
+def ensure_chromium() -> str:
+    """Debian's Chromium for the browser tests (Playwright drives it; no browser download)."""
+    if not Path(CHROMIUM).exists():
+        _apt_install("chromium")
+    return CHROMIUM
+
+
 def ensure_all() -> None:
     ensure_kafka_jars()
     postgres_bin()
+    ensure_chromium()

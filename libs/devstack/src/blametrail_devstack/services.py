@@ -57,6 +57,19 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     # One public host, as the Ingress is in Kubernetes: webhooks to ingest, the rest to the API.
     ServiceSpec("edge", "blametrail_devstack.edge", 8080, "BLAMETRAIL_EDGE_URL", dev_only=True),
+    # The product's pages (the edge sends them every path but the API's and the webhooks'), a
+    # client of the API; plain HTTP on loopback, so no Secure cookies.
+    ServiceSpec(
+        "web",
+        "blametrail_web",
+        8087,
+        "BLAMETRAIL_WEB_URL",
+        {
+            "BLAMETRAIL_WEB_API_URL": "http://127.0.0.1:8082",
+            "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
+        },
+        dev_only=True,  # until deploy/k8s and docker-compose.yml have its Deployment and service
+    ),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
     ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
     ServiceSpec("projector", "blametrail_projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
