@@ -145,6 +145,8 @@ def running_stack() -> Iterator[Stack]:
         "DATABASE_URL": pg.dsn(),
         "BLAMETRAIL_SECRET_KEYS": generate_key(),
         "BLAMETRAIL_SENTRY_STUB_TOKEN": STUB_TOKEN,
+        # the fault tests connect Sentry organizations the stand-in has no token for
+        "BLAMETRAIL_API_VERIFY_CONNECTIONS": "false",
         "BLAMETRAIL_PUBLIC_INGEST_URL": f"http://127.0.0.1:{ports['ingest']}",
         "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
         "BLAMETRAIL_TOPIC_PREFIX": "",

@@ -137,7 +137,15 @@ async def serve() -> None:
         "relay": Degrading(relay_ok),
         "consumers": workers_ok,
     }
-    app = create_app(settings, Repository(pool, box), checks, lifespan, oauth)
+    app = create_app(
+        settings,
+        Repository(pool, box),
+        checks,
+        lifespan,
+        oauth,
+        sentry_http=http,
+        verify_connections=settings.verify_connections,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 from blametrail_common.health import ReadinessCheck, health_routes
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -85,7 +86,13 @@ def create_app(
     oauth: OAuth | None = None,
     clock: Clock = utcnow,
     passwords: Passwords | None = None,
+    sentry_http: httpx.AsyncClient | None = None,
+    verify_connections: bool = False,
 ) -> FastAPI:
+    """The app. ``sentry_http`` asks Sentry (a connection's projects; a client of its own when
+    not given); with ``verify_connections`` an internal connection is checked with one call to
+    Sentry before it is saved (the composition root turns it on unless
+    ``BLAMETRAIL_API_VERIFY_CONNECTIONS=false``)."""
     states = ConnectState(repo.box.mac_keys("sentry connect state"))
     app = FastAPI(
         title="BlameTrail control plane",
@@ -107,4 +114,6 @@ def create_app(
     app.state.repo, app.state.settings, app.state.reads = repo, settings, ReadModel(repo.pool)
     app.state.oauth, app.state.connect_states = oauth, states
     app.state.identity = Identity(repo.pool, settings, clock, passwords)
+    app.state.sentry_http = sentry_http or httpx.AsyncClient()
+    app.state.verify_connections = app.state.sentry_http if verify_connections else None
     return app

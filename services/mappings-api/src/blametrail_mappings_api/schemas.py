@@ -25,6 +25,7 @@ __all__ = [
     "AuditEntry",
     "ConnectLinkOut",
     "ConnectionCreate",
+    "ConnectionHealth",
     "ConnectionOut",
     "ConnectionPatch",
     "DeployCreate",
@@ -36,6 +37,8 @@ __all__ = [
     "MappingPatch",
     "MeOut",
     "Page",
+    "SentryProject",
+    "SentryProjects",
     "ServiceCreate",
     "ServiceOut",
     "ServicePatch",
@@ -411,3 +414,37 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated(ApiKeyOut):
     key: str
     """The key: shown this once, stored only as a hash."""
+
+
+# -- a connection's health and Sentry projects ------------------------------------------------
+
+
+class EnrichmentError(BaseModel):
+    at: datetime
+    reason: str | None
+
+
+class ConnectionHealth(BaseModel):
+    """``accepted_24h``: incident events projected from this connection's webhooks in the last
+    24 h (by event time); ``ignored_24h``: its webhooks audited and not turned into incidents,
+    by reason; ``last_webhook_at``: the latest of either."""
+
+    model_config = ConfigDict(extra="allow")  # more parts may be added (e.g. last_sweep)
+
+    last_webhook_at: datetime | None
+    accepted_24h: int
+    ignored_24h: dict[str, int]
+    last_enrichment_error: EnrichmentError | None
+    token_expires_at: datetime | None
+    token_refreshed_at: datetime | None
+    webhook_url: str
+
+
+class SentryProject(BaseModel):
+    id: str
+    slug: str
+    name: str
+
+
+class SentryProjects(BaseModel):
+    items: list[SentryProject]

@@ -23,6 +23,10 @@ class ApiSettings(BaseBlametrailSettings):
     deploy_store_group: str = Field(
         default="blametrail-api-deploys", validation_alias=f"{PREFIX}API_DEPLOY_STORE_GROUP"
     )
+    verify_connections: bool = Field(
+        default=True, validation_alias=f"{PREFIX}API_VERIFY_CONNECTIONS"
+    )
+    """Check a new internal connection's token with one call to Sentry before saving it."""
     session_idle_s: int = Field(default=8 * 3600, validation_alias=f"{PREFIX}API_SESSION_IDLE_S")
     """A session unused this long is over (sign in again)."""
     session_absolute_s: int = Field(

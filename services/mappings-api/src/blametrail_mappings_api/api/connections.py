@@ -7,22 +7,28 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from blametrail_mappings_api.api.deps import Admin, Api, Context, Cursor, Limit, page_size
 from blametrail_mappings_api.api.problems import ApiError, answers
 from blametrail_mappings_api.api.route import ApiRoute
-from blametrail_mappings_api.api.shapes import out, page_of
+from blametrail_mappings_api.api.shapes import out, page_of, plain
 from blametrail_mappings_api.schemas import (
     ConnectionCreate,
+    ConnectionHealth,
     ConnectionOut,
     ConnectionPatch,
     ConnectLinkOut,
     Page,
+    SentryProject,
+    SentryProjects,
 )
 from blametrail_mappings_api.sentry.oauth import OAuth
+from blametrail_mappings_api.sentry.projects import SentryError, check_connection, list_projects
 from blametrail_mappings_api.store.db import Row
+from blametrail_mappings_api.store.health import connection_health
 
 __all__ = ["router"]
 
@@ -65,9 +71,19 @@ async def list_connections(
     PATH,
     summary="Connect a Sentry organization (internal integration)",
     status_code=201,
-    responses=answers(400, 409),
+    responses=answers(400, 409, 502),
 )
 async def create_connection(api: Admin, body: ConnectionCreate) -> ConnectionOut:
+    verifier: httpx.AsyncClient | None = api.request.app.state.verify_connections
+    if verifier is not None:  # one call to Sentry with the token before anything is saved
+        try:
+            await check_connection(
+                verifier, body.api_base_url, body.sentry_org_slug, body.auth_token
+            )
+        except SentryError as exc:
+            if exc.refused:
+                raise ApiError(400, "sentry_refused", exc.detail) from None
+            raise ApiError(502, "sentry", exc.detail) from None
     row = await api.repo.connections.create(api.org, body.model_dump())
     return out(ConnectionOut, _shown(api, row))
 
@@ -115,3 +131,35 @@ async def patch_connection(api: Admin, id: str, body: ConnectionPatch) -> Connec
 async def delete_connection(api: Admin, id: str) -> Response:
     await api.repo.connections.delete(api.org, id)
     return Response(status_code=204)
+
+
+@router.get(
+    PATH + "/{id}/health",
+    summary="A connection's health: last webhook, webhooks accepted and ignored (by reason) in"
+    " the last 24 h, last enrichment error, token expiry and last refresh, webhook URL",
+    response_model=ConnectionHealth,
+    responses=answers(404),
+)
+async def get_connection_health(api: Api, id: str) -> Response:
+    row = await api.repo.connections.get(api.org, id)
+    body = await connection_health(api.repo.pool, api.org, row, api.identity.clock())
+    return JSONResponse(plain({**body, "webhook_url": _shown(api, row)["webhook_url"]}))
+
+
+@router.get(
+    PATH + "/{id}/sentry-projects",
+    summary="The Sentry projects of a connection, as Sentry lists them (502 when it cannot)",
+    responses=answers(404, 502),
+)
+async def list_sentry_projects(api: Api, id: str) -> SentryProjects:
+    row = await api.repo.connections.get(api.org, id)
+    if row["auth_token_enc"] is None:
+        raise ApiError(502, "sentry", "this connection has no token to ask Sentry with")
+    token = api.repo.box.decrypt(row["auth_token_enc"])
+    try:
+        items = await list_projects(
+            api.request.app.state.sentry_http, row["api_base_url"], row["sentry_org_slug"], token
+        )
+    except SentryError as exc:
+        raise ApiError(502, "sentry", exc.detail) from None
+    return SentryProjects(items=[SentryProject(**p) for p in items])

@@ -85,7 +85,7 @@ class TokenKeeper:
                     conn,
                     "UPDATE sentry_connections SET auth_token_enc = %s, refresh_token_enc = %s,"
                     " token_expires_at = %s, refresh_started_at = NULL,"
-                    " refresh_requested_at = NULL, updated_at = now()"
+                    " refresh_requested_at = NULL, token_refreshed_at = now(), updated_at = now()"
                     " WHERE id = %s AND enabled AND installation_uuid = %s RETURNING *",
                     *core.enc(pair),
                     connection_id,
