@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from blametrail_sentry_stub import issues
+from blametrail_sentry_stub import issue_update, issues
 from blametrail_sentry_stub.state import Fault, StubState, Token, rate_key
 
 Handler = Callable[[Request, StubState, Token | None], Awaitable[Response]]
@@ -429,6 +429,11 @@ def create_app(state: StubState) -> Starlette:
             "/api/0/organizations/{org}/issues/{issue_id}/",
             _guard("issue_detail", issues.issue_detail, state),
         ),
+        Route(
+            "/api/0/organizations/{org}/issues/{issue_id}/",
+            _guard("issue_update", issue_update.issue_update, state),
+            methods=["PUT"],
+        ),
         Route("/api/0/organizations/{org}/releases/", _guard("releases", releases, state)),
         Route("/api/0/organizations/{org}/projects/", _guard("projects", org_projects, state)),
         Route(
@@ -457,6 +462,7 @@ def create_app(state: StubState) -> Starlette:
         Route("/sentry-apps/{slug}/external-install/", external_install),
         *_control_routes(state),
         *issues.control_routes(state),
+        *issue_update.control_routes(state),
     ]
     app = Starlette(routes=routes)
     app.state.stub = state

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import orjson
 from blametrail_common.testing import fixture_bytes
 
+from blametrail_sentry_stub.issue_update import AppRegistry
 from blametrail_sentry_stub.issues import IssueStore
 
 GRANT_LIFE_S = 10 * 60
@@ -97,6 +98,7 @@ class StubState:
     storms: list[Storm] = field(default_factory=list)
     public_app: PublicApp | None = None
     issue_store: IssueStore = field(default_factory=IssueStore)  # issues.py: status, merges
+    apps: AppRegistry = field(default_factory=AppRegistry)  # issue_update.py: apps, webhooks
     requests: list[dict[str, Any]] = field(default_factory=list)
     limited: dict[str, int] = field(default_factory=dict)
     """429s the rate limiter answered, by reason (``"rate"``, ``"concurrent"``)."""
