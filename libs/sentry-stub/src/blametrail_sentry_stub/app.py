@@ -375,6 +375,20 @@ def _control_routes(state: StubState) -> list[Route]:
         body = orjson.loads(await request.body())
         return JSONResponse({"token": state.add_internal_token(body["org"], body.get("token"))})
 
+    async def installations(request: Request) -> Response:
+        """``POST /_stub/installations {"org", "uuid"?, "token"?}``: an internal integration
+        installed in ``org`` as Sentry would have made it (its uuid is what its webhooks name),
+        with ``token`` as its token; answers ``{"uuid", "token"}``."""
+        body = orjson.loads(await request.body())
+        inst, tok = state.add_internal_installation(
+            body["org"], body.get("uuid"), body.get("token")
+        )
+        return JSONResponse({"uuid": inst.uuid, "token": tok}, 201)
+
+    async def external_issues_made(_: Request) -> Response:
+        """``GET /_stub/external-issues``: every external issue (link) made, oldest first."""
+        return JSONResponse(list(state.external_issues.values()))
+
     async def requests(_: Request) -> Response:
         return JSONResponse(state.requests)
 
@@ -403,6 +417,8 @@ def _control_routes(state: StubState) -> list[Route]:
         Route("/_stub/clock", clock, methods=["POST"]),
         Route("/_stub/tokens", token, methods=["POST"]),
         Route("/_stub/requests", requests),
+        Route("/_stub/installations", installations, methods=["POST"]),
+        Route("/_stub/external-issues", external_issues_made),
         Route("/_stub/budget", budget, methods=["GET", "POST"]),
     ]
 
