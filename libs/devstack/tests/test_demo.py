@@ -120,3 +120,28 @@ def test_describe_survives_an_incident_without_a_ranked_suspect() -> None:
     assert lines[0].startswith("demo incident i: 'ZeroDivisionError")
     assert "enrichment enriched" in lines[0]
     assert lines[1] == "top suspect: none ranked"
+
+
+async def test_the_demo_installation_is_real_to_the_stand_in() -> None:
+    """Links under ``make up`` failed: the stand-in 404ed external issues for an installation
+    it never made. Registered as the demo does it, a link with the demo token is made."""
+    import asyncio
+
+    import httpx
+    from blametrail_sentry_stub import StubState, serve
+
+    stub = StubState()
+    stub.add_internal_token("acme", demo.STUB_TOKEN)  # what the stand-in seeds at start
+    async with serve(stub) as url, httpx.AsyncClient(base_url=url) as http:
+        path = f"/api/0/sentry-app-installations/{demo.DEMO_INSTALLATION}/external-issues/"
+        link = {"issueId": 5912345678, "webUrl": "http://x/i", "project": "B", "identifier": "1"}
+        auth = {"Authorization": f"Bearer {demo.STUB_TOKEN}"}
+        assert (await http.post(path, json=link, headers=auth)).status_code == 404
+        await asyncio.to_thread(demo.register_installation, url)
+        made = await http.post(path, json=link, headers=auth)
+        assert made.status_code == 201, made.text
+        assert made.json()["displayName"] == "B#1"
+        listed = (await http.get("/_stub/external-issues")).json()
+        assert [e["issueId"] for e in listed] == ["5912345678"]
+    body = json.loads(signed_fixture(demo.DEMO_FIXTURE)[0])
+    assert body["installation"]["uuid"] == demo.DEMO_INSTALLATION  # what its webhooks name

@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demo: {e}", file=sys.stderr)
             return 1
         print("\n".join(demo.describe(incident)))
+        print("\n".join(demo.show_links(env, incident)))
         oauth = demo.connect_public_app(env)
         print(
             f"public app: Sentry organization {oauth['sentry_org_slug']!r} connected by OAuth"

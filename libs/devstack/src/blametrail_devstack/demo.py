@@ -29,6 +29,8 @@ STUB_TOKEN = "demo-internal-token"  # noqa: S105
 DEMO_ORG = "demo"
 DEMO_PROJECT = "checkout-api"
 DEMO_FIXTURE = "issue.created"
+# The installation the fixtures' webhooks name: the demo's internal integration in the stand-in.
+DEMO_INSTALLATION = "7d1f2c3a-9b8e-4f6d-a1c2-3e4f5a6b7c8d"
 
 
 def seed(env: dict[str, str]) -> dict[str, str]:
@@ -122,6 +124,7 @@ def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
     url = env["BLAMETRAIL_DEMO_WEBHOOK_URL"].replace(
         "https://hooks.example", env["BLAMETRAIL_INGEST_URL"]
     )
+    register_installation()
     for _ in range(60):
         resp = httpx.post(url, content=body, headers=headers, timeout=10)
         if resp.status_code != 404:
@@ -141,6 +144,71 @@ def push_webhook(env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
             subprocess.run([sys.executable, "-m", "blametrail_common.cli", *command], check=True)
 
         return wait_for_incident(incident_id, fetch, reprocess_ignored, timeout_s=timeout_s)
+
+
+def register_installation(stub_url: str = f"http://127.0.0.1:{STUB_PORT}") -> None:
+    """Make the demo's internal integration real to the stand-in, as Sentry would have made it:
+    installed in ``acme`` under the uuid its webhooks name, its token the connection's (the
+    stand-in keeps no state across restarts, so every run does it)."""
+    _ok(
+        httpx.post(
+            f"{stub_url}/_stub/installations",
+            json={"org": "acme", "uuid": DEMO_INSTALLATION, "token": STUB_TOKEN},
+            timeout=10,
+        )
+    )
+
+
+def show_links(
+    env: dict[str, str], incident: dict[str, Any], stub_url: str = f"http://127.0.0.1:{STUB_PORT}"
+) -> list[str]:
+    """Both directions of the demo incident's link, as lines to print: the external issue the
+    enricher made on the Sentry issue (as the stand-in holds it), and Sentry's issue-link call
+    (what its "Link BlameTrail incident" button sends, signed) answered with the incident."""
+    issue_id = json.loads(signed_fixture(DEMO_FIXTURE)[0])["data"]["issue"]["id"]
+    made = [
+        e
+        for e in _ok(httpx.get(f"{stub_url}/_stub/external-issues", timeout=10))
+        if e["issueId"] == str(issue_id)
+    ]
+    recorded = [lk for lk in incident.get("sentry_links") or [] if lk.get("external_issue_id")]
+    if made:
+        lines = [
+            f"BlameTrail -> Sentry: issue {issue_id} shows {made[-1]['displayName']} -> {made[-1]['webUrl']}"
+        ]
+    elif recorded:
+        lines = [
+            f"BlameTrail -> Sentry: linked earlier (external issue {recorded[-1]['external_issue_id']})"
+        ]
+    else:
+        lines = [f"BlameTrail -> Sentry: no link on issue {issue_id} (see the enricher's log)"]
+    from blametrail_common.signature import sign
+
+    doc = {
+        "fields": {"incident": incident["incident_id"]},
+        "installationId": DEMO_INSTALLATION,
+        "issueId": int(issue_id),
+        "webUrl": f"https://acme.sentry.io/issues/{issue_id}/",
+        "project": {"slug": DEMO_PROJECT, "id": 4505123456789012},
+        "actor": {"type": "user", "id": 1, "name": "Demo User"},
+    }
+    body = json.dumps(doc).encode()
+    answer = _ok(
+        httpx.post(
+            f"{env['BLAMETRAIL_API_URL']}/sentry/issue-link/link",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "Sentry-App-Signature": sign(body, env["BLAMETRAIL_DEMO_CLIENT_SECRET"]),
+            },
+            timeout=10,
+        )
+    )
+    lines.append(
+        f"Sentry -> BlameTrail: issue-link answered {answer['project']}#{answer['identifier']}"
+        f" -> {answer['webUrl']}"
+    )
+    return lines
 
 
 def demo_org_id() -> str:

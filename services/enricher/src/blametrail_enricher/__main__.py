@@ -18,6 +18,7 @@ from blametrail_common.settings import KafkaSettings, SecretsSettings
 
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.known import KnownIncidents
+from blametrail_enricher.links import BrokenLinks
 from blametrail_enricher.parking import ParkingLot, ParkPolicy
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.records import Limits
@@ -50,6 +51,7 @@ async def serve() -> None:
             batch_budget_s=settings.batch_budget_s,
             redrive_concurrency=settings.redrive_concurrency,
             known=KnownIncidents(settings.known_incidents),
+            broken_links=BrokenLinks(settings.link_retry_after_s),
         )
         lot = enricher.lot
         assert lot is not None

@@ -35,6 +35,7 @@ from aiokafka import ConsumerRecord
 from blametrail_common.events import DecodeError, Envelope, decode, new_event
 from blametrail_common.events.enrichment import IncidentEnrichmentFailedV1, IncidentLinkedV1
 from blametrail_common.events.incidents import IncidentEvent, IncidentOpenedV1, IncidentReopenedV1
+from blametrail_common.events.installations import token_fingerprint
 from blametrail_common.kafka import EventProducer, publish_to_dlq
 from blametrail_common.sentry_api import (
     SentryApi,
@@ -46,6 +47,7 @@ from blametrail_common.sentry_api import (
 from prometheus_client import Counter, Histogram
 
 from blametrail_enricher.known import KnownIncidents
+from blametrail_enricher.links import BrokenLinks, link_cause
 from blametrail_enricher.parking import (
     Parked,
     ParkingLot,
@@ -69,6 +71,11 @@ log = logging.getLogger(__name__)
 ENRICHED = Counter("blametrail_enrichments_total", "Enrichment outcomes", ["outcome"])
 LINKED = Counter(
     "blametrail_sentry_links_total", "External-issue links made in Sentry", ["outcome"]
+)
+LINKS_BROKEN = Counter(
+    "blametrail_sentry_link_broken_total",
+    "Installations whose links Sentry refused for good, once per installation and cause",
+    ["cause"],
 )
 FETCH_SECONDS = Histogram("blametrail_enrichment_fetch_seconds", "Sentry fetch time per incident")
 
@@ -145,9 +152,13 @@ class Enricher:
     batch_budget_s: float = 120.0
     redrive_concurrency: int = 8
     known: KnownIncidents = field(default_factory=KnownIncidents)
+    broken_links: BrokenLinks = field(default_factory=BrokenLinks)
     now_s: Callable[[], float] = time.time
     rng: Callable[[], float] = random.random
     health: SentryHealth = field(init=False)
+    _link_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.health = SentryHealth(self.park_policy, self.now_s, self.rng)
@@ -406,10 +417,40 @@ class Enricher:
 
     async def _link(self, target: IncidentRef, event: Envelope[Any]) -> None:
         """Show the new incident on its Sentry issue. Best effort: the enrichment is already
-        durable, and a failed link is logged and counted, not retried forever."""
+        durable, and a failed link is logged and counted, not retried; an installation whose
+        links Sentry refuses is reported once and not tried per incident
+        (:mod:`blametrail_enricher.links`)."""
         installation = event.payload.sentry.installation_uuid
         creds = self.creds.credentials(target.connection_id)
         if self.links is None or installation is None or creds is None:
+            return
+        key = (target.connection_id, installation)
+        if self.broken_links.proven(*key):
+            await self._try_link(target, event, installation, creds)
+            return
+        lock, users = self._link_locks.get(key, (asyncio.Lock(), 0))
+        self._link_locks[key] = (lock, users + 1)
+        try:
+            async with lock:  # unproven: one try at a time, the others learn from it
+                await self._try_link(target, event, installation, creds)
+        finally:
+            lock, users = self._link_locks[key]
+            if users == 1:
+                del self._link_locks[key]
+            else:
+                self._link_locks[key] = (lock, users - 1)
+
+    async def _try_link(
+        self,
+        target: IncidentRef,
+        event: Envelope[Any],
+        installation: str,
+        creds: SentryCredentials,
+    ) -> None:
+        links, token = self.links, token_fingerprint(creds.token)
+        assert links is not None
+        if self.broken_links.blocked(target.connection_id, installation, token, self.now_s()):
+            LINKED.labels("skipped").inc()
             return
         web_url = self.incident_url.format(incident_id=target.incident_id)
         body = {
@@ -419,13 +460,16 @@ class Enricher:
             "identifier": target.incident_id[:8],
         }
         try:
-            made = await self.links.create_external_issue(creds, installation, body)
+            made = await links.create_external_issue(creds, installation, body)
         except SentryApiError as exc:
             LINKED.labels("failed").inc()
-            log.warning(
-                "sentry link failed", extra={"incident_id": target.incident_id, "reason": str(exc)}
-            )
+            self._link_failed(target, installation, token, exc)
             return
+        if self.broken_links.healed(target.connection_id, installation):
+            log.info(
+                "sentry links work again",
+                extra={"connection_id": target.connection_id, "installation": installation},
+            )
         linked = IncidentLinkedV1(
             incident_id=target.incident_id,
             tenant_id=target.tenant_id,
@@ -446,6 +490,33 @@ class Enricher:
             ),
         )
         LINKED.labels("linked").inc()
+
+    def _link_failed(
+        self, target: IncidentRef, installation: str, token: str, exc: SentryApiError
+    ) -> None:
+        cause = link_cause(exc)
+        if is_transient(exc):  # Sentry did not answer: the next incident tries again
+            log.warning(
+                "sentry link failed", extra={"incident_id": target.incident_id, "reason": str(exc)}
+            )
+            return
+        news = self.broken_links.broke(
+            target.connection_id, installation, token, cause, str(exc), self.now_s()
+        )
+        if not news:
+            return
+        LINKS_BROKEN.labels(cause).inc()
+        log.warning(
+            "sentry links broken for installation; not tried per incident until it or the"
+            " token changes, or the retry delay passed",
+            extra={
+                "connection_id": target.connection_id,
+                "installation": installation,
+                "cause": cause,
+                "reason": str(exc),
+                "retry_after_s": self.broken_links.retry_after_s,
+            },
+        )
 
     async def _fetch(self, target: IncidentRef) -> tuple[dict[str, Any], list[Any]]:
         for attempt in (1, 2):

@@ -40,6 +40,11 @@ class EnricherSettings(BaseBlametrailSettings):
     redrive_concurrency: int = Field(
         default=8, validation_alias=f"{PREFIX}ENRICHER_REDRIVE_CONCURRENCY"
     )
+    link_retry_after_s: float = Field(
+        default=6 * 3600.0, validation_alias=f"{PREFIX}ENRICHER_LINK_RETRY_AFTER_S"
+    )
+    """An installation whose links Sentry refused is tried again after this long (or at once
+    when its token or installation changes)."""
     known_incidents: int = Field(
         default=100_000, validation_alias=f"{PREFIX}ENRICHER_KNOWN_INCIDENTS"
     )
