@@ -254,3 +254,42 @@ async def test_assign_to_a_user_or_free_text_with_the_api_key_recorded(
         ("assign", "user"),
         ("assign", "text"),
     ]
+
+
+async def test_write_back_is_on_by_default_and_a_connection_can_turn_it_off(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    from blametrail_common.events import ConnectionStateV1
+
+    admin, _ = await _org(client)
+    made = await client.post(
+        "/api/v1/integrations/sentry/connections",
+        headers=admin,
+        json={
+            "mode": "internal",
+            "sentry_org_slug": f"acme-{uuid.uuid4().hex[:6]}",
+            "client_secret": "s",
+            "auth_token": "t",
+        },
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["writeback"] is True
+    cid = made.json()["id"]
+    off = await client.patch(
+        f"/api/v1/integrations/sentry/connections/{cid}", headers=admin, json={"writeback": False}
+    )
+    assert (off.status_code, off.json()["writeback"]) == (200, False)
+    null = await client.patch(
+        f"/api/v1/integrations/sentry/connections/{cid}", headers=admin, json={"writeback": None}
+    )
+    assert null.status_code == 422
+    async with pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT value FROM outbox WHERE topic = 'cp-connections' AND key = %s ORDER BY id",
+                (cid.encode(),),
+            )
+        ).fetchall()
+    states = [decode(bytes(r["value"])).payload for r in rows]
+    assert all(isinstance(s, ConnectionStateV1) for s in states)
+    assert [s.writeback for s in states] == [True, False]

@@ -145,6 +145,10 @@ class ConnectionPatch(_Patch):
     retire_old_secrets: bool = False
     auth_token: Secret | None = None
     enabled: bool | None = None
+    writeback: bool | None = Field(
+        default=None,
+        description="Mirror BlameTrail's resolve / reopen / acknowledge onto the Sentry issue",
+    )
 
 
 class ConnectionOut(BaseModel):
@@ -155,6 +159,8 @@ class ConnectionOut(BaseModel):
     sentry_org_slug: str
     api_base_url: str
     enabled: bool
+    writeback: bool = True
+    """BlameTrail's resolve / reopen / acknowledge are mirrored onto the Sentry issue."""
     webhook_url: str
     client_secrets_set: int
     auth_token_set: bool

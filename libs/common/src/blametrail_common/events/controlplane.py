@@ -50,6 +50,8 @@ class ConnectionStateV1(EventPayload):
     auth_token_enc: str | None = None
     token_expires_at: AwareDatetime | None = None
     updated_at: AwareDatetime
+    writeback: bool = True
+    """Mirror BlameTrail's resolve / reopen / acknowledge onto the Sentry issue (services/sync)."""
 
 
 @event_type("controlplane.mapping", 1)

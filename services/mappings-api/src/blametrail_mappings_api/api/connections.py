@@ -41,6 +41,7 @@ _SHOWN = (
     "sentry_org_slug",
     "api_base_url",
     "enabled",
+    "writeback",
     "installation_uuid",
     "token_expires_at",
     "created_at",

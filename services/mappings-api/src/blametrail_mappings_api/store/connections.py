@@ -32,6 +32,7 @@ async def publish_connection(conn: Conn, row: Row) -> None:
         auth_token_enc=row["auth_token_enc"],
         token_expires_at=row["token_expires_at"],
         updated_at=row["updated_at"],
+        writeback=row.get("writeback", True),
     )
     await enqueue(
         conn, "cp-connections", new_event(state, key=state.connection_id, tenant=state.tenant_id)
@@ -76,7 +77,9 @@ class ConnectionStore:
                 conn, "sentry_connections", org, connection_id, "connection", lock=True
             )
             changes: dict[str, Any] = {
-                k: patch[k] for k in ("api_base_url", "enabled") if patch.get(k) is not None
+                k: patch[k]
+                for k in ("api_base_url", "enabled", "writeback")
+                if patch.get(k) is not None
             }
             secrets = list(current["client_secrets_enc"])
             if patch.get("client_secret"):
