@@ -134,18 +134,6 @@ class StubState:
         self.tokens[token] = Token(token, org_slug, installation=inst.uuid)
         return inst, token
 
-    def add_internal_installation(
-        self, org_slug: str, uuid: str | None = None, token: str | None = None
-    ) -> tuple[Installation, str]:
-        """An internal integration as Sentry makes it: installed on creation (no grant), with
-        a token that belongs to that installation (Sentry's installation tokens), which is what
-        its external issues are made with. An existing ``token`` moves to it."""
-        inst = Installation(uuid or secrets.token_hex(16), org_slug, "", "", status="installed")
-        self.installations[inst.uuid] = inst
-        token = token or secrets.token_hex(32)
-        self.tokens[token] = Token(token, org_slug, installation=inst.uuid)
-        return inst, token
-
     def token_for(self, authorization: str | None) -> Token | None:
         if not authorization or not authorization.startswith("Bearer "):
             return None
