@@ -1,0 +1,1 @@
+"""The write-back worker: BlameTrail incident states mirrored onto Sentry issues."""

@@ -1,0 +1,106 @@
+"""The race rule, pure: whichever change is later wins on both sides, and Sentry is written
+exactly what it needs (once for an action, once more only to repair an overwrite)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from blametrail_common.events.incidents import (
+    Actor,
+    IncidentActionV1,
+    IncidentAssignedV1,
+    IncidentMutedV1,
+    IncidentReopenedV1,
+    IncidentResolvedV1,
+    IssueSnapshot,
+    SentryRef,
+)
+from blametrail_sync.plan import Plan, Winner, observe, plan, written
+
+T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+BASE: dict[str, Any] = {
+    "incident_id": "i1",
+    "tenant_id": "t1",
+    "service_id": "s1",
+    "source": "sentry_issue",
+    "severity": "sev2",
+    "sentry": SentryRef(connection_id="c1", issue_id="42"),
+}
+
+
+def _action(at: datetime, action: str = "resolve", status: str = "resolved") -> IncidentActionV1:
+    return IncidentActionV1(
+        **BASE,
+        status_at=at,
+        snapshot=IssueSnapshot(title="x"),
+        action_id=str(uuid.uuid4()),
+        action=action,  # type: ignore[arg-type]
+        actor=Actor(kind="user", id="u1", name="Mia"),
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def _sentry_reopen(at: datetime) -> IncidentReopenedV1:
+    return IncidentReopenedV1(
+        **BASE, status_at=at, snapshot=IssueSnapshot(title="x", status="unresolved")
+    )
+
+
+def _fold(*events: Any) -> Winner | None:
+    w = None
+    for e in events:
+        w = observe(w, e)
+    return w
+
+
+def test_a_blametrail_action_is_written_back_once() -> None:
+    w = _fold(_action(T0))
+    assert plan(w, enabled=True) == Plan("resolved", "action")
+    assert w is not None
+    done = written(w, "resolved", T0 + timedelta(seconds=1))
+    assert plan(done, enabled=True) is None
+    assert plan(w, enabled=False) is None  # the connection's setting
+
+
+def test_a_later_sentry_change_wins_and_needs_no_write_back_when_it_came_after_ours() -> None:
+    w = written(_fold(_action(T0)), "resolved", T0 + timedelta(milliseconds=200))  # type: ignore[arg-type]
+    w = observe(w, _sentry_reopen(T0 + timedelta(seconds=10)))
+    assert w is not None
+    assert (w.status, w.origin) == ("open", "sentry")
+    assert plan(w, enabled=True) is None
+
+
+def test_our_write_back_overwriting_a_later_sentry_change_is_repaired_once() -> None:
+    # BlameTrail resolves at T0; a person reopens in Sentry at T0+1s; our PUT lands at T0+1.5s
+    # (after the reopen in Sentry's real order) and resolves it again there.
+    w = written(_fold(_action(T0)), "resolved", T0 + timedelta(milliseconds=1500))  # type: ignore[arg-type]
+    w = observe(w, _sentry_reopen(T0 + timedelta(seconds=1)))
+    assert (w.status if w else None) == "open"
+    assert plan(w, enabled=True) == Plan("open", "repair")
+    assert w is not None
+    repaired = written(w, "open", T0 + timedelta(seconds=2))
+    assert plan(repaired, enabled=True) is None
+
+
+def test_an_earlier_sentry_change_loses_to_the_action_in_any_arrival_order() -> None:
+    action, reopen = _action(T0), _sentry_reopen(T0 - timedelta(seconds=3))
+    for events in ((action, reopen), (reopen, action)):
+        w = _fold(*events)
+        assert w is not None
+        assert (w.status, w.origin) == ("resolved", "blametrail")
+        assert plan(w, enabled=True) == Plan("resolved", "action")
+
+
+def test_assignments_and_muted_states_are_not_written_back() -> None:
+    assign = _action(T0, "assign", "open")
+    assert _fold(assign) is None
+    assigned = IncidentAssignedV1(
+        **BASE, status_at=T0, snapshot=IssueSnapshot(title="x"), assignee=None
+    )
+    assert _fold(assigned) is None
+    muted = IncidentMutedV1(**BASE, status_at=T0, snapshot=IssueSnapshot(title="x"), details={})
+    assert plan(_fold(muted), enabled=True) is None
+    resolved = IncidentResolvedV1(**BASE, status_at=T0, snapshot=IssueSnapshot(title="x"))
+    assert plan(_fold(resolved), enabled=True) is None  # Sentry's own: nothing to write
