@@ -265,10 +265,18 @@ class HttpxSentryApi:
     async def _get(self, creds: SentryCredentials, path: str) -> Any:
         return await self.call("GET", creds, path)
 
-    async def call(self, method: str, creds: SentryCredentials, path: str, body: Any = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        creds: SentryCredentials,
+        path: str,
+        body: Any = None,
+        headers_out: dict[str, str] | None = None,
+    ) -> Any:
         """One Sentry API call within its organization's and endpoint's :class:`Budget`, with
         retries and rate-limit holds; the decoded JSON, or one of the errors in the module's
-        contract."""
+        contract. ``headers_out``, if given, receives the answer's headers (lower-case names),
+        e.g. ``link`` for cursor pagination."""
         budget, attempt, waited, last = self.budget(creds.org_slug, method, path), 0, 0.0, ""
         while True:
             hold = budget.wait_s(self.clock())
@@ -291,7 +299,7 @@ class HttpxSentryApi:
                     raise
                 continue
             try:
-                outcome = await self._once(method, creds, path, body, budget)
+                outcome = await self._once(method, creds, path, body, budget, headers_out)
             finally:
                 budget.finish()
             if not isinstance(outcome, _Retry):
@@ -310,7 +318,13 @@ class HttpxSentryApi:
                 await self.sleep(delay)
 
     async def _once(
-        self, method: str, creds: SentryCredentials, path: str, body: Any, budget: Budget
+        self,
+        method: str,
+        creds: SentryCredentials,
+        path: str,
+        body: Any,
+        budget: Budget,
+        headers_out: dict[str, str] | None = None,
     ) -> Any:
         try:
             resp = await self.client.request(
@@ -326,6 +340,8 @@ class HttpxSentryApi:
             return _Retry(f"transport error {type(exc).__name__}")
         budget.learn(resp.headers, resp.status_code, self.clock())
         if resp.status_code in (200, 201):
+            if headers_out is not None:
+                headers_out.update((k.lower(), v) for k, v in resp.headers.items())
             try:
                 return resp.json()
             except ValueError:

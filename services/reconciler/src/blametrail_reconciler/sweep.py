@@ -1,0 +1,286 @@
+"""One sweep of one connection: compare, publish what disagrees, record what was repaired.
+
+1. The incidents of Sentry origin the read model shows open, acknowledged or muted (and those
+   resolved within ``resolved_window_s``: a missed ``issue.unresolved`` reopens one), in batches
+   of 100: one issue search by id list each (``issue.id:[...]``, no status term).
+2. An issue the search does not return was merged (or deleted): one detail call; an answer for
+   another id is a merge.
+3. Missed creations (connections whose app sends issue webhooks, see
+   :meth:`Store.sends_issue_webhooks`): issues first seen since the last successful sweep, less
+   ``overlap_s``, in mapped active projects, with no incident.
+4. Every disagreement is published (merges: the alias first) and acked by the broker; then the
+   sweep and its repairs are recorded. A crash in between is harmless: the next sweep sees the
+   same disagreement (or, once folded, none) and the fold is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from blametrail_common.events import ConnectionStateV1, new_event
+from blametrail_common.events.incidents import incident_id_for
+from blametrail_common.events.observations import (
+    IssueAliasV1,
+    IssueObservedV1,
+    alias_key,
+    bounded_issue,
+)
+from blametrail_common.kafka import EventProducer
+from blametrail_common.sentry_api import HttpxSentryApi, NotFound, SentryCredentials
+from prometheus_client import Counter, Gauge
+
+from blametrail_reconciler import plan
+from blametrail_reconciler.plan import Decision, Tracked
+from blametrail_reconciler.settings import ReconcilerSettings
+from blametrail_reconciler.store import Repair, Store, SweepRow
+
+__all__ = ["Progress", "Sweeper"]
+
+log = logging.getLogger(__name__)
+REPAIRS = Counter(
+    "blametrail_reconcile_repairs_total", "What sweeps repaired (webhooks lost)", ["kind"]
+)
+SWEEPS = Counter("blametrail_reconcile_sweeps_total", "Sweeps by outcome", ["outcome"])
+API_CALLS = Counter("blametrail_reconcile_api_calls_total", "Sentry API calls made by sweeps")
+LAST_SUCCESS = Gauge(
+    "blametrail_reconcile_last_success_timestamp_seconds", "When the last successful sweep began"
+)
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: the CLI's bars."""
+
+
+@dataclass
+class Sweeper:
+    api: HttpxSentryApi
+    producer: EventProducer
+    dsn: str
+    settings: ReconcilerSettings
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    async def sweep(
+        self,
+        conn: ConnectionStateV1,
+        creds: SentryCredentials,
+        progress: Progress | None = None,
+    ) -> SweepRow | None:
+        """One sweep, or None if another replica is sweeping this connection right now."""
+        async with Store.open(self.dsn) as store:
+            if not await store.try_lock(conn.connection_id):
+                log.info(
+                    "sweep skipped: another replica holds the connection",
+                    extra={"connection_id": conn.connection_id},
+                )
+                return None
+            try:
+                return await self._sweep(store, conn, creds, progress or (lambda *_: None))
+            finally:
+                await store.unlock(conn.connection_id)
+
+    async def _sweep(
+        self, store: Store, conn: ConnectionStateV1, creds: SentryCredentials, progress: Progress
+    ) -> SweepRow:
+        now = self.clock()
+        s = self.settings
+        row = SweepRow(uuid.uuid4(), conn.connection_id, conn.tenant_id, now)
+        calls = [0]
+
+        async def call(path: str, headers: dict[str, str] | None = None) -> Any:
+            calls[0] += 1
+            API_CALLS.inc()
+            return await self.api.call("GET", creds, path, headers_out=headers)
+
+        try:
+            tracked = await store.tracked(
+                conn.tenant_id, conn.connection_id, now - timedelta(seconds=s.resolved_window_s)
+            )
+            row.checked = len(tracked)
+            decisions = await self._compare(tracked, creds, call, now, progress)
+            if s.creations == "always" or (
+                s.creations == "auto"
+                and await store.sends_issue_webhooks(conn.tenant_id, conn.connection_id)
+            ):
+                last = await store.last_success(conn.connection_id)
+                since = (
+                    last - timedelta(seconds=s.overlap_s)
+                    if last is not None
+                    else now - timedelta(seconds=s.first_lookback_s)
+                )
+                row.created_since = since
+                decisions += await self._creations(store, conn, creds, call, since, progress)
+            await self._publish(store, conn, row, decisions, now, progress)
+        except Exception as exc:
+            row.outcome, row.error = "failed", f"{type(exc).__name__}: {exc}"
+            row.api_calls, row.finished_at = calls[0], self.clock()
+            SWEEPS.labels("failed").inc()
+            await store.record(row)
+            raise
+        row.api_calls, row.finished_at = calls[0], self.clock()
+        await store.record(row)
+        SWEEPS.labels("ok").inc()
+        LAST_SUCCESS.set(now.timestamp())
+        counts = row.counts()
+        for kind, n in counts.items():
+            REPAIRS.labels(kind).inc(n)
+        extra = {
+            "connection_id": conn.connection_id,
+            "sweep_id": str(row.sweep_id),
+            "checked": row.checked,
+            "api_calls": row.api_calls,
+            "repairs": counts,
+        }
+        if counts:
+            log.warning("sweep repaired what webhooks missed", extra=extra)
+        else:
+            log.info("sweep found nothing to repair", extra=extra)
+        return row
+
+    async def _compare(
+        self,
+        tracked: list[Tracked],
+        creds: SentryCredentials,
+        call: Callable[..., Any],
+        now: datetime,
+        progress: Progress,
+    ) -> list[Decision]:
+        settle = timedelta(seconds=self.settings.settle_s)
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        done = [0]
+        progress("compare", 0, len(tracked))
+
+        async def one(batch: list[Tracked]) -> list[Decision]:
+            async with gate:
+                found = await call(plan.id_search_path(creds.org_slug, (t.issue_id for t in batch)))
+                by_id = {str(i.get("id")): i for i in found if isinstance(i, dict)}
+                decisions, missing = plan.compare(batch, by_id, now=now, settle=settle)
+                for item in missing:  # merged or deleted: the detail endpoint says which
+                    try:
+                        issue = await call(
+                            f"/api/0/organizations/{creds.org_slug}/issues/{item.issue_id}/"
+                        )
+                    except NotFound:
+                        continue  # deleted in Sentry: nothing to fold
+                    if isinstance(issue, dict):
+                        d = plan.decide_status(item, issue, now=now, settle=settle)
+                        if d is not None:
+                            decisions.append(d)
+            done[0] += len(batch)
+            progress("compare", done[0], len(tracked))
+            return decisions
+
+        results = await asyncio.gather(*(one(b) for b in plan.batches(tracked)))
+        return [d for r in results for d in r]
+
+    async def _creations(
+        self,
+        store: Store,
+        conn: ConnectionStateV1,
+        creds: SentryCredentials,
+        call: Callable[..., Any],
+        since: datetime,
+        progress: Progress,
+    ) -> list[Decision]:
+        slugs = await store.mapped_slugs(conn.connection_id)
+        if not slugs:
+            return []
+        issues: list[dict[str, Any]] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            headers: dict[str, str] = {}
+            page = await call(plan.creations_path(creds.org_slug, since, cursor), headers)
+            issues += [i for i in page if isinstance(i, dict)]
+            pages += 1
+            progress("creations", pages, pages)
+            cursor = plan.next_cursor(headers.get("link"))
+            if cursor is None or not page:
+                break
+        ids = {
+            str(i.get("id")): incident_id_for(conn.tenant_id, "issue", str(i.get("id")))
+            for i in issues
+        }
+        known = await store.existing(list(ids.values()))
+        return plan.decide_created(issues, known, slugs, lambda issue_id: ids[issue_id])
+
+    async def _publish(
+        self,
+        store: Store,
+        conn: ConnectionStateV1,
+        row: SweepRow,
+        decisions: list[Decision],
+        now: datetime,
+        progress: Progress,
+    ) -> None:
+        progress("publish", 0, len(decisions))
+        primaries = [
+            incident_id_for(conn.tenant_id, "issue", str(d.issue.get("id")))
+            for d in decisions
+            if d.kind == "merged"
+        ]
+        known = await store.existing(primaries)
+        out: list[tuple[str, Any]] = []
+        for d in decisions:
+            key = alias_key(conn.connection_id, d.asked_issue_id)
+            primary_id = str(d.issue.get("id") or "")
+            moved = []
+            if d.kind == "merged" and d.incident is not None:
+                moved = await store.links(d.incident.incident_id)
+                alias = IssueAliasV1(
+                    connection_id=conn.connection_id,
+                    tenant_id=conn.tenant_id,
+                    issue_id=d.asked_issue_id,
+                    primary_issue_id=primary_id,
+                    merged_at=now,
+                )
+                out.append(
+                    (
+                        "sentry-issue-aliases",
+                        new_event(alias, key=key, tenant=conn.tenant_id, occurred_at=now),
+                    )
+                )
+            obs = IssueObservedV1(
+                connection_id=conn.connection_id,
+                tenant_id=conn.tenant_id,
+                kind=d.kind,
+                asked_issue_id=d.asked_issue_id,
+                issue=bounded_issue(d.issue),
+                observed_at=now,
+                sweep_id=str(row.sweep_id),
+                incident=d.incident,
+                primary_known=incident_id_for(conn.tenant_id, "issue", primary_id) in known,
+                moved_links=moved,
+            )
+            event_id = uuid.uuid5(row.sweep_id, f"{d.kind}:{d.asked_issue_id}")
+            out.append(
+                (
+                    "sentry-observations",
+                    new_event(
+                        obs, key=key, tenant=conn.tenant_id, occurred_at=now, event_id=event_id
+                    ),
+                )
+            )
+            incident = (
+                d.incident.incident_id
+                if d.incident is not None
+                else incident_id_for(conn.tenant_id, "issue", d.asked_issue_id)
+            )
+            row.repairs.append(
+                Repair(
+                    d.repair,
+                    d.asked_issue_id,
+                    incident,
+                    {"status": d.issue.get("status"), "primary_issue_id": primary_id}
+                    if d.kind == "merged"
+                    else {"status": d.issue.get("status")},
+                    now,
+                )
+            )
+        for at in range(0, len(out), 500):  # acked by the broker before the sweep is recorded
+            await self.producer.send_many(out[at : at + 500])
+            progress("publish", min(at + 500, len(out)), len(out))

@@ -1,0 +1,254 @@
+"""A pipeline for sweeps on real Kafka and Postgres with the Sentry stand-in: the control plane
+(API + outbox relay), the normalizer, the projection and the enricher, all in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_common.events import (
+    ConnectionStateV1,
+    WebhookReceivedV1,
+    body_sha256,
+    new_event,
+)
+from blametrail_common.events.incidents import incident_id_for
+from blametrail_common.kafka import EventProducer, consume, create_consumer, create_producer
+from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka.pgsink import run_into_postgres
+from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
+from blametrail_common.settings import KafkaSettings
+from blametrail_common.testing import background
+from blametrail_common.topics import topic_name
+from blametrail_devstack.testkit import until
+from blametrail_enricher.credentials import ConnectionCredentials
+from blametrail_enricher.pipeline import Enricher
+from blametrail_mappings_api.app import create_app
+from blametrail_mappings_api.repository import Repository, create_pool
+from blametrail_mappings_api.settings import ApiSettings
+from blametrail_mappings_api.store.outbox import Relay
+from blametrail_normalizer.app import create_app as create_normalizer
+from blametrail_normalizer.settings import NormalizerSettings
+from blametrail_projector.projection import PROJECTED_TOPICS, Projection
+from blametrail_reconciler.connections import Connections
+from blametrail_reconciler.settings import ReconcilerSettings
+from blametrail_reconciler.store import SweepRow
+from blametrail_reconciler.sweep import Sweeper
+from blametrail_sentry_stub import StubState, serve
+
+ORG = "acme"
+PROJECT = "checkout-api"
+
+
+@dataclass
+class Pipeline:
+    kafka: KafkaSettings
+    dsn: str
+    stub: StubState
+    producer: EventProducer
+    connection_id: str
+    tenant_id: str
+    connections: Connections
+    sweeper: Sweeper
+
+    def incident_of(self, issue_id: str) -> str:
+        return incident_id_for(self.tenant_id, "issue", issue_id)
+
+    async def sweep(self) -> SweepRow:
+        conn = self.connections.get(self.connection_id)
+        assert conn is not None
+        creds = self.connections.credentials(conn)
+        assert creds is not None
+        row = await self.sweeper.sweep(conn, creds)
+        assert row is not None
+        return row
+
+    async def webhook(self, action: str, issue: dict[str, Any]) -> None:
+        """An issue webhook as ingest publishes it (verified, bytes untouched)."""
+        body = orjson.dumps(
+            {"action": action, "installation": {"uuid": None}, "data": {"issue": issue}}
+        ).decode()
+        now = datetime.now(UTC)
+        raw = WebhookReceivedV1(
+            connection_id=self.connection_id,
+            resource="issue",
+            action=action,
+            installation_uuid=None,
+            signature_header="Sentry-Hook-Signature",
+            request_id=uuid.uuid4().hex,
+            hook_timestamp=str(int(now.timestamp())),
+            received_at=now,
+            body_sha256=body_sha256(body.encode()),
+            body=body,
+        )
+        await self.producer.send("sentry-webhooks-raw", new_event(raw, key=str(issue["id"])))
+
+    async def open_issues(self, ids: list[str]) -> None:
+        """Issues in the stand-in and their ``issue.created`` webhooks, then wait for the
+        incidents."""
+        for issue_id in ids:
+            issue = self.stub.issue_store.create(ORG, PROJECT, issue_id=issue_id)
+            await self.webhook("created", {**issue, "web_url": f"https://x/{issue_id}"})
+        await until(f"{len(ids)} incidents", lambda: self._count_open(ids, len(ids)), timeout_s=180)
+
+    async def _count_open(self, ids: list[str], n: int) -> bool:
+        return await self.count("incidents", [self.incident_of(i) for i in ids]) >= n
+
+    async def count(self, table: str, incident_ids: list[str], where: str = "true") -> int:
+        async with await psycopg.AsyncConnection.connect(self.dsn) as c:
+            cur = await c.execute(
+                f"SELECT count(*) FROM {table} WHERE incident_id = ANY(%s::uuid[]) AND {where}",  # noqa: S608 - test-only, constant arguments
+                (incident_ids,),
+            )
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(self.dsn) as c:
+            cur = await c.execute(sql, params)
+            return list(await cur.fetchall())
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    kafka_settings: KafkaSettings, database_url: str, *, enrich: bool = False, **over: Any
+) -> AsyncIterator[Pipeline]:
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        topic_prefix=f"r{uuid.uuid4().hex[:6]}.",
+    )
+    await ensure_topics(kafka)
+    box = SecretBox(generate_key())
+    stub = StubState()
+    pool = create_pool(database_url, 4)
+    await pool.open()
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    repo = Repository(pool, box)
+    api = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(ApiSettings(), repo, {})),
+        base_url="http://api",
+    )
+    key = await repo.create_api_key(f"rec-{uuid.uuid4().hex[:6]}")
+    auth = {"Authorization": f"Bearer {key}"}
+    http = httpx.AsyncClient()
+    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+    normalizer = None
+    try:
+        async with serve(stub) as stub_url:
+            token = stub.add_internal_token(ORG)
+            made = await api.post(
+                "/api/v1/integrations/sentry/connections",
+                headers=auth,
+                json={
+                    "mode": "internal",
+                    "sentry_org_slug": ORG,
+                    "api_base_url": stub_url,
+                    "client_secret": "reconcile-secret",
+                    "auth_token": token,
+                },
+            )
+            conn_id = made.json()["id"]
+            svc = (
+                await api.post(
+                    "/api/v1/services",
+                    headers=auth,
+                    json={"name": "Checkout", "slug": f"checkout-{uuid.uuid4().hex[:4]}"},
+                )
+            ).json()["id"]
+            mapped = await api.post(
+                "/api/v1/integrations/sentry/mappings",
+                headers=auth,
+                json={"connection_id": conn_id, "sentry_project_slug": PROJECT, "service_id": svc},
+            )
+            assert mapped.status_code == 201, mapped.text
+            async with pool.connection() as c:  # only this test's changes go to its topics
+                await c.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"
+                    " AND key NOT IN (%s, %s, %s)",
+                    (conn_id.encode(), svc.encode(), f"{conn_id}:{PROJECT}".encode()),
+                )
+                cur = await c.execute(
+                    "SELECT org_id::text FROM sentry_connections WHERE id = %s", (conn_id,)
+                )
+                tenant = (await cur.fetchone())[0]  # type: ignore[index]
+            relay = Relay(pool, producer)
+            while await relay.relay_once():
+                pass
+            await table.start()
+            normalizer = create_normalizer(
+                NormalizerSettings(app_id=f"rec-norm-{uuid.uuid4().hex[:6]}"), kafka
+            )
+            normalizer.app.finalize()
+            await normalizer.app.start()
+            fast = RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=120)
+            enricher = Enricher(
+                HttpxSentryApi(http, fast),
+                ConnectionCredentials(table, box),
+                producer,
+                incident_url="https://blametrail.example/incidents/{incident_id}",
+            )
+
+            async def project(stop: asyncio.Event) -> None:
+                consumer = create_consumer(kafka, [], f"rec-projection-{uuid.uuid4().hex[:6]}")
+                await consumer.start()
+                try:
+                    topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
+                    await run_into_postgres(
+                        consumer,
+                        topics,
+                        database_url,
+                        "rec-projection",
+                        Projection(producer).apply,
+                        stop,
+                    )
+                finally:
+                    await consumer.stop()
+
+            async def enriching(stop: asyncio.Event) -> None:
+                group = f"rec-enricher-{uuid.uuid4().hex[:6]}"
+                await consume(kafka, ["incident-events"], group, enricher.handle, stop)
+
+            loops = (project, enriching) if enrich else (project,)
+            settings = ReconcilerSettings(settle_s=0, **over)
+            sweeper = Sweeper(HttpxSentryApi(http, fast), producer, database_url, settings)
+            async with background(*loops):
+                yield Pipeline(
+                    kafka,
+                    database_url,
+                    stub,
+                    producer,
+                    conn_id,
+                    tenant,
+                    Connections(table, box),
+                    sweeper,
+                )
+    finally:
+        if normalizer is not None:
+            await normalizer.close()
+        await table.stop()
+        await http.aclose()
+        await producer.stop()
+        await api.aclose()
+        await pool.close()
+
+
+@pytest.fixture
+def make_pipeline(kafka_settings: KafkaSettings, database_url: str) -> Any:
+    """``async with make_pipeline(enrich=..., **settings) as p``: see :func:`pipeline`."""
+
+    def make(**over: Any) -> Any:
+        return pipeline(kafka_settings, database_url, **over)
+
+    return make

@@ -1,0 +1,93 @@
+"""The pure decisions of a sweep."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from blametrail_common.events.observations import KnownIncident
+from blametrail_reconciler import plan
+from blametrail_reconciler.plan import Tracked
+from blametrail_reconciler.schedule import Schedule
+
+NOW = datetime(2026, 3, 16, 8, 0, tzinfo=UTC)
+SETTLE = timedelta(seconds=120)
+
+
+def tracked(issue_id: str, status: str = "open", changed: datetime | None = None) -> Tracked:
+    known = KnownIncident(
+        incident_id=f"inc-{issue_id}", service_id="s", severity="sev2", title="t", status=status
+    )
+    return Tracked(issue_id, known, changed or NOW - timedelta(hours=1))
+
+
+def test_only_disagreements_become_decisions() -> None:
+    batch = [
+        tracked("1"),
+        tracked("2"),
+        tracked("3", "acknowledged"),
+        tracked("4", "resolved"),
+        tracked("5", "muted"),
+        tracked("6"),
+        tracked("7", changed=NOW - timedelta(seconds=30)),
+    ]
+    found = {
+        "1": {"id": "1", "status": "unresolved"},  # agrees
+        "2": {"id": "2", "status": "resolved"},
+        "3": {"id": "3", "status": "unresolved"},  # acknowledged is open in Sentry's terms
+        "4": {"id": "4", "status": "unresolved"},
+        "5": {"id": "5", "status": "resolved"},
+        "7": {"id": "7", "status": "resolved"},  # changed within the settle time: left alone
+    }
+    decisions, missing = plan.compare(batch, found, now=NOW, settle=SETTLE)
+    assert [(d.asked_issue_id, d.kind, d.repair) for d in decisions] == [
+        ("2", "status", "resolved"),
+        ("4", "status", "reopened"),
+        ("5", "status", "resolved"),
+    ]
+    assert [m.issue_id for m in missing] == ["6"]
+
+
+def test_an_answer_for_another_id_is_a_merge_even_while_settling() -> None:
+    item = tracked("6", changed=NOW)
+    d = plan.decide_status(item, {"id": "60", "status": "unresolved"}, now=NOW, settle=SETTLE)
+    assert d is not None
+    assert (d.kind, d.repair, d.issue["id"]) == ("merged", "merged", "60")
+
+
+def test_paths_batches_and_cursors() -> None:
+    assert len(list(plan.batches([tracked(str(i)) for i in range(250)]))) == 3
+    path = plan.id_search_path("acme", ["1", "2"])
+    assert path == "/api/0/organizations/acme/issues/?query=issue.id%3A%5B1%2C2%5D&limit=100"
+    since = plan.creations_path("acme", NOW, "0:100:0")
+    assert "firstSeen%3A%3E2026-03-16T08%3A00%3A00" in since
+    assert since.endswith("cursor=0%3A100%3A0")
+    link = (
+        '<https://s/?cursor=0:0:1>; rel="previous"; results="false"; cursor="0:0:1", '
+        '<https://s/?cursor=0:100:0>; rel="next"; results="true"; cursor="0:100:0"'
+    )
+    assert plan.next_cursor(link) == "0:100:0"
+    assert plan.next_cursor(link.replace('results="true"', 'results="false"')) is None
+    assert plan.next_cursor(None) is None
+
+
+def test_creations_only_for_mapped_projects_without_an_incident() -> None:
+    issues = [
+        {"id": "1", "project": {"slug": "a"}},
+        {"id": "2", "project": {"slug": "a"}},
+        {"id": "2", "project": {"slug": "a"}},  # a page overlap: once
+        {"id": "3", "project": {"slug": "b"}},
+        {"id": "4", "project": "junk"},
+    ]
+    out = plan.decide_created(issues, {"inc-1"}, {"a"}, lambda i: f"inc-{i}")
+    assert [d.asked_issue_id for d in out] == ["2"]
+
+
+def test_schedule_jitters_and_spreads_first_sweeps() -> None:
+    values = iter([0.5, 0.0, 1.0])
+    s = Schedule(300, 0.2, lambda: next(values))
+    assert s.due_now(["c"], 1000) == []  # first due at 1000 + 300*0.2*0.5
+    assert s.due_now(["c"], 1030) == ["c"]
+    s.done("c", 1030)  # next within [240, 360]: rng 0.0 -> 240
+    assert s.due["c"] == 1270
+    s.done("c", 1270)
+    assert s.due["c"] == 1270 + 360

@@ -1,0 +1,184 @@
+"""Sweeps on real Kafka and Postgres against the Sentry stand-in (issue 18 §3-4 tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from blametrail_devstack.testkit import until
+
+ORG = "acme"
+
+
+async def _status(p: Any, issue_id: str) -> str | None:
+    rows = await p.rows(
+        "SELECT status FROM incidents WHERE incident_id = %s::uuid", p.incident_of(issue_id)
+    )
+    return rows[0][0] if rows else None
+
+
+async def _timeline(p: Any, issue_id: str) -> list[str]:
+    rows = await p.rows(
+        "SELECT event_type FROM incident_timeline WHERE incident_id = %s::uuid"
+        " ORDER BY occurred_at, log_partition, log_offset",
+        p.incident_of(issue_id),
+    )
+    return [r[0] for r in rows]
+
+
+async def test_a_resolution_behind_our_back_is_repaired_once(make_pipeline: Any) -> None:
+    async with make_pipeline() as p:
+        await p.open_issues(["9100001", "9100002"])
+        p.stub.issue_store.set_status(
+            ORG, "9100001", "resolved", status_details={"inRelease": "1.2"}
+        )
+        first = await p.sweep()
+        assert first.counts() == {"resolved": 1}
+        assert first.checked == 2
+        assert first.api_calls == 1  # one id search for both
+        await until("resolved", lambda: _eq(_status(p, "9100001"), "resolved"), timeout_s=60)
+        assert await _status(p, "9100002") == "open"
+        assert await _timeline(p, "9100001") == ["incident.opened", "incident.resolved"]
+        # the second sweep changes nothing: no repairs, no events, no timeline rows
+        observed = await _observations(p)
+        second = await p.sweep()
+        assert second.counts() == {}
+        await asyncio.sleep(1)  # anything it published would have had time to land
+        assert await _observations(p) == observed
+        assert await _timeline(p, "9100001") == ["incident.opened", "incident.resolved"]
+        # a missed issue.unresolved reopens it (a resolved incident stays swept for a while)
+        p.stub.issue_store.set_status(ORG, "9100001", "unresolved")
+        assert (await p.sweep()).counts() == {"reopened": 1}
+        await until("reopened", lambda: _eq(_status(p, "9100001"), "open"), timeout_s=60)
+        (sweeps,) = await p.rows(
+            "SELECT count(*), sum((repairs ->> 'resolved')::int) FROM reconcile_sweeps"
+            " WHERE connection_id = %s AND outcome = 'ok'",
+            p.connection_id,
+        )
+        assert sweeps == (3, 1)
+
+
+async def test_an_issue_created_behind_our_back_gets_one_enriched_incident(
+    make_pipeline: Any,
+) -> None:
+    async with make_pipeline(enrich=True) as p:
+        await p.open_issues(["9200001"])  # the connection sends issue webhooks: it had one
+        p.stub.issue_store.create(ORG, "checkout-api", issue_id="9200002")
+        p.stub.issue_store.create(ORG, "unmapped-project", issue_id="9200003")
+        row = await p.sweep()
+        assert row.counts() == {"created": 1}
+        await until(
+            "enriched",
+            lambda: _has(p, "incident_enrichments", "9200002", "status = 'enriched'"),
+            timeout_s=90,
+        )
+        assert await _timeline(p, "9200002") == ["incident.opened"]
+        assert await _status(p, "9200003") is None
+        again = await p.sweep()  # overlapping window: still exactly one incident
+        assert again.counts() == {}
+        assert await p.count("incidents", [p.incident_of("9200002")]) == 1
+
+
+async def test_creations_are_not_searched_for_a_connection_without_issue_webhooks(
+    make_pipeline: Any,
+) -> None:
+    async with make_pipeline() as p:
+        p.stub.issue_store.create(ORG, "checkout-api", issue_id="9300001")
+        row = await p.sweep()
+        assert row.counts() == {}
+        assert row.created_since is None
+        assert row.api_calls == 0
+
+
+async def test_a_merge_closes_the_old_incident_into_the_primary(make_pipeline: Any) -> None:
+    async with make_pipeline() as p:
+        await p.open_issues(["9400001", "9400002"])
+        p.stub.issue_store.merge(ORG, ["9400001"], "9400002")
+        row = await p.sweep()
+        assert row.counts() == {"merged": 1}
+        assert row.api_calls == 2  # the id search, then the detail of the one it did not find
+        await until("merged", lambda: _eq(_status(p, "9400001"), "resolved"), timeout_s=60)
+        assert await _timeline(p, "9400001") == ["incident.opened", "incident.merged"]
+        await until(
+            "absorbed",
+            lambda: _eq(_last(p, "9400002"), "incident.absorbed"),
+            timeout_s=60,
+        )
+        ((payload,),) = await p.rows(
+            "SELECT payload FROM incident_timeline WHERE incident_id = %s::uuid"
+            " AND event_type = 'incident.merged'",
+            p.incident_of("9400001"),
+        )
+        assert payload["into_incident_id"] == p.incident_of("9400002")
+        # later news about the old id lands on the primary (the alias), and the merged-away
+        # incident is not swept again
+        p.stub.issue_store.set_status(ORG, "9400002", "resolved")
+        old = {**p.stub.issue_store.get(ORG, "9400002"), "id": "9400001"}
+        await until("alias known", lambda: _alias(p), timeout_s=30)
+        await p.webhook("resolved", old)
+        await until("primary resolved", lambda: _eq(_status(p, "9400002"), "resolved"), 60)
+        assert await _timeline(p, "9400001") == ["incident.opened", "incident.merged"]
+        assert (await p.sweep()).counts() == {}
+
+
+async def test_a_429_storm_during_a_sweep_of_2000_incidents(make_pipeline: Any) -> None:
+    async with make_pipeline() as p:
+        ids = [str(9_500_000 + n) for n in range(2000)]
+        await p.open_issues(ids)
+        changed = ids[::7]  # 286 resolved behind our back
+        for issue_id in changed:
+            p.stub.issue_store.set_status(ORG, issue_id, "resolved")
+        p.stub.storm("429", duration_s=4, route="issue_search")
+        began = time.monotonic()
+        row = await p.sweep()
+        took = time.monotonic() - began
+        assert took >= 3  # it could only finish after the storm
+        assert row.checked == 2000
+        assert row.counts() == {"resolved": len(changed)}
+        searches = [r for r in p.stub.requests if r["route"] == "issue_search"]
+        # within the budget: held until each Reset (one second), never a retry loop; 20 calls
+        # that count, plus at most one refused call per held caller per second of storm
+        assert row.api_calls == 20
+        assert len(searches) <= 20 + 4 * 6 * 2
+        await until(
+            "all resolved",
+            lambda: _ge(
+                p.count("incidents", [p.incident_of(i) for i in changed], "status = 'resolved'"),
+                len(changed),
+            ),
+            timeout_s=180,
+        )
+        # nothing duplicated: one resolve per changed incident, none elsewhere
+        resolves = await p.count(
+            "incident_timeline",
+            [p.incident_of(i) for i in ids],
+            "event_type = 'incident.resolved'",
+        )
+        assert resolves == len(changed)
+
+
+async def _eq(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _ge(value: Any, expected: int) -> bool:
+    return bool(await value >= expected)
+
+
+async def _has(p: Any, table: str, issue_id: str, where: str) -> bool:
+    return bool(await p.count(table, [p.incident_of(issue_id)], where))
+
+
+async def _last(p: Any, issue_id: str) -> str | None:
+    timeline = await _timeline(p, issue_id)
+    return timeline[-1] if timeline else None
+
+
+async def _observations(p: Any) -> int:
+    rows = await p.rows("SELECT count(*) FROM incident_timeline")
+    return int(rows[0][0])
+
+
+async def _alias(p: Any) -> bool:
+    return True
