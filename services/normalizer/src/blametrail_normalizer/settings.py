@@ -27,6 +27,12 @@ class NormalizerSettings(BaseBlametrailSettings):
         default=True, validation_alias=f"{PREFIX}NORMALIZER_STATIC_MEMBERSHIP"
     )
     """Join the consumer group as a static member (``group.instance.id``)."""
+    batch_max: int = Field(default=500, ge=1, validation_alias=f"{PREFIX}NORMALIZER_BATCH_MAX")
+    """Raw webhooks normalized together, their outputs published in one go."""
+    batch_within_s: float = Field(
+        default=0.02, gt=0, validation_alias=f"{PREFIX}NORMALIZER_BATCH_WITHIN_S"
+    )
+    """How long a batch waits for more webhooks once it has one (added to latency when idle)."""
     data_dir: str = Field(default="", validation_alias=f"{PREFIX}NORMALIZER_DATA_DIR")
     """faust's data directory (the app keeps no table on disk: only faust's empty skeleton).
     Empty: ``<system temp dir>/blametrail-faust/<app id>``, never the working directory."""
