@@ -8,7 +8,10 @@ Where Kafka and Postgres come from, in this order:
    ``.local/test-stack``, started once per session and stopped at its end.
 
 Every session then gets its own topic prefix and its own fresh database (migrated), so several
-sessions can share one broker and one server. Tests that use these fixtures are marked
+sessions can share one broker and one server. On a shared broker (origin ``env``) a session deletes
+at its end the topics of every prefix it created (its own and the ones its tests made through
+``ensure_topics``): a broker shared by many sessions otherwise collects tens of thousands of
+partitions and dies of too many open files. Tests that use these fixtures are marked
 ``integration`` automatically; ``-m "not integration"`` is the fast pure suite.
 """
 
@@ -22,17 +25,53 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import pytest
 from blametrail_common.db import migrate
-from blametrail_common.kafka.admin import ensure_topics
+from blametrail_common.kafka import admin as kafka_admin
 from blametrail_common.settings import KafkaSettings
 
 from blametrail_devstack.paths import local_dir
 from blametrail_devstack.stack import LocalStack
 
 INFRA_FIXTURES = {"infra", "kafka_settings", "database_url", "session_env"}
+# (bootstrap servers, topic prefix) of every topic set this session created
+_CREATED: set[tuple[str, str]] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Record the prefixes the session's tests create topics under (they import
+    ``ensure_topics`` after this runs, so they get the recording one)."""
+    original = kafka_admin.ensure_topics
+
+    async def recording(settings: KafkaSettings, *args: Any, **kwargs: Any) -> Any:
+        if settings.topic_prefix:
+            _CREATED.add((settings.bootstrap_servers, settings.topic_prefix))
+        return await original(settings, *args, **kwargs)
+
+    kafka_admin.ensure_topics = recording
+
+
+async def delete_prefixed_topics(created: set[tuple[str, str]]) -> int:
+    """Delete every topic under the given (bootstrap, prefix) pairs; best effort, the count."""
+    deleted = 0
+    for bootstrap in {b for b, _ in created}:
+        prefixes = tuple(p for b, p in created if b == bootstrap)
+        client = kafka_admin.admin_client(KafkaSettings(bootstrap_servers=bootstrap))
+        try:
+            await asyncio.wait_for(client.start(), 20)
+            names = [t for t in await client.list_topics() if t.startswith(prefixes)]
+            for i in range(0, len(names), 200):
+                await asyncio.wait_for(client.delete_topics(names[i : i + 200]), 60)
+            deleted += len(names)
+        except Exception as exc:  # a broker already gone keeps nothing to clean
+            print(f"topics under {prefixes[:3]}... not deleted: {exc!r}")
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+    return deleted
 
 
 @dataclass
@@ -102,6 +141,8 @@ def create_database(server_dsn: str, name: str) -> str:
 def infra() -> Iterator[Infra]:
     with open_infra(os.environ) as found:
         yield found
+        if found.origin == "env":  # a throw-away broker needs no cleaning
+            asyncio.run(delete_prefixed_topics(set(_CREATED)))
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +158,7 @@ def session_env(infra: Infra) -> Iterator[dict[str, str]]:
         "BLAMETRAIL_TOPIC_PREFIX": f"t{tag}.",
     }
     asyncio.run(
-        ensure_topics(
+        kafka_admin.ensure_topics(
             KafkaSettings(
                 bootstrap_servers=infra.bootstrap, topic_prefix=env["BLAMETRAIL_TOPIC_PREFIX"]
             )
