@@ -19,7 +19,6 @@ bounds it with ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS`` (see ``rebuild.py``).
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,43 +97,57 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 _STATE = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
-_SPECIAL = re.compile(rb"[\\\t\n\r]")
 _NULL = b"\\N"
 
 
 def _escape(data: bytes) -> bytes:
-    if _SPECIAL.search(data) is None:
-        return data
-    return (
-        data.replace(b"\\", b"\\\\")
-        .replace(b"\t", b"\\t")
-        .replace(b"\n", b"\\n")
-        .replace(b"\r", b"\\r")
-    )
+    if b"\\" in data or b"\t" in data or b"\n" in data or b"\r" in data:
+        return (
+            data.replace(b"\\", b"\\\\")
+            .replace(b"\t", b"\\t")
+            .replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r")
+        )
+    return data
+
+
+def _own(data: bytes) -> bytes:
+    """A copy of its own: orjson's output keeps a buffer of kilobytes behind a short value,
+    which a value held for the whole fold must not."""
+    return bytes(bytearray(data))
+
+
+def _datetime(value: datetime) -> bytes:
+    if value.tzinfo is None:  # psycopg sends a naive datetime as timestamp: the session's zone
+        raise TypeError("a naive datetime has no single timestamptz")
+    return value.isoformat().encode()
+
+
+_FORMAT: dict[type, Any] = {
+    type(None): lambda _: _NULL,
+    str: lambda v: _escape(v.encode()),
+    EncodedJson: lambda v: _escape(v.encoded),
+    bool: lambda v: b"t" if v else b"f",
+    int: lambda v: str(v).encode(),
+    uuid.UUID: lambda v: str(v).encode(),
+    datetime: _datetime,
+}
 
 
 def copy_field(value: Any) -> bytes:
     """One value in ``COPY ... FROM STDIN`` text format (Postgres parses it as psycopg's
     parameter of the same value: text, ``jsonb``, ``timestamptz``, ``uuid``, integers, booleans)."""
-    if value is None:
-        return _NULL
-    if isinstance(value, str):
-        return _escape(value.encode())
-    if isinstance(value, EncodedJson):
-        return _escape(value.encoded)
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, int | uuid.UUID):
-        return str(value).encode()
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # psycopg sends a naive datetime as timestamp: the session's zone
-            raise TypeError("a naive datetime has no single timestamptz")
-        return value.isoformat().encode()
+    fmt = _FORMAT.get(type(value))
+    if fmt is not None:
+        return fmt(value)  # type: ignore[no-any-return]
+    for kind, fmt in _FORMAT.items():  # a subclass (an enum of str, a datetime subclass)
+        if kind is not type(None) and isinstance(value, kind):
+            return fmt(value)  # type: ignore[no-any-return]
     raise TypeError(f"no COPY text for {type(value).__name__}")
 
 
 def copy_line(row: dict[str, Any], columns: Sequence[str]) -> bytes:
-    return b"\t".join([copy_field(row[c]) for c in columns]) + b"\n"
+    return b"\t".join(map(copy_field, map(row.__getitem__, columns))) + b"\n"
 
 
 def _least(a: Any, b: Any) -> Any:
@@ -149,7 +162,7 @@ def _merge_refs(older: bytes, newer: bytes) -> bytes:
     """``older || newer`` of two jsonb objects (the later event's value wins a shared key)."""
     if older == newer:
         return newer
-    return orjson.dumps({**orjson.loads(older), **orjson.loads(newer)})
+    return _own(orjson.dumps({**orjson.loads(older), **orjson.loads(newer)}))
 
 
 # An incident's state, compact (a list, values pre-encoded where they only ever move together):
@@ -165,9 +178,9 @@ def _new_incident(row: dict[str, Any]) -> list[Any]:
         head,
         _state_text(row),
         row["state_order"],
-        row["assignee"].encoded if row["assignee"] is not None else None,
+        _own(row["assignee"].encoded) if row["assignee"] is not None else None,
         row["assignee_order"],
-        row["sentry"].encoded,
+        _own(row["sentry"].encoded),
         row["first_seen"],
         row["last_seen"],
         row["event_count"],
@@ -192,10 +205,11 @@ def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
         cur[_ASSIGNEE_ORDER] is None or cur[_ASSIGNEE_ORDER] < row["assignee_order"]
     ):
         assignee = row["assignee"]
-        cur[_ASSIGNEE] = assignee.encoded if assignee is not None else None
+        cur[_ASSIGNEE] = _own(assignee.encoded) if assignee is not None else None
         cur[_ASSIGNEE_ORDER] = row["assignee_order"]
     refs = row["sentry"].encoded
-    cur[_REFS] = _merge_refs(cur[_REFS], refs) if newer else _merge_refs(refs, cur[_REFS])
+    merged = _merge_refs(cur[_REFS], refs) if newer else _merge_refs(refs, cur[_REFS])
+    cur[_REFS] = merged if merged is not refs else _own(refs)
     cur[_FIRST] = _least(cur[_FIRST], row["first_seen"])
     cur[_LAST] = _greatest(cur[_LAST], row["last_seen"])
     cur[_COUNT] = _greatest(cur[_COUNT], row["event_count"])
