@@ -1,18 +1,27 @@
 """The Postgres projection: incident events, enrichment records, audit records, suspects -> tables.
 
-The I/O half of the projector: the rows come from :mod:`blametrail_projector.rows` (pure), the
-SQL that writes them and the psycopg adaptation of their ``jsonb`` values live here. It runs in
-the projector's process (``python -m blametrail_projector``) and in ``blametrail replay
-projection rebuild``. Effects and offsets commit together (:mod:`blametrail_common.kafka.pgsink`):
-a restart resumes exactly, a replay writes the same rows. A batch is written with one
-``executemany`` per table; if Postgres refuses it, the batch is redone record by record under
-savepoints, and only the records it still refuses go to the dead-letter topic, with the reason.
+The I/O half of the projector: the rows come from :mod:`blametrail_projector.rows` (pure), folded
+to one row per key by :mod:`blametrail_projector.fold` (pure); the SQL that writes them and the
+psycopg adaptation of their ``jsonb`` values live here. It runs in the projector's process
+(``python -m blametrail_projector``) and in ``blametrail replay projection rebuild``. Effects and
+offsets commit together (:mod:`blametrail_common.kafka.pgsink`): a restart resumes exactly, a
+replay writes the same rows.
+
+A batch is written set-based: each table's folded rows are streamed with ``COPY`` into a
+session-local staging table (``TEMP``, emptied at commit), then merged with one
+``INSERT ... SELECT ... ON CONFLICT`` per table (:data:`MERGES`: the conflict clause is each
+table's order rule). So a batch costs a few statements, whatever its size. If Postgres refuses
+the batch, it is redone record by record under savepoints, and only the records it still refuses
+go to the dead-letter topic, with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -21,9 +30,10 @@ from blametrail_common.kafka import EventProducer, publish_to_dlq
 from prometheus_client import Counter
 from psycopg.adapt import Dumper
 
+from blametrail_projector.fold import concat_rows, fold_rows
 from blametrail_projector.rows import STATE_COLUMNS, EncodedJson, Rows, rows_for
 
-__all__ = ["PROJECTED_TOPICS", "TABLES", "Projection"]
+__all__ = ["MERGES", "PROJECTED_TOPICS", "TABLES", "Merge", "Projection"]
 
 log = logging.getLogger(__name__)
 APPLIED = Counter("blametrail_projection_rows_total", "Rows written by the projection", ["table"])
@@ -44,20 +54,70 @@ TABLES = (
     "incident_suspects",
 )
 
-_NEWER = "cur.state_order < EXCLUDED.state_order"  # incident_order: strict and total
-_REASSIGNED = "%(sets_assignee)s AND (cur.assignee_order IS NULL OR cur.assignee_order < EXCLUDED.assignee_order)"
-_INCIDENT = (
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """How the rows of one :class:`~blametrail_projector.rows.Rows` table reach Postgres.
+
+    ``columns`` are staged from the rows (their keys); ``derived`` are the target's columns
+    computed from staged ones; ``conflict`` follows ``ON CONFLICT`` (the stored row is ``cur``,
+    the batch's ``EXCLUDED``). ``shadowed``: a rebuild writes it under its table prefix (the
+    links table is not one of :data:`TABLES`: the control plane writes it too).
     """
-INSERT INTO {p}incidents AS cur (incident_id, tenant_id, service_id, source, status, severity, title, culprit,
-    assignee, sentry, first_seen, last_seen, event_count, opened_at, resolved_at, state_changed_at, updated_at,
-    state_order, assignee_order)
-VALUES (%(incident_id)s, %(tenant_id)s, %(service_id)s, %(source)s, %(status)s, %(severity)s, %(title)s,
-    %(culprit)s, %(assignee)s, %(sentry)s, %(first_seen)s, %(last_seen)s, %(event_count)s, %(opened_at)s,
-    %(resolved_at)s, %(state_changed_at)s, %(state_changed_at)s, %(state_order)s, %(assignee_order)s)
-ON CONFLICT (incident_id) DO UPDATE SET
-"""
-    + ",\n".join(
-        f"    {c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE cur.{c} END"
+
+    rows: str
+    table: str
+    columns: tuple[str, ...]
+    conflict: str
+    derived: tuple[tuple[str, str], ...] = ()
+    shadowed: bool = True
+
+    def stage(self, prefix: str) -> str:
+        return f"stage_{prefix if self.shadowed else ''}{self.rows}"
+
+    def target(self, prefix: str) -> str:
+        return f"{prefix if self.shadowed else ''}{self.table}"
+
+    def create_stage(self, prefix: str) -> str:
+        """A staging table of the target's column types without its constraints, kept for the
+        session and emptied at every commit."""
+        stage, target = self.stage(prefix), self.target(prefix)
+        # S608: identifiers only, from this module's constants and the caller's table prefix
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS"  # noqa: S608
+            f" SELECT {', '.join(self.columns)} FROM {target} WITH NO DATA"
+        )
+
+    def copy_into(self, table: str) -> str:
+        return f"COPY {table} ({', '.join(self.columns)}) FROM STDIN"
+
+    def merge(self, prefix: str) -> str:
+        """One statement: the staged rows leave the staging table (so a second batch in the
+        same transaction, e.g. record by record after a refused batch, stages afresh) and are
+        merged into the target."""
+        names = (*self.columns, *(c for c, _ in self.derived))
+        values = (*self.columns, *(e for _, e in self.derived))
+        stage = self.stage(prefix)
+        return (  # S608: identifiers only, as above
+            f"WITH staged AS (DELETE FROM {stage} RETURNING *)"  # noqa: S608
+            f" INSERT INTO {self.target(prefix)} AS cur ({', '.join(names)})"
+            f" SELECT {', '.join(values)} FROM staged ON CONFLICT {self.conflict}"
+        )
+
+
+_NEWER = "cur.state_order < EXCLUDED.state_order"  # incident_order: strict and total
+_REASSIGNED = (
+    "EXCLUDED.assignee_order IS NOT NULL"  # the batch holds an assignment (``sets_assignee``)
+    " AND (cur.assignee_order IS NULL OR cur.assignee_order < EXCLUDED.assignee_order)"
+)
+# The service is never updated: incidents stay where they were opened (a mapping edit only
+# routes new webhooks). A state that comes before the one shown (``incident_order``) is kept in
+# the timeline and adds only to the merged columns (first/last seen, count, refs), so the row
+# is the same in every delivery order (``rows.merge_incident`` is this in Python).
+_INCIDENT_CONFLICT = (
+    "(incident_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE cur.{c} END"
         for c in (*STATE_COLUMNS, "updated_at", "state_order")
     )
     + f""",
@@ -66,46 +126,41 @@ ON CONFLICT (incident_id) DO UPDATE SET
     sentry = CASE WHEN {_NEWER} THEN cur.sentry || EXCLUDED.sentry ELSE EXCLUDED.sentry || cur.sentry END,
     first_seen = LEAST(cur.first_seen, EXCLUDED.first_seen), last_seen = GREATEST(cur.last_seen, EXCLUDED.last_seen),
     event_count = GREATEST(cur.event_count, EXCLUDED.event_count),
-    opened_at = LEAST(cur.opened_at, EXCLUDED.opened_at)
-"""
+    opened_at = LEAST(cur.opened_at, EXCLUDED.opened_at)"""
 )
-# The service is never updated: incidents stay where they were opened (a mapping edit only
-# routes new webhooks). A state that comes before the one shown (``incident_order``) is kept in
-# the timeline and adds only to the merged columns (first/last seen, count, refs), so the row
-# is the same in every delivery order (``rows.merge_incident`` is this in Python).
-_TIMELINE = """
-INSERT INTO {p}incident_timeline (event_id, incident_id, tenant_id, event_type, occurred_at, log_partition,
-    log_offset, payload, sanitized)
-VALUES (%(event_id)s, %(incident_id)s, %(tenant_id)s, %(event_type)s, %(occurred_at)s, %(log_partition)s,
-    %(log_offset)s, %(payload)s, %(sanitized)s)
-ON CONFLICT (event_id) DO NOTHING
-"""
-_ENRICHED = """
-INSERT INTO {p}incident_enrichments AS cur (incident_id, tenant_id, event_id, status, reason, record, fetched_at,
-    sanitized)
-VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(status)s, %(reason)s, %(record)s, %(fetched_at)s,
-    %(sanitized)s)
-ON CONFLICT (incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, status = EXCLUDED.status, reason = NULL,
-    record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at, sanitized = EXCLUDED.sanitized
-WHERE cur.status = 'failed' OR cur.fetched_at <= EXCLUDED.fetched_at
-"""
-_FAILED = """
-INSERT INTO {p}incident_enrichments (incident_id, tenant_id, event_id, status, reason, record, fetched_at, sanitized)
-VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(status)s, %(reason)s, %(record)s, %(fetched_at)s,
-    %(sanitized)s)
-ON CONFLICT (incident_id) DO NOTHING
-"""
-_AUDIT = """
-INSERT INTO {p}webhook_audit (event_id, tenant_id, connection_id, reason, resource, action, project_slug,
-    project_id, detail, received_at, sanitized)
-VALUES (%(event_id)s, %(tenant_id)s, %(connection_id)s, %(reason)s, %(resource)s, %(action)s, %(project_slug)s,
-    %(project_id)s, %(detail)s, %(received_at)s, %(sanitized)s)
-ON CONFLICT (event_id) DO NOTHING
-"""
+_ENRICHMENT = ("incident_id", "tenant_id", "event_id", "status", "reason", "record", "fetched_at")
 
-
-_COPIED = {  # insert-only tables a sole writer may fill with COPY (see ``bulk``)
-    "timeline": (
+# In this order: an enrichment replaces a failure, so the failures of a batch come after its
+# enrichments (a failure only fills an incident that has nothing yet).
+MERGES: tuple[Merge, ...] = (
+    Merge(
+        "incidents",
+        "incidents",
+        (
+            "incident_id",
+            "tenant_id",
+            "service_id",
+            "source",
+            "status",
+            "severity",
+            "title",
+            "culprit",
+            "assignee",
+            "sentry",
+            "first_seen",
+            "last_seen",
+            "event_count",
+            "opened_at",
+            "resolved_at",
+            "state_changed_at",
+            "state_order",
+            "assignee_order",
+        ),
+        _INCIDENT_CONFLICT,
+        derived=(("updated_at", "state_changed_at"),),
+    ),
+    Merge(
+        "timeline",
         "incident_timeline",
         (
             "event_id",
@@ -118,8 +173,22 @@ _COPIED = {  # insert-only tables a sole writer may fill with COPY (see ``bulk``
             "payload",
             "sanitized",
         ),
+        "(event_id) DO NOTHING",
     ),
-    "audit": (
+    Merge(
+        "enriched",
+        "incident_enrichments",
+        (*_ENRICHMENT, "sanitized"),
+        "(incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, status = EXCLUDED.status,"
+        " reason = NULL, record = EXCLUDED.record, fetched_at = EXCLUDED.fetched_at,"
+        " sanitized = EXCLUDED.sanitized"
+        " WHERE cur.status = 'failed' OR cur.fetched_at <= EXCLUDED.fetched_at",
+    ),
+    Merge(
+        "failed", "incident_enrichments", (*_ENRICHMENT, "sanitized"), "(incident_id) DO NOTHING"
+    ),
+    Merge(
+        "audit",
         "webhook_audit",
         (
             "event_id",
@@ -134,26 +203,36 @@ _COPIED = {  # insert-only tables a sole writer may fill with COPY (see ``bulk``
             "received_at",
             "sanitized",
         ),
+        "(event_id) DO NOTHING",
     ),
-}
-_SUSPECTS = """
-INSERT INTO {p}incident_suspects AS cur (incident_id, tenant_id, event_id, computed_at, candidates, suspects)
-VALUES (%(incident_id)s, %(tenant_id)s, %(event_id)s, %(computed_at)s, %(candidates)s, %(suspects)s)
-ON CONFLICT (incident_id) DO UPDATE SET event_id = EXCLUDED.event_id, computed_at = EXCLUDED.computed_at,
-    candidates = EXCLUDED.candidates, suspects = EXCLUDED.suspects
-WHERE cur.computed_at <= EXCLUDED.computed_at
-"""
-# Not one of TABLES (a rebuild leaves it alone): the control plane writes links made from
-# Sentry's issue-link component here too. This only records the external issue made in Sentry.
-_LINKS = """
-INSERT INTO sentry_issue_links (incident_id, connection_id, sentry_issue_id, web_url, external_issue_id,
-    linked_at)
-VALUES (%(incident_id)s, %(connection_id)s, %(sentry_issue_id)s, %(web_url)s, %(external_issue_id)s,
-    %(linked_at)s)
-ON CONFLICT (incident_id, connection_id, sentry_issue_id) DO UPDATE SET
-    external_issue_id = EXCLUDED.external_issue_id,
-    web_url = COALESCE(EXCLUDED.web_url, sentry_issue_links.web_url)
-"""
+    Merge(
+        "suspects",
+        "incident_suspects",
+        ("incident_id", "tenant_id", "event_id", "computed_at", "candidates", "suspects"),
+        "(incident_id) DO UPDATE SET event_id = EXCLUDED.event_id,"
+        " computed_at = EXCLUDED.computed_at, candidates = EXCLUDED.candidates,"
+        " suspects = EXCLUDED.suspects WHERE cur.computed_at <= EXCLUDED.computed_at",
+    ),
+    # Not one of TABLES (a rebuild leaves it alone): the control plane writes links made from
+    # Sentry's issue-link component here too. This only records the external issue made in Sentry.
+    Merge(
+        "links",
+        "sentry_issue_links",
+        (
+            "incident_id",
+            "connection_id",
+            "sentry_issue_id",
+            "web_url",
+            "external_issue_id",
+            "linked_at",
+        ),
+        "(incident_id, connection_id, sentry_issue_id) DO UPDATE SET"
+        " external_issue_id = EXCLUDED.external_issue_id,"
+        " web_url = COALESCE(EXCLUDED.web_url, cur.web_url)",
+        shadowed=False,
+    ),
+)
+_APPEND_ONLY = ("timeline", "audit")  # what a sole writer (``bulk``) copies straight in
 
 
 class _EncodedJsonDumper(Dumper):
@@ -166,93 +245,160 @@ class _EncodedJsonDumper(Dumper):
         return obj.encoded
 
 
+async def _copy(
+    cur: psycopg.AsyncCursor[Any],
+    statement: str,
+    columns: tuple[str, ...],
+    rows: list[dict[str, Any]],
+) -> None:
+    if not rows:
+        return
+    values = itemgetter(*columns)
+    async with cur.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(values(row))
+
+
 class Projection:
     """Applies batches; ``table_prefix`` lets a rebuild write into shadow tables.
+
+    A batch is written in chunks of ``chunk`` records, one staged merge per table each, and the
+    next chunk's rows are computed (``decode_slice`` records between yields to the event loop) while
+    Postgres merges the one before: decoding and Postgres' work overlap on two cores.
 
     Without a producer, records Postgres refuses are only counted (``refused``): a rebuild
     re-reads records the live projection already dead-lettered and must not send them twice.
     ``bulk`` is for a sole writer of its tables (a rebuild's shadow tables): the insert-only
-    tables are written with ``COPY``, and the ``ON CONFLICT DO NOTHING`` of the SQL path is kept
-    by remembering the event ids written so far.
+    tables are copied straight in, and the ``ON CONFLICT DO NOTHING`` of the merge is kept by
+    remembering the event ids written so far.
     """
 
     def __init__(
-        self, producer: EventProducer | None, table_prefix: str = "", *, bulk: bool = False
+        self,
+        producer: EventProducer | None,
+        table_prefix: str = "",
+        *,
+        bulk: bool = False,
+        chunk: int = 1000,
+        decode_slice: int = 50,
     ) -> None:
         self.producer = producer
         self.refused = 0
         self._prefix = table_prefix
         self._written: set[Any] | None = set() if bulk else None
-        self._sql = [
-            (name, sql.format(p=table_prefix))
-            for name, sql in (
-                ("incidents", _INCIDENT),
-                ("timeline", _TIMELINE),
-                ("enriched", _ENRICHED),
-                ("failed", _FAILED),
-                ("audit", _AUDIT),
-                ("suspects", _SUSPECTS),
-                ("links", _LINKS),
-            )
-        ]
+        self._chunk, self._slice = max(chunk, 1), max(decode_slice, 1)
 
     async def apply(
         self, conn: psycopg.AsyncConnection[Any], records: Sequence[ConsumerRecord[bytes, bytes]]
     ) -> None:
         """Write a batch (inside the caller's transaction). Dead letters are acknowledged before
         this returns, so the caller's commit never skips a record without a trace."""
-        rows = rows_for(list(records))
-        for record, reason in rows.undecodable:
-            await self._dead(record, reason)
+        records = list(records)
+        fresh: set[Any] = set()
+        undecodable: set[int] = set()  # positions in ``records`` already dead-lettered
         try:
             async with conn.transaction():
-                await self._write(conn, rows)
+                await self._chunks(conn, records, fresh, undecodable)
         except psycopg.Error as exc:
             log.warning(
                 "batch refused, retrying record by record", extra={"error": type(exc).__name__}
             )
-            for record in records:
-                await self._one(conn, record)
+            fresh.clear()
+            for i, record in enumerate(records):
+                if i not in undecodable:
+                    await self._one(conn, record, fresh)
+        if self._written is not None:  # only once the whole batch is written
+            self._written |= fresh
+
+    async def write(self, conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
+        """Stage and merge rows computed beforehand (:func:`~blametrail_projector.rows.rows_for`)
+        in one go, inside the caller's transaction. Raises ``psycopg.Error`` if Postgres refuses
+        them: rows carry no records to dead-letter (``bench/pipeline`` times this alone)."""
+        fresh: set[Any] = set()
+        await self._write(conn, rows, fresh)
+        if self._written is not None:
+            self._written |= fresh
+
+    async def _chunks(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        records: list[ConsumerRecord[bytes, bytes]],
+        fresh: set[Any],
+        undecodable: set[int],
+    ) -> None:
+        """Write ``records`` chunk by chunk, computing a chunk's rows while the previous one is
+        written (one write in flight: the connection runs one statement at a time). Records
+        that are no event are dead-lettered on the way (their positions go to ``undecodable``)."""
+        writing: asyncio.Task[None] | None = None
+        position = {id(r): i for i, r in enumerate(records)}
+        try:
+            for start in range(0, len(records), self._chunk):
+                rows = await self._rows(records[start : start + self._chunk])
+                for record, reason in rows.undecodable:
+                    await self._dead(record, reason)
+                    undecodable.add(position[id(record)])
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._write(conn, rows, fresh))
+            if writing is not None:
+                await writing
+        finally:  # never leave a statement running on the connection the caller rolls back
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
+
+    async def _rows(self, records: list[ConsumerRecord[bytes, bytes]]) -> Rows:
+        parts = []
+        for start in range(0, len(records), self._slice):
+            parts.append(rows_for(records[start : start + self._slice]))
+            await asyncio.sleep(0)  # let the write in flight read its answer and send the next
+        return concat_rows(parts)
 
     async def _one(
-        self, conn: psycopg.AsyncConnection[Any], record: ConsumerRecord[bytes, bytes]
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        record: ConsumerRecord[bytes, bytes],
+        fresh: set[Any],
     ) -> None:
+        mine: set[Any] = set()
+        rows = rows_for([record])
+        for _, reason in rows.undecodable:  # one the batch did not reach before it was refused
+            await self._dead(record, reason)
         try:
             async with conn.transaction():
-                await self._write(conn, rows_for([record]))
+                await self._write(conn, rows, fresh | mine, into=mine)
         except psycopg.Error as exc:
             await self._dead(record, f"postgres refused the record: {type(exc).__name__}: {exc}")
+        else:
+            fresh |= mine
 
-    async def _write(self, conn: psycopg.AsyncConnection[Any], rows: Rows) -> None:
-        copied: list[list[dict[str, Any]]] = []
+    async def _write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: Rows,
+        fresh: set[Any],
+        *,
+        into: set[Any] | None = None,
+    ) -> None:
+        """Stage and merge each table's rows of ``rows``, folded to one row per key. In bulk
+        mode the event ids copied straight in are added to ``into`` (default ``fresh``), and
+        those already in ``fresh`` or written by an earlier batch are left out."""
+        folded, prefix = fold_rows(rows), self._prefix
         async with conn.cursor() as cur:
             cur.adapters.register_dumper(EncodedJson, _EncodedJsonDumper)
-            for name, sql in self._sql:
-                batch = getattr(rows, name)
-                if batch and self._written is not None and name in _COPIED:
-                    batch = self._unwritten(batch)
-                    copied.append(batch)
-                    table, columns = _COPIED[name]
-                    statement = f"COPY {self._prefix}{table} ({', '.join(columns)}) FROM STDIN"
-                    async with cur.copy(statement) as copy:
-                        for row in batch:
-                            await copy.write_row([row[c] for c in columns])
+            for spec in MERGES:
+                batch: list[dict[str, Any]] = getattr(folded, spec.rows)
+                if self._written is not None and spec.rows in _APPEND_ONLY:
+                    old, new = self._written, fresh
+                    batch = [
+                        r for r in batch if r["event_id"] not in old and r["event_id"] not in new
+                    ]
+                    await _copy(cur, spec.copy_into(spec.target(prefix)), spec.columns, batch)
+                    (fresh if into is None else into).update(r["event_id"] for r in batch)
                 elif batch:
-                    await cur.executemany(sql, batch)
-                APPLIED.labels(name).inc(len(batch))
-        if self._written is not None:  # only once every statement of the batch succeeded
-            for batch in copied:
-                self._written.update(row["event_id"] for row in batch)
-
-    def _unwritten(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        assert self._written is not None
-        out, ids = [], set()
-        for row in batch:
-            event_id = row["event_id"]
-            if event_id not in self._written and event_id not in ids:
-                ids.add(event_id)
-                out.append(row)
-        return out
+                    await cur.execute(spec.create_stage(prefix))
+                    await _copy(cur, spec.copy_into(spec.stage(prefix)), spec.columns, batch)
+                    await cur.execute(spec.merge(prefix))
+                APPLIED.labels(spec.rows).inc(len(batch))
 
     async def _dead(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         self.refused += 1
