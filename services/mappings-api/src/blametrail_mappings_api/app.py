@@ -27,6 +27,7 @@ from blametrail_mappings_api.api import (
     deploys,
     incident_actions,
     incidents,
+    jobs,
     mappings,
     services,
     sessions,
@@ -58,6 +59,7 @@ ROUTERS = (
     incident_actions.router,
     deploys.router,
     audit.router,
+    jobs.router,
 )
 
 
