@@ -33,7 +33,10 @@ async def serve() -> None:
     policy = RetryPolicy(
         max_attempts=settings.max_attempts, concurrency_per_org=settings.concurrency_per_org
     )
-    async with httpx.AsyncClient() as http:
+    # Enough pooled connections for every slot Sentry may grant (25 per endpoint, three
+    # endpoints per incident): httpx keeps 20 by default and reconnects for the rest.
+    pool = httpx.Limits(max_connections=256, max_keepalive_connections=128)
+    async with httpx.AsyncClient(limits=pool) as http:
         api = HttpxSentryApi(http, policy)
         enricher = Enricher(
             api,
@@ -50,6 +53,7 @@ async def serve() -> None:
             ),
             batch_budget_s=settings.batch_budget_s,
             redrive_concurrency=settings.redrive_concurrency,
+            concurrency=settings.concurrency,
             known=KnownIncidents(settings.known_incidents),
             broken_links=BrokenLinks(settings.link_retry_after_s),
         )

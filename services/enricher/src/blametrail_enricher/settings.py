@@ -22,8 +22,12 @@ class EnricherSettings(BaseBlametrailSettings):
         validation_alias=f"{PREFIX}ENRICHER_INCIDENT_URL",
     )
     concurrency_per_org: int = Field(
-        default=4, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
+        default=4, ge=1, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
     )
+    """Sentry calls in flight per organization and endpoint until Sentry names its concurrent
+    limit (then it grows to that limit: blametrail_common.sentry_api.Budget)."""
+    concurrency: int = Field(default=128, ge=1, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY")
+    """Incidents of one poll batch enriched at once (their calls then queue for Sentry's slots)."""
     # Parking and redrive while Sentry does not answer (blametrail_enricher.parking).
     retry_budget_s: float = Field(
         default=3600.0, validation_alias=f"{PREFIX}ENRICHER_RETRY_BUDGET_S"
