@@ -61,6 +61,7 @@ class Pipeline:
     tenant_id: str
     connections: Connections
     sweeper: Sweeper
+    normalizer: Any
 
     def incident_of(self, issue_id: str) -> str:
         return incident_id_for(self.tenant_id, "issue", issue_id)
@@ -74,12 +75,12 @@ class Pipeline:
         assert row is not None
         return row
 
-    async def webhook(self, action: str, issue: dict[str, Any]) -> None:
-        """An issue webhook as ingest publishes it (verified, bytes untouched)."""
+    async def webhook(self, action: str, issue: dict[str, Any], at: datetime | None = None) -> None:
+        """An issue webhook as ingest publishes it (verified, bytes untouched), sent at ``at``."""
         body = orjson.dumps(
             {"action": action, "installation": {"uuid": None}, "data": {"issue": issue}}
         ).decode()
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
         raw = WebhookReceivedV1(
             connection_id=self.connection_id,
             resource="issue",
@@ -179,14 +180,12 @@ async def pipeline(
                     " AND key NOT IN (%s, %s, %s)",
                     (conn_id.encode(), svc.encode(), f"{conn_id}:{PROJECT}".encode()),
                 )
-                cur = await c.execute(
-                    "SELECT org_id::text FROM sentry_connections WHERE id = %s", (conn_id,)
-                )
-                tenant = (await cur.fetchone())[0]  # type: ignore[index]
             relay = Relay(pool, producer)
             while await relay.relay_once():
                 pass
             await table.start()
+            await until("the connection", lambda: _known(table, conn_id), timeout_s=30)
+            tenant = table.get(conn_id).tenant_id  # type: ignore[union-attr]
             normalizer = create_normalizer(
                 NormalizerSettings(app_id=f"rec-norm-{uuid.uuid4().hex[:6]}"), kafka
             )
@@ -233,6 +232,7 @@ async def pipeline(
                     tenant,
                     Connections(table, box),
                     sweeper,
+                    normalizer,
                 )
     finally:
         if normalizer is not None:
@@ -242,6 +242,10 @@ async def pipeline(
         await producer.stop()
         await api.aclose()
         await pool.close()
+
+
+async def _known(table: CompactedTable[ConnectionStateV1], conn_id: str) -> bool:
+    return table.get(conn_id) is not None
 
 
 @pytest.fixture

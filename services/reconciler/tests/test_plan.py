@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from blametrail_common.events.observations import KnownIncident
 from blametrail_reconciler import plan
@@ -71,7 +72,7 @@ def test_paths_batches_and_cursors() -> None:
 
 
 def test_creations_only_for_mapped_projects_without_an_incident() -> None:
-    issues = [
+    issues: list[dict[str, Any]] = [
         {"id": "1", "project": {"slug": "a"}},
         {"id": "2", "project": {"slug": "a"}},
         {"id": "2", "project": {"slug": "a"}},  # a page overlap: once

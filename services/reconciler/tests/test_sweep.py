@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 from blametrail_devstack.testkit import until
@@ -36,7 +37,7 @@ async def test_a_resolution_behind_our_back_is_repaired_once(make_pipeline: Any)
         first = await p.sweep()
         assert first.counts() == {"resolved": 1}
         assert first.checked == 2
-        assert first.api_calls == 1  # one id search for both
+        assert first.api_calls == 2  # one id search for both, one search for missed creations
         await until("resolved", lambda: _eq(_status(p, "9100001"), "resolved"), timeout_s=60)
         assert await _status(p, "9100002") == "open"
         assert await _timeline(p, "9100001") == ["incident.opened", "incident.resolved"]
@@ -97,7 +98,8 @@ async def test_a_merge_closes_the_old_incident_into_the_primary(make_pipeline: A
         p.stub.issue_store.merge(ORG, ["9400001"], "9400002")
         row = await p.sweep()
         assert row.counts() == {"merged": 1}
-        assert row.api_calls == 2  # the id search, then the detail of the one it did not find
+        # the id search, the detail of the one it did not find, the creations search
+        assert row.api_calls == 3
         await until("merged", lambda: _eq(_status(p, "9400001"), "resolved"), timeout_s=60)
         assert await _timeline(p, "9400001") == ["incident.opened", "incident.merged"]
         await until(
@@ -115,8 +117,9 @@ async def test_a_merge_closes_the_old_incident_into_the_primary(make_pipeline: A
         # incident is not swept again
         p.stub.issue_store.set_status(ORG, "9400002", "resolved")
         old = {**p.stub.issue_store.get(ORG, "9400002"), "id": "9400001"}
-        await until("alias known", lambda: _alias(p), timeout_s=30)
-        await p.webhook("resolved", old)
+        await until("alias known", lambda: _alias(p, "9400001", "9400002"), timeout_s=30)
+        later = row.repairs[0].observed_at + timedelta(seconds=1)
+        await p.webhook("resolved", old, at=later)
         await until("primary resolved", lambda: _eq(_status(p, "9400002"), "resolved"), 60)
         assert await _timeline(p, "9400001") == ["incident.opened", "incident.merged"]
         assert (await p.sweep()).counts() == {}
@@ -139,8 +142,10 @@ async def test_a_429_storm_during_a_sweep_of_2000_incidents(make_pipeline: Any) 
         searches = [r for r in p.stub.requests if r["route"] == "issue_search"]
         # within the budget: held until each Reset (one second), never a retry loop; 20 calls
         # that count, plus at most one refused call per held caller per second of storm
-        assert row.api_calls == 20
-        assert len(searches) <= 20 + 4 * 6 * 2
+        # 20 id searches, and the creations search over the 2000 issues first seen within the
+        # first sweep's lookback: 20 pages of 100
+        assert row.api_calls == 40
+        assert len(searches) <= row.api_calls + 4 * 6 * 2
         await until(
             "all resolved",
             lambda: _ge(
@@ -180,5 +185,5 @@ async def _observations(p: Any) -> int:
     return int(rows[0][0])
 
 
-async def _alias(p: Any) -> bool:
-    return True
+async def _alias(p: Any, merged: str, primary: str) -> bool:
+    return bool(p.normalizer.lookup.primary_issue(p.connection_id, merged) == primary)
