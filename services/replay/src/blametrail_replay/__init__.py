@@ -1,7 +1,9 @@
 """Operator commands over the Kafka log (``blametrail replay``).
 
-An operator package, not a service: it runs no process beside the pipeline, and it is the one
-package that imports other packages' code, on purpose. Two of its commands must do exactly what
+An operator package, not a service: its one process beside the pipeline is the jobs worker
+(:mod:`blametrail_replay.worker`), which runs these same commands when the control plane asks
+(a reprocess job, ``POST /api/v1/audit/reprocess``); and it is the one package that imports
+other packages' code, on purpose. Two of its commands must do exactly what
 a service does, so they run that service's own code rather than a copy:
 
 - ``replay projection rebuild`` (:mod:`blametrail_replay.rebuild`) folds the log with the

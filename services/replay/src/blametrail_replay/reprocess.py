@@ -19,7 +19,7 @@ have filled it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,10 +32,18 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.tables import ControlPlaneTables, LruDict, TableLookup
 
-__all__ = ["REPROCESSABLE", "ReprocessSummary", "ignored_raw_ids", "reprocess", "scan"]
+__all__ = [
+    "REPROCESSABLE",
+    "ReprocessSummary",
+    "ignored_raw_ids",
+    "reprocess",
+    "reprocess_ignored",
+    "scan",
+]
 
 REPROCESSABLE = frozenset({"unmapped", "inactive"})
 Report = Callable[[int, int], None]  # (records read, records in the window)
+Before = Callable[[TableLookup], Awaitable[None]]  # once the control-plane tables are read
 
 
 @dataclass
@@ -109,10 +117,13 @@ async def reprocess(
     only: set[str] | None = None,
     dry_run: bool = False,
     report: Report | None = None,
+    before: Before | None = None,
 ) -> ReprocessSummary:
     """Normalize the raw webhooks received since ``since`` again (only the raw event ids in
     ``only`` when given) and publish the results; with ``only``, audit records are not
-    published again (those webhooks are still ignored, and already audited)."""
+    published again (those webhooks are still ignored, and already audited). ``before`` is
+    awaited once the control-plane tables are loaded, before the log is read (what raises
+    there ends the run, nothing published)."""
     started = time.monotonic()
     summary = ReprocessSummary()
     cp = ControlPlaneTables(kafka)
@@ -121,6 +132,8 @@ async def reprocess(
     await cp.start()
     await producer.start()
     try:
+        if before is not None:
+            await before(lookup)
         async for records in scan(kafka, "sentry-webhooks-raw", since, report):
             summary.read += len(records)
             out: list[tuple[str, Envelope[Any]]] = []
@@ -154,3 +167,22 @@ async def reprocess(
         await cp.stop()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def reprocess_ignored(
+    kafka: KafkaSettings,
+    project_slug: str,
+    connection_id: str | None,
+    *,
+    since: datetime | None = None,
+    report: Report | None = None,
+    before: Before | None = None,
+) -> ReprocessSummary:
+    """``replay reprocess-ignored`` without its questions: the webhooks of ``project_slug``
+    (on ``connection_id`` when given) audited as unmapped or inactive since ``since``,
+    normalized again (:func:`ignored_raw_ids`, then :func:`reprocess` with ``only``). Nothing
+    ignored: an empty summary, nothing read."""
+    ids = await ignored_raw_ids(kafka, project_slug, since, connection_id)
+    if not ids:
+        return ReprocessSummary()
+    return await reprocess(kafka, since, only=ids, report=report, before=before)
