@@ -157,6 +157,7 @@ async def test_health_counts_what_the_read_model_holds(env: Env, pool: Pool) -> 
         "last_enrichment_error": None,
         "token_expires_at": None,
         "token_refreshed_at": None,
+        "last_sweep": None,
         "webhook_url": f"https://hooks.example/webhooks/sentry/{conn}",
     }
     incident = str(uuid.uuid4())
@@ -230,7 +231,28 @@ async def test_health_counts_what_the_read_model_holds(env: Env, pool: Pool) -> 
             "fetched_at": failed_at,
         },
     )
+    for started, outcome, repairs in [  # the reconciler's sweeps: the last good one is shown
+        (now - timedelta(minutes=10), "ok", '{"resolved": 2, "created": 1}'),
+        (now - timedelta(minutes=4), "failed", "{}"),
+    ]:
+        await _insert(
+            pool,
+            "reconcile_sweeps",
+            {
+                "sweep_id": uuid.uuid4(),
+                "connection_id": conn,
+                "tenant_id": tenant,
+                "started_at": started,
+                "finished_at": started,
+                "outcome": outcome,
+                "checked": 40,
+                "repairs": repairs,
+            },
+        )
     health = (await env.client.get(path, headers=auth)).json()
+    assert health["last_sweep"]["repairs"] == {"resolved": 2, "created": 1}
+    assert health["last_sweep"]["repaired"] == 3
+    assert datetime.fromisoformat(health["last_sweep"]["at"]) == now - timedelta(minutes=10)
     assert health["accepted_24h"] == 2
     assert health["ignored_24h"] == {"inactive": 1, "unmapped": 2}
     assert datetime.fromisoformat(health["last_webhook_at"]) == now - timedelta(minutes=1)

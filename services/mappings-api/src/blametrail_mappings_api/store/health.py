@@ -78,7 +78,33 @@ async def _token(pool: Pool, org: str, row: Row, now: datetime) -> dict[str, Any
     }
 
 
-PARTS: list[Part] = [_webhooks, _enrichment, _token]
+async def _last_sweep(pool: Pool, org: str, row: Row, now: datetime) -> dict[str, Any]:
+    """The reconciler's last successful sweep of this connection and what it repaired (a
+    non-zero count means webhooks were lost; ``reconcile_sweeps``, services/reconciler)."""
+    async with pool.connection() as conn:
+        sweep = await (
+            await conn.execute(
+                "SELECT started_at, finished_at, checked, repairs FROM reconcile_sweeps"
+                " WHERE connection_id = %s AND tenant_id = %s AND outcome = 'ok'"
+                " ORDER BY started_at DESC LIMIT 1",
+                (str(row["id"]), org),
+            )
+        ).fetchone()
+    if sweep is None:
+        return {"last_sweep": None}
+    repairs = {str(k): int(v) for k, v in (sweep["repairs"] or {}).items()}
+    return {
+        "last_sweep": {
+            "at": sweep["started_at"],
+            "finished_at": sweep["finished_at"],
+            "checked": sweep["checked"],
+            "repairs": repairs,
+            "repaired": sum(repairs.values()),
+        }
+    }
+
+
+PARTS: list[Part] = [_webhooks, _enrichment, _token, _last_sweep]
 """The parts of the health body, merged in order; append one to add a key."""
 
 
