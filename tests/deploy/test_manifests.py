@@ -40,6 +40,7 @@ from blametrail_ingest.settings import IngestSettings
 from blametrail_mappings_api.settings import ApiSettings, OAuthSettings, SentryUiSettings
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.settings import ProjectorSettings
+from blametrail_replay.worker_settings import JobWorkerSettings
 from blametrail_suspects.settings import SuspectsSettings
 from pydantic import AliasChoices, SecretStr
 
@@ -71,6 +72,7 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
         RunnerSettings,
     ),
     "blametrail_suspects": (*COMMON, SuspectsSettings, RunnerSettings),
+    "blametrail_replay.worker": (*COMMON, JobWorkerSettings, PostgresSettings, RunnerSettings),
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }
@@ -86,6 +88,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     EnricherSettings: ("host",),
     ProjectorSettings: ("host",),
     SuspectsSettings: ("host",),
+    JobWorkerSettings: ("host",),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}
 
@@ -498,7 +501,7 @@ def test_the_pod_outlasts_the_process_own_shutdown_bound(objs: list[Obj]) -> Non
         checked += 1
         sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["terminationGracePeriodSeconds"] >= sleep + bound + 5, d["metadata"]["name"]
-    assert checked == 4  # ingest, enricher, projector, suspects
+    assert checked == 5  # ingest, enricher, projector, suspects, replay-jobs
 
 
 def test_writable_paths_are_volumes(objs: list[Obj]) -> None:
