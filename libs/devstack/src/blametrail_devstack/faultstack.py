@@ -46,6 +46,7 @@ CORE = (
     ("enricher", "blametrail_enricher", "BLAMETRAIL_ENRICHER_PORT"),
     ("projector", "blametrail_projector", "BLAMETRAIL_PROJECTION_PORT"),
     ("suspects", "blametrail_suspects", "BLAMETRAIL_SUSPECTS_PORT"),
+    ("sync", "blametrail_sync", "BLAMETRAIL_SYNC_PORT"),
 )
 
 

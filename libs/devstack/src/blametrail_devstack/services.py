@@ -74,6 +74,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
     ServiceSpec("projector", "blametrail_projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
     ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL"),
+    ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL"),
     # the control plane's jobs (POST /api/v1/audit/reprocess), run with replay's own code
     ServiceSpec("replay-jobs", "blametrail_replay.worker", 8091, "BLAMETRAIL_JOBS_URL"),
 )
