@@ -165,6 +165,11 @@ class IssueStore:
         self, org: str, query: Query, projects: set[str] | None = None
     ) -> list[dict[str, Any]]:
         """Every matching issue (merged ones are gone), newest ``firstSeen`` first."""
+        return [copy.deepcopy(i) for i in self._matching(org, query, projects)]
+
+    def _matching(
+        self, org: str, query: Query, projects: set[str] | None = None
+    ) -> list[dict[str, Any]]:
         self._seed(org)
         if self.template and query.ids:
             for issue_id in query.ids:
@@ -177,7 +182,7 @@ class IssueStore:
             and (projects is None or issue["project"]["id"] in projects)
         ]
         found.sort(key=lambda i: (i["firstSeen"], i["id"]), reverse=True)
-        return [copy.deepcopy(i) for i in found]
+        return found
 
     # -- changing -----------------------------------------------------------------------------
     def create(
@@ -340,10 +345,10 @@ async def issue_search(request: Request, state: StubState, token: Token | None) 
     except (SearchError, ValueError) as exc:
         return JSONResponse({"detail": str(exc)}, 400)
     limit = min(max(limit, 1), MAX_PER_PAGE)
-    every = state.issue_store.search(
+    every = state.issue_store._matching(  # copied a page at a time, not whole
         request.path_params["org"], query, None if not projects or "-1" in projects else projects
     )
-    page = every[offset : offset + limit]
+    page = copy.deepcopy(every[offset : offset + limit])
     base = str(request.url.remove_query_params("cursor"))
 
     def link(rel: str, at: int, results: bool) -> str:
