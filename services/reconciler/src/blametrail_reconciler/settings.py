@@ -12,7 +12,7 @@ __all__ = ["ReconcilerSettings"]
 
 class ReconcilerSettings(BaseBlametrailSettings):
     host: str = Field(default="127.0.0.1", validation_alias=f"{PREFIX}RECONCILER_HOST")
-    port: int = Field(default=8087, validation_alias=f"{PREFIX}RECONCILER_PORT")
+    port: int = Field(default=8088, validation_alias=f"{PREFIX}RECONCILER_PORT")
     interval_s: float = Field(
         default=300.0, gt=0, validation_alias=f"{PREFIX}RECONCILER_INTERVAL_S"
     )
