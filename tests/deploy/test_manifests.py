@@ -42,6 +42,7 @@ from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.settings import ProjectorSettings
 from blametrail_replay.worker_settings import JobWorkerSettings
 from blametrail_suspects.settings import SuspectsSettings
+from blametrail_web.settings import WebSettings
 from pydantic import AliasChoices, SecretStr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,7 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     ),
     "blametrail_suspects": (*COMMON, SuspectsSettings, RunnerSettings),
     "blametrail_replay.worker": (*COMMON, JobWorkerSettings, PostgresSettings, RunnerSettings),
+    "blametrail_web": (LogSettings, WebSettings, SecretsSettings),  # no Kafka, no Postgres
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }
@@ -89,6 +91,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     ProjectorSettings: ("host",),
     SuspectsSettings: ("host",),
     JobWorkerSettings: ("host",),
+    WebSettings: ("host", "api_url"),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}
 
@@ -566,6 +569,7 @@ def test_ingress_routes_webhooks_to_ingest_and_the_rest_to_the_api(objs: list[Ob
         "/sentry": "blametrail-mappings-api",
         "/integrations/sentry": "blametrail-mappings-api",
         "/api": "blametrail-mappings-api",
+        "/": "blametrail-web",
     }
 
 

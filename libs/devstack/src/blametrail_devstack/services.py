@@ -68,15 +68,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "BLAMETRAIL_WEB_API_URL": "http://127.0.0.1:8082",
             "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
         },
-        dev_only=True,  # until deploy/k8s and docker-compose.yml have its Deployment and service
     ),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
     ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
     ServiceSpec("projector", "blametrail_projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
     ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL"),
-    ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL"),
     # the control plane's jobs (POST /api/v1/audit/reprocess), run with replay's own code
     ServiceSpec("replay-jobs", "blametrail_replay.worker", 8091, "BLAMETRAIL_JOBS_URL"),
+    ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL"),
 )
 
 
