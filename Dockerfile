@@ -8,6 +8,7 @@
 #   docker run blametrail:dev blametrail_projector                 # 8085 (health)
 #   docker run blametrail:dev blametrail_suspects                  # 8086 (health)
 #   docker run blametrail:dev blametrail_sync                      # 8089 (health)
+#   docker run blametrail:dev blametrail_web                       # 8087 (the pages)
 #   docker run blametrail:dev blametrail_common.cli topics ensure  # one-shot operator commands
 #   docker run blametrail:dev blametrail_common.cli db migrate
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -26,7 +27,7 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # The services that run from this image (devstack and the Sentry stand-in are development only).
-ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-normalizer --package blametrail-enricher --package blametrail-projector --package blametrail-suspects --package blametrail-sync --package blametrail-replay"
+ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-normalizer --package blametrail-enricher --package blametrail-projector --package blametrail-suspects --package blametrail-sync --package blametrail-replay --package blametrail-web"
 # 1. Third-party dependencies only, from the lock: this layer changes only when uv.lock does.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
