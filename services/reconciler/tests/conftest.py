@@ -62,6 +62,7 @@ class Pipeline:
     connections: Connections
     sweeper: Sweeper
     normalizer: Any
+    box: SecretBox
 
     def incident_of(self, issue_id: str) -> str:
         return incident_id_for(self.tenant_id, "issue", issue_id)
@@ -230,9 +231,10 @@ async def pipeline(
                     producer,
                     conn_id,
                     tenant,
-                    Connections(table, box),
+                    Connections(table, box, producer),
                     sweeper,
                     normalizer,
+                    box,
                 )
     finally:
         if normalizer is not None:

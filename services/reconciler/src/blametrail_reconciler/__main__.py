@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 
 import httpx
 from blametrail_common.crypto import SecretBox
@@ -13,12 +12,19 @@ from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
-from blametrail_common.resilience import DEPENDENCIES, KAFKA, sleep_or_stop, supervise
+from blametrail_common.resilience import (
+    DEPENDENCIES,
+    KAFKA,
+    POSTGRES,
+    sleep_or_stop,
+    supervise,
+)
 from blametrail_common.runner import run_with_health
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
 
 from blametrail_reconciler.connections import Connections
+from blametrail_reconciler.loop import SweepLoop
 from blametrail_reconciler.schedule import Schedule
 from blametrail_reconciler.settings import ReconcilerSettings
 from blametrail_reconciler.sweep import Sweeper
@@ -40,8 +46,8 @@ async def serve() -> None:
     dsn = PostgresSettings().database_url
     box = SecretBox(SecretsSettings().secret_keys.get_secret_value())
     table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
-    connections = Connections(table, box)
     producer = EventProducer(create_producer(kafka), kafka)
+    connections = Connections(table, box, producer)
     schedule = Schedule(settings.interval_s, settings.jitter, random.random)
     async with httpx.AsyncClient() as http:
         sweeper = Sweeper(HttpxSentryApi(http, policy_of(settings)), producer, dsn, settings)
@@ -52,23 +58,14 @@ async def serve() -> None:
             if not producer.started:
                 await producer.start()
 
+        passes = SweepLoop(connections, sweeper, schedule)
+
         async def sweeps(stop: asyncio.Event) -> None:
-            """Sweep each due connection; a failed sweep fails the loop (supervised: logged,
-            backed off, retried), and the connection stays due."""
+            """Sweep each due connection (a 401: refresh requested, retried next turn); any
+            other failed sweep fails the loop (supervised: logged, backed off, retried), and
+            the connection stays due."""
             while not stop.is_set():
-                now = time.time()
-                for conn_id in schedule.due_now(
-                    [c.connection_id for c in connections.sweepable()], now
-                ):
-                    conn = connections.get(conn_id)
-                    creds = connections.credentials(conn) if conn is not None else None
-                    if conn is None or creds is None:
-                        schedule.done(conn_id, now)
-                        continue
-                    await sweeper.sweep(conn, creds)
-                    schedule.done(conn_id, time.time())
-                    if stop.is_set():
-                        return
+                await passes.once(stop)
                 await sleep_or_stop(stop, TICK_S)
 
         async def loop(stop: asyncio.Event) -> None:
@@ -83,7 +80,11 @@ async def serve() -> None:
         async def ready() -> bool:
             return table.ready.is_set() and producer.started
 
-        checks = {"sweeps": ready, "kafka": DEPENDENCIES.check(KAFKA)}
+        checks = {
+            "sweeps": ready,
+            "kafka": DEPENDENCIES.check(KAFKA),
+            "postgres": DEPENDENCIES.check(POSTGRES),
+        }
         await run_with_health(settings.host, settings.port, checks, loop)
 
 

@@ -9,7 +9,7 @@ from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.table import CompactedTable
-from blametrail_common.sentry_api import HttpxSentryApi
+from blametrail_common.sentry_api import HttpxSentryApi, TokenRejected
 from blametrail_common.settings import KafkaSettings, PostgresSettings, SecretsSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -51,7 +51,7 @@ async def run_sweep(connection_id: str, out: Console = console) -> int:
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
     try:
-        connections = Connections(table, box)
+        connections = Connections(table, box, producer)
         conn = connections.get(connection_id)
         if conn is None:
             out.print(f"[red]no connection {connection_id!r} on cp-connections[/red]")
@@ -77,7 +77,21 @@ async def run_sweep(connection_id: str, out: Console = console) -> int:
                         tasks[stage] = bars.add_task(stage, total=max(total, 1))
                     bars.update(tasks[stage], completed=done, total=max(total, done, 1))
 
-                row = await sweeper.sweep(conn, creds, progress)
+                try:
+                    row = await sweeper.sweep(conn, creds, progress)
+                except TokenRejected:
+                    await connections.request_refresh(connection_id, creds)
+                    row = None
+                    rejected = True
+                else:
+                    rejected = False
+        if rejected:
+            out.print(
+                f"[red]Sentry rejected connection {connection_id}'s token (401).[/red] An OAuth"
+                " token's refresh was requested from the token keeper: run this again shortly."
+                " An internal integration's token must be replaced (PATCH the connection)."
+            )
+            return 3
         if row is None:
             out.print("[yellow]another replica is sweeping this connection now; try again[/yellow]")
             return 1
