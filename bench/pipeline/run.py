@@ -99,6 +99,37 @@ async def produce(kafka: KafkaSettings, n: int, progress: Progress) -> None:
         progress.remove_task(task)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the Postgres backend ``pid`` (same machine: /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class Cost:
+    """Wall time and CPU seconds of this process and of one Postgres backend, between
+    :meth:`start` and :meth:`stop` (CPU per event is what a loaded machine changes least)."""
+
+    def __init__(self) -> None:
+        self.wall = self.client = self.server = 0.0
+        self._at: tuple[float, float, float] | None = None
+        self._pid = 0
+
+    def start(self, backend_pid: int) -> None:
+        self._pid = backend_pid
+        self._at = (time.perf_counter(), time.process_time(), _backend_cpu(backend_pid))
+
+    def stop(self) -> None:
+        assert self._at is not None
+        wall, client, server = self._at
+        self.wall = time.perf_counter() - wall
+        self.client = time.process_time() - client
+        self.server = _backend_cpu(self._pid) - server
+
+
 def _fresh_db(server_dsn: str, label: str) -> str:
     dsn = create_database(server_dsn, f"bt_bench_pipe_{os.getpid()}_{label}")
     migrate(dsn)
@@ -113,32 +144,33 @@ def _drop(server_dsn: str, dsn: str) -> None:
 
 async def projector(
     kafka: KafkaSettings, dsn: str, n: int, progress: Progress, label: str
-) -> tuple[float, list[Batch]]:
-    """Events/s of the projector's own loop, and the batches it applied."""
+) -> tuple[Cost, list[Batch]]:
+    """The cost of the projector's own loop over the topic, and the batches it applied."""
     group, stop = f"bench-{uuid.uuid4().hex[:8]}", asyncio.Event()
-    projection, batches, began = Projection(None), [], 0.0
+    projection, cost = Projection(None), Cost()
+    batches: list[Batch] = []
     task = progress.add_task(label, total=n)
 
     async def apply(conn: psycopg.AsyncConnection[Any], records: Sequence[Any]) -> None:
-        nonlocal began
-        began = began or time.perf_counter()
+        if not batches:
+            cost.start(conn.info.backend_pid)
         await projection.apply(conn, records)
         batches.append(list(records))
         progress.advance(task, len(records))
         if sum(map(len, batches)) >= n:
-            stop.set()  # after this batch commits
+            cost.stop()  # at the last batch, while its backend still runs (before its commit)
+            stop.set()  # the loop ends after this batch commits
 
     consumer = create_consumer(kafka, [], group)
     await consumer.start()
     try:
         topics = [topic_name("incident-events", kafka.topic_prefix)]
         await run_into_postgres(consumer, topics, dsn, group, apply, stop, max_records=MAX_RECORDS)
-        took = time.perf_counter() - began
     finally:
         await consumer.stop()
         progress.remove_task(task)
     assert projection.refused == 0, "the projector refused records of a clean topic"
-    return n / took, batches
+    return cost, batches
 
 
 WriteRows = Callable[[psycopg.AsyncConnection[Any], Rows], Awaitable[None]]
@@ -146,19 +178,19 @@ WriteRows = Callable[[psycopg.AsyncConnection[Any], Rows], Awaitable[None]]
 
 async def precomputed(
     dsn: str, batches: list[tuple[Rows, list[tuple[str, int, int]]]], write: WriteRows
-) -> float:
-    """Events/s of writing the precomputed rows of each batch and its offsets, one transaction
+) -> Cost:
+    """The cost of writing the precomputed rows of each batch and its offsets, one transaction
     per batch."""
-    events = sum(len(r.timeline) + len(r.undecodable) for r, _ in batches)
+    cost = Cost()
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        began = time.perf_counter()
+        cost.start(conn.info.backend_pid)
         for rows, offsets in batches:
             async with conn.transaction():
                 await write(conn, rows)
                 async with conn.cursor() as cur:
                     await cur.executemany(_UPSERT, [("bench", *o) for o in offsets])
-        took = time.perf_counter() - began
-    return events / took
+        cost.stop()
+    return cost
 
 
 def _prepare(batches: list[Batch]) -> list[tuple[Rows, list[tuple[str, int, int]]]]:
@@ -185,97 +217,86 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+VARIANTS = {
+    "projector": "projector (Kafka -> decode -> staged merge)",
+    "precomputed": "precomputed rows, staged COPY + merge",
+    "executemany": "precomputed rows, executemany (previous path)",
+}
+
+
 async def measure(bootstrap: str, server_dsn: str, n: int, rounds: int) -> None:
-    console = Console()
+    console = Console(width=max(Console().width, 130))  # the table whole, in a log too
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"benchp{os.getpid()}.")
     await ensure_topics(kafka)
     load_before = _load()
-    rates: dict[str, list[float]] = {"projector": [], "precomputed": [], "executemany": []}
+    costs: dict[str, list[Cost]] = {k: [] for k in VARIANTS}
+    prepared: list[tuple[Rows, list[tuple[str, int, int]]]] = []
+    expected: tuple[int, int] | None = None
+
+    async def run_projector(dsn: str, label: str) -> Cost:
+        nonlocal prepared
+        cost, batches = await projector(kafka, dsn, n, progress, label)
+        prepared = prepared or _prepare(batches)
+        return cost
+
+    runs: dict[str, Callable[[str, str], Awaitable[Cost]]] = {
+        "projector": run_projector,
+        "precomputed": lambda url, _: precomputed(url, prepared, Projection(None).write),
+        "executemany": lambda url, _: precomputed(url, prepared, write_executemany),
+    }
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console) as progress:
         await produce(kafka, n, progress)
-        prepared: list[tuple[Rows, list[tuple[str, int, int]]]] = []
-        expected: tuple[int, int] | None = None
+        task = progress.add_task("rounds", total=rounds * len(VARIANTS))
         for r in range(rounds):
-            variants: list[tuple[str, Callable[[str], Awaitable[float]]]] = []
-
-            async def run_projector(dsn: str, r: int = r) -> float:
-                nonlocal prepared
-                rate, batches = await projector(kafka, dsn, n, progress, f"projector {r + 1}")
-                prepared = prepared or _prepare(batches)
-                return rate
-
-            def run_rows(write: WriteRows) -> Callable[[str], Awaitable[float]]:
-                return lambda url: precomputed(url, prepared, write)
-
-            variants = [
-                ("projector", run_projector),
-                ("precomputed", run_rows(Projection(None).write)),
-                ("executemany", run_rows(write_executemany)),
-            ]
-            task = progress.add_task(f"round {r + 1} of {rounds}", total=len(variants))
-            for name, run in variants:
+            for name in VARIANTS:
+                progress.update(task, description=f"round {r + 1} of {rounds}: {name}")
                 dsn = _fresh_db(server_dsn, f"{name}_{r}")
                 try:
-                    rates[name].append(await run(dsn))
+                    costs[name].append(await runs[name](dsn, f"{name}, round {r + 1}"))
                     counts = await _count(dsn)
                 finally:
                     _drop(server_dsn, dsn)
                 expected = expected or counts
                 assert counts == expected, f"{name} wrote {counts} rows, projector {expected}"
                 progress.advance(task)
-            progress.remove_task(task)
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    table = Table(
-        "measure",
-        "median",
-        "runs",
-        "goal",
-        title=f"bench/pipeline: {n:,} incident events, {rounds} rounds (rows: {expected})",
-    )
-
-    def runs(k: str) -> str:
-        return " ".join(f"{x:,.0f}" for x in rates[k])
-
-    table.add_row(
-        "projector (Kafka -> decode -> Postgres), events/s",
-        f"{med['projector']:,.0f}",
-        runs("projector"),
-        ">= 20,000",
-    )
-    table.add_row(
-        "precomputed rows, staged COPY + merge, events/s",
-        f"{med['precomputed']:,.0f}",
-        runs("precomputed"),
-        "",
-    )
-    table.add_row(
-        "precomputed rows, executemany (previous), events/s",
-        f"{med['executemany']:,.0f}",
-        runs("executemany"),
-        "",
-    )
-    ratios = {
-        k: [p / x for p, x in zip(rates["projector"], rates[k], strict=True)]
-        for k in ("precomputed", "executemany")
-    }
-    table.add_row(
-        "ratio projector / precomputed (median of rounds)",
-        f"{statistics.median(ratios['precomputed']):.2f}",
-        " ".join(f"{x:.2f}" for x in ratios["precomputed"]),
-        ">= 0.7",
-    )
-    table.add_row(
-        "ratio projector / executemany (median of rounds)",
-        f"{statistics.median(ratios['executemany']):.2f}",
-        " ".join(f"{x:.2f}" for x in ratios["executemany"]),
-        "",
-    )
-    console.print(table)
+    console.print(_table(costs, n, rounds, expected))
     console.print(
-        f"load average before {load_before}, after {_load()} on {os.cpu_count()} cores, shared"
-        " with other engineers' work (Kafka and Postgres on the same cores): compare ratios."
+        f"load average before {load_before}, after {_load()}, on {os.cpu_count()} cores shared"
+        " with other engineers' work and the broker and Postgres: wall rates move with the load,"
+        " so compare the ratios of one run, and the CPU per event (which moves less)."
     )
+
+
+def _table(costs: dict[str, list[Cost]], n: int, rounds: int, rows: Any) -> Table:
+    table = Table(
+        "variant",
+        "events/s (median)",
+        "events/s, each round",
+        "client CPU µs/event",
+        "Postgres CPU µs/event",
+        title=f"bench/pipeline: {n:,} incident events, {rounds} rounds (rows written: {rows})",
+    )
+    rate = {k: [n / c.wall for c in v] for k, v in costs.items()}
+    for name, label in VARIANTS.items():
+        table.add_row(
+            label,
+            f"{statistics.median(rate[name]):,.0f}",
+            " ".join(f"{x:,.0f}" for x in rate[name]),
+            f"{statistics.median(c.client for c in costs[name]) / n * 1e6:.1f}",
+            f"{statistics.median(c.server for c in costs[name]) / n * 1e6:.1f}",
+        )
+    for base, goal in (("precomputed", ">= 0.7 (goal)"), ("executemany", "")):
+        ratios = [p / b for p, b in zip(rate["projector"], rate[base], strict=True)]
+        table.add_row(
+            f"ratio projector / {base} {goal}",
+            f"{statistics.median(ratios):.2f}",
+            " ".join(f"{x:.2f}" for x in ratios),
+            "",
+            "",
+        )
+    table.add_row("goal: projector events/s", ">= 20,000", "", "", "")
+    return table
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 import math
 
 import orjson
-from blametrail_projector.pgsafe import pg_json, pg_jsonb, pg_text
+import pytest
+from blametrail_common.events.incidents import IssueSnapshot
+from blametrail_projector.pgsafe import pg_json, pg_jsonb, pg_jsonb_model, pg_text
 
 
 def test_text_loses_nul_and_lone_surrogates_only() -> None:
@@ -31,3 +33,16 @@ def test_jsonb_encoding_is_the_cleaned_value_in_one_pass() -> None:
     for clean in ({"t": "caf\u00e9 \U0001f600"}, [1, 2, {"x": None}], "s"):
         encoded, changed = pg_jsonb(clean)
         assert (orjson.loads(encoded), changed) == (clean, False)
+
+
+@pytest.mark.parametrize(
+    "title", ["plain", "nul \x00 inside", "lone \ud800 surrogate", "é", "\\u0000"]
+)
+def test_a_model_encoded_in_one_pass_is_what_the_cleaning_path_gives(title: str) -> None:
+    """``pg_jsonb_model`` (pydantic's JSON writer) and ``pg_jsonb`` of the dumped model agree
+    on the JSON value and on whether anything was cleaned."""
+    model = IssueSnapshot(title=title, culprit=None, count=2**40)
+    fast, fast_changed = pg_jsonb_model(model, exclude_none=True)
+    slow, slow_changed = pg_jsonb(model.model_dump(mode="json", exclude_none=True))
+    assert orjson.loads(fast) == orjson.loads(slow)
+    assert fast_changed == slow_changed == (title not in ("plain", "é", "\\u0000"))

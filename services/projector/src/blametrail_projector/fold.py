@@ -57,31 +57,28 @@ def _link(kept: Row, later: Row) -> Row:
     return {**kept, "external_issue_id": later["external_issue_id"], "web_url": web_url}
 
 
-_JSONB = ("sentry", "assignee")
-
-
-def _plain(row: Row) -> Row:
-    out = dict(row)
-    for column in _JSONB:
-        value = out[column]
-        if isinstance(value, EncodedJson):  # json, not orjson: integers past 64 bits load too
-            out[column] = json.loads(value.encoded)
-    return out
-
-
-def _encoded(row: Row) -> Row:
-    out = dict(row)
-    for column in _JSONB:
-        if out[column] is not None:
-            out[column] = EncodedJson(pg_jsonb(out[column])[0])
-    # the folded row asks for the assignee of the latest assignment among its events, if any
-    out["sets_assignee"] = out["assignee_order"] is not None
-    return out
+def _refs(value: Any) -> Any:
+    # json, not orjson: integers past 64 bits load too
+    return json.loads(value.encoded) if isinstance(value, EncodedJson) else value
 
 
 def _incident(kept: Row, later: Row) -> Row:
-    """``rows.merge_incident`` (what the incidents upsert does, in Python) on the decoded refs."""
-    return _encoded(merge_incident(_plain(kept), _plain(later)))
+    """``rows.merge_incident`` (what the incidents upsert does, in Python). Only the refs are
+    merged key by key (decoded for that, unless both rows carry the very same bytes); the
+    assignee is only picked, so it stays encoded."""
+    same = kept["sentry"] == later["sentry"]
+    refs = (
+        (kept["sentry"], later["sentry"])
+        if same
+        else (_refs(kept["sentry"]), _refs(later["sentry"]))
+    )
+    out = merge_incident(
+        {**kept, "sentry": {} if same else refs[0]}, {**later, "sentry": {} if same else refs[1]}
+    )
+    out["sentry"] = refs[0] if same else EncodedJson(pg_jsonb(out["sentry"])[0])
+    # the folded row asks for the assignee of the latest assignment among its events, if any
+    out["sets_assignee"] = out["assignee_order"] is not None
+    return out
 
 
 FOLDS: dict[str, Fold] = {

@@ -13,8 +13,10 @@ import re
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
-__all__ = ["Sanitized", "pg_json", "pg_jsonb", "pg_text"]
+__all__ = ["Sanitized", "pg_json", "pg_jsonb", "pg_jsonb_model", "pg_text"]
 
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
@@ -76,3 +78,17 @@ def pg_jsonb(value: Any) -> tuple[bytes, bool]:
         return orjson.dumps(cleaned), changed
     except TypeError:  # e.g. an integer past 64 bits: jsonb takes it as numeric
         return json.dumps(cleaned, ensure_ascii=False).encode(), changed
+
+
+def pg_jsonb_model(model: BaseModel, *, exclude_none: bool = False) -> tuple[bytes, bool]:
+    """``pg_jsonb(model.model_dump(mode="json", exclude_none=...))``, in one pass of pydantic's
+    own JSON writer in the common case (the same JSON values: the same serializer decides them).
+    A NUL (written ``\\u0000``) or a lone surrogate (which pydantic cannot write) takes the
+    cleaning path, which says it cleaned."""
+    try:
+        out = model.__pydantic_serializer__.to_json(model, exclude_none=exclude_none)
+        if b"\\u0000" not in out:
+            return out, False
+    except PydanticSerializationError:
+        pass
+    return pg_jsonb(model.model_dump(mode="json", exclude_none=exclude_none))

@@ -30,8 +30,9 @@ from blametrail_common.events.incidents import (
     incident_order,
 )
 from blametrail_common.events.observations import IncidentAbsorbedV1, IncidentMergedV1
+from pydantic import BaseModel
 
-from blametrail_projector.pgsafe import pg_jsonb, pg_text
+from blametrail_projector.pgsafe import pg_jsonb, pg_jsonb_model, pg_text
 
 __all__ = ["STATE_COLUMNS", "EncodedJson", "Rows", "merge_incident", "rows_for"]
 
@@ -46,6 +47,12 @@ class EncodedJson:
 def _safe_jsonb(value: Any) -> tuple[EncodedJson, bool]:
     """A jsonb parameter Postgres accepts (``pgsafe``), encoded once, and whether it was cleaned."""
     encoded, changed = pg_jsonb(value)
+    return EncodedJson(encoded), changed
+
+
+def _safe_model(model: BaseModel, *, exclude_none: bool = False) -> tuple[EncodedJson, bool]:
+    """``_safe_jsonb(model.model_dump(mode="json", ...))``, encoded by pydantic in one pass."""
+    encoded, changed = pg_jsonb_model(model, exclude_none=exclude_none)
     return EncodedJson(encoded), changed
 
 
@@ -108,7 +115,7 @@ def rows_for(records: list[Any]) -> Rows:
             out.incidents.append(_incident(p))
             if isinstance(p, IncidentAbsorbedV1):  # the merged issue's links move here
                 out.links.extend(_moved_links(p))
-            payload, changed = _safe_jsonb(p.model_dump(mode="json"))
+            payload, changed = _safe_model(p)
             out.timeline.append(
                 {
                     "event_id": env.id,
@@ -125,7 +132,7 @@ def rows_for(records: list[Any]) -> Rows:
         elif isinstance(p, WriteBackEvent):
             out.timeline.append(_writeback(env, p, record))
         elif isinstance(p, IncidentEnrichedV1):
-            record_json, changed = _safe_jsonb(p.model_dump(mode="json"))
+            record_json, changed = _safe_model(p)
             out.enriched.append(
                 {
                     "incident_id": p.incident_id,
@@ -183,7 +190,7 @@ def rows_for(records: list[Any]) -> Rows:
 
 def _writeback(env: Any, p: WriteBackEvent, record: Any) -> dict[str, Any]:
     """A write-back to Sentry on the incident's timeline: never a state change."""
-    payload, changed = _safe_jsonb(p.model_dump(mode="json"))
+    payload, changed = _safe_model(p)
     return {
         "event_id": env.id,
         "incident_id": p.incident_id,
@@ -205,7 +212,7 @@ def _sets_assignee(p: IncidentEvent) -> bool:
 
 def _incident(p: IncidentEvent) -> dict[str, Any]:
     s = p.snapshot
-    sentry, _ = _safe_jsonb(p.sentry.model_dump(mode="json", exclude_none=True))
+    sentry, _ = _safe_model(p.sentry, exclude_none=True)
     assignee = None
     sets_assignee = _sets_assignee(p)
     if isinstance(p, IncidentAssignedV1 | IncidentActionV1) and p.assignee is not None:
@@ -237,7 +244,8 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
 
 # The state the latest event (by ``incident_order``) sets, as a whole; ``assignee`` is the
 # latest assignment's; the other columns merge what every event saw. So the row is the same
-# whatever order the events arrive in (``projection._INCIDENT`` is this, in SQL).
+# whatever order the events arrive in (the incidents' merge in ``projection.MERGES`` is this,
+# in SQL).
 STATE_COLUMNS = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
 
 
