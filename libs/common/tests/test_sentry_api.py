@@ -133,37 +133,59 @@ def test_budget_learns_the_window_and_the_concurrent_limit_from_the_headers() ->
     headers = {
         "x-sentry-rate-limit-remaining": "10",
         "x-sentry-rate-limit-reset": "101",
-        "x-sentry-rate-limit-concurrentlimit": "6",
+        "x-sentry-rate-limit-concurrentlimit": "9",
         "x-sentry-rate-limit-concurrentremaining": "5",
     }
-    for _ in range(4):  # a ceiling's worth of answers with slots to spare: one slot more
+    for _ in range(4):  # a ceiling's worth of answers with slots free: one slot more
         assert budget.try_start()
         budget.learn(headers, 200, 100.0)
         budget.finish()
-    # 10 left when Sentry answered, less the 3 calls sent since (counted here, not yet there)
-    assert (budget.cap, budget.ceiling, budget.remaining) == (6, 5, 7)
+    # 10 left when Sentry last answered, less the 3 calls sent since (counted here, not there)
+    assert (budget.cap, budget.ceiling, budget.remaining) == (9, 5, 7)
     for _ in range(5):
         assert budget.try_start()
     assert not budget.try_start()  # the ceiling, not the window, stops the sixth
     assert budget.remaining == 2
-    budget.learn({**headers, "x-sentry-rate-limit-remaining": "1"}, 200, 100.2)
-    assert budget.remaining == 1  # Sentry counted calls of others too: the lower count wins
-    budget.learn({**headers, "x-sentry-rate-limit-remaining": "7"}, 200, 100.3)
-    assert budget.remaining == 1  # an answer from earlier in the window changes nothing
-    budget.remaining = 0
+    none_free = {**headers, "x-sentry-rate-limit-concurrentremaining": "0"}
+    for _ in range(12):
+        budget.learn(none_free, 200, 100.1)
+    assert budget.ceiling == 5  # nothing free (other workers hold the rest): no growth
+    budget.learn({**headers, "x-sentry-rate-limit-remaining": "0"}, 200, 100.2)
+    assert budget.remaining == 0  # Sentry counted calls of others too: the lower count wins
+    budget.learn({**headers, "x-sentry-rate-limit-remaining": "3"}, 200, 100.3)
+    assert budget.remaining == 0  # an answer from earlier in the window changes nothing
     assert budget.wait_s(100.5) == pytest.approx(0.5)  # spent: wait for the next window
     assert budget.wait_s(101.0) == 0.0
     assert budget.remaining is None  # a new window: unknown until Sentry answers
-    concurrency_429 = {**headers, "x-sentry-rate-limit-concurrentremaining": "0"}
-    budget.learn(concurrency_429, 429, 101.1)
-    assert budget.ceiling == 2  # halved (5 -> 2); and no hold, the window has requests
-    assert budget.blocked_until == 0.0
+    budget.learn(none_free, 429, 101.1)
+    assert budget.ceiling == 2  # a concurrency 429 halves the ceiling, and holds nothing
+    assert budget.wait_s(101.1) == 0.0
+    budget.learn(none_free, 429, 101.1)
+    assert budget.ceiling == 2  # not again for calls sent before the cut
     budget.learn(
         {**headers, "x-sentry-rate-limit-remaining": "0", "x-sentry-rate-limit-reset": "102"},
         429,
         101.2,
     )
     assert budget.blocked_until == pytest.approx(102.0)  # a rate 429 holds until Reset
+    assert budget.ceiling == 2
+
+
+def test_budget_far_below_a_free_limit_grows_by_one_per_answer() -> None:
+    budget = Budget(ceiling=2)
+    headers = {
+        "x-sentry-rate-limit-concurrentlimit": "25",
+        "x-sentry-rate-limit-concurrentremaining": "20",
+    }
+    for _ in range(6):
+        budget.learn(headers, 200, 100.0)
+    assert budget.ceiling == 8  # 20 free is over twice the ceiling up to 9
+    budget.learn(headers, 200, 100.0)
+    budget.learn(headers, 200, 100.0)
+    assert budget.ceiling == 10
+    for _ in range(10):
+        budget.learn(headers, 200, 100.0)
+    assert budget.ceiling == 11  # then 20 free is under twice 11: one per round trip
 
 
 async def test_concurrency_rises_to_sentrys_limit_without_a_single_429() -> None:

@@ -71,3 +71,7 @@ def configure_logging(service: str, settings: LogSettings | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # httpx and httpcore log every request at INFO: a JSON line per Sentry call (three per
+    # enrichment) costs more CPU than the call's own bookkeeping; their warnings still show.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

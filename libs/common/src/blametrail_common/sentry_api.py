@@ -13,9 +13,10 @@ The budget (:class:`Budget`, one per organization and endpoint, as Sentry counts
 answers every call with ``X-Sentry-Rate-Limit-Limit``/``-Remaining``/``-Reset`` (requests left in
 its fixed window, and when the next one starts) and ``-ConcurrentLimit``/``-ConcurrentRemaining``
 (requests in progress allowed, and left). Calls start at ``RetryPolicy.concurrency_per_org`` in
-flight, add one per that many answers that left concurrent slots free, up to the ``ConcurrentLimit`` Sentry
-names, and halve on a concurrency 429 (another process of ours, a write-back or reconciliation
-worker, uses the same organization's slots). No call is sent once the window's requests are
+flight and grow by one about once a round trip (a ceiling's worth of answers) while
+``ConcurrentRemaining`` says slots are free (faster while far more are free), up to the
+``ConcurrentLimit`` Sentry names; a concurrency 429 halves them, once a round trip (other
+processes of ours, write-back or reconciliation workers, share the organization's slots). No call is sent once the window's requests are
 spent (counted here, corrected by each answer's ``Remaining``) until ``Reset``; a rate 429 holds
 the endpoint until ``Reset`` too (Sentry sends no ``Retry-After``). So a storm of incidents
 spends the budget Sentry grants and is never a 429 storm of our own making.
@@ -149,7 +150,8 @@ class Budget:
     remaining: int | None = None  # requests left in the window ending at ``reset_at``
     reset_at: float = 0.0
     blocked_until: float = 0.0
-    grown: int = 0
+    grown: int = 0  # answers since the ceiling last grew
+    since_cut: int = 0  # answers since it was last cut
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
 
     def wait_s(self, now: float) -> float:
@@ -182,6 +184,7 @@ class Budget:
 
     def learn(self, headers: Mapping[str, str], status: int, now: float) -> None:
         """Take in one answer's rate-limit headers (``status`` 429: Sentry said no)."""
+        self.since_cut += 1
         remaining = _int(headers, "x-sentry-rate-limit-remaining")
         reset = _int(headers, "x-sentry-rate-limit-reset")
         cap = _int(headers, "x-sentry-rate-limit-concurrentlimit")
@@ -198,14 +201,19 @@ class Budget:
         if status == 429:
             hold = rate_limit_wait(headers, now, status)
             if remaining is not None and remaining > 0:  # the concurrency variant
-                self.ceiling = max(1, self.ceiling // 2)
+                if self.since_cut >= self.ceiling:  # once a round trip: the rest were sent
+                    self.ceiling, self.since_cut = max(1, self.ceiling // 2), 0  # before it
             else:
                 self.blocked_until = max(self.blocked_until, now + (hold or 1.0))
         elif remaining == 0 and reset is not None:
             self.blocked_until = max(self.blocked_until, float(reset))
-        elif self.cap is not None and (free is None or free > 1) and self.ceiling < self.cap:
-            self.grown += 1  # one more slot per ceiling's worth of answers with slots to spare
-            if self.grown >= self.ceiling:
+        elif self.cap is not None and self.ceiling < self.cap and (free is None or free >= 2):
+            # One slot more per ceiling's worth of answers (about once a round trip) while
+            # Sentry says slots are free; one per answer while over twice our ceiling is free
+            # (a start far below the limit). ConcurrentRemaining is a noisy sign (calls on
+            # the wire count as ours, not as Sentry's), so growth is slow and a 429 cuts fast.
+            self.grown += 1
+            if self.grown >= self.ceiling or (free is not None and free >= 2 * self.ceiling):
                 self.ceiling, self.grown = self.ceiling + 1, 0
 
 
@@ -278,6 +286,7 @@ class HttpxSentryApi:
         contract. ``headers_out``, if given, receives the answer's headers (lower-case names),
         e.g. ``link`` for cursor pagination."""
         budget, attempt, waited, last = self.budget(creds.org_slug, method, path), 0, 0.0, ""
+        refused = 0
         while True:
             hold = budget.wait_s(self.clock())
             if hold > 0:
@@ -311,11 +320,11 @@ class HttpxSentryApi:
                     raise GaveUp(f"{method} {path}: gave up after {attempt} attempts: {last}")
                 await self.sleep(backoff_delay(attempt, self.policy, self.rng))
             elif outcome.reason.startswith("429 concurrency"):
-                delay = backoff_delay(1, self.policy, self.rng)
-                waited += delay
-                if waited > self.policy.max_rate_limit_wait_s:
-                    raise GaveUp(f"{method} {path}: {outcome.reason} for too long")
-                await self.sleep(delay)
+                # Queue again for a slot of the lowered ceiling at once: sleeping would leave
+                # the slot idle for other workers to grow into, and refuse us again.
+                refused += 1
+                if refused > 10 * self.policy.max_attempts:
+                    raise GaveUp(f"{method} {path}: {outcome.reason}, {refused} times")
 
     async def _once(
         self,
