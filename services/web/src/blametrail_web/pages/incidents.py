@@ -27,6 +27,12 @@ ACTIONS = {
     "reopen": "Reopen",
 }
 """Incident actions (the API's ``POST /api/v1/incidents/{id}/<verb>``), shown on the detail."""
+APPLIES_TO = {
+    "acknowledge": frozenset({"open"}),
+    "resolve": frozenset({"open", "acknowledged", "muted"}),
+    "reopen": frozenset({"resolved", "muted"}),
+}
+"""The statuses each action applies to (the API answers 409 otherwise): only those are shown."""
 
 
 def _filters(c: Ctx) -> dict[str, str]:
@@ -78,7 +84,9 @@ async def incident(c: Ctx) -> Response:
         c.api.get(f"/api/v1/incidents/{ident}"), all_items(c, "/api/v1/services")
     )
     names = {s["id"]: s["name"] for s in services}
-    return c.render("incident.html", i=found, service_names=names, actions=ACTIONS)
+    status = found.get("status")
+    shown = {v: label for v, label in ACTIONS.items() if status in APPLIES_TO[v]}
+    return c.render("incident.html", i=found, service_names=names, actions=shown)
 
 
 @action
