@@ -1,0 +1,355 @@
+"""bench/storm: the whole pipeline under a storm of new issues, at increasing rates.
+
+Drives the services ``make up`` runs (``make bench`` brings them up): for each rate
+(``BENCH_STORM_RATES``, default 250,500,1000,2000,3000 webhooks/s), ``BENCH_STORM_SECONDS`` (10)
+of signed ``issue.created`` webhooks, each for a new Sentry issue, posted open loop to ingest's
+route of the demo connection over keep-alive connections; then it waits for that step's last
+incident row and last enrichment before the next step. Postgres is polled (25 ms) for each
+incident's row (by its deterministic id) and its enrichment.
+
+Reported per rate: non-2xx answers, spooled 2xx (``"queued": true``), ack p50/p99, webhook-2xx ->
+incident row p50/p99, time from the step's last ack to its last incident row and to its last
+enrichment, and enrichments/s (first to last enrichment of the step) beside what the stand-in's
+budget permits (``/_stub/budget``: requests per window per endpoint, concurrent limit over its
+latency; one call per endpoint per enrichment), and the stand-in's 429s. At the end, counted in
+Postgres over every step: lost (acknowledged, no incident row) and duplicated (more timeline
+events or enrichment rows than incidents). The headline: the highest rate whose p99 webhook ->
+incident row is <= 1 s with every webhook acknowledged and every row there (goal >= 2,000/s),
+beside the highest rate offered in the same run; and enrichments/s over what the budget permits
+(goal >= 0.8x).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+from blametrail_common.events.incidents import incident_id_for
+from blametrail_common.signature import sign
+from blametrail_common.testing import signed_fixture
+from blametrail_devstack.__main__ import read_env
+from blametrail_devstack.bench import BenchResult, write_result
+from blametrail_devstack.demo import demo_org_id
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ENV = Path(__file__).resolve().parents[2] / ".local" / "stack.env"
+RATES = [int(r) for r in os.environ.get("BENCH_STORM_RATES", "250,500,1000,2000,3000").split(",")]
+SECONDS = float(os.environ.get("BENCH_STORM_SECONDS", "10"))
+ENRICH_WAIT_S = float(os.environ.get("BENCH_STORM_ENRICH_WAIT_S", "300"))
+CONNECTIONS = 256
+POLL_S, POLL_WINDOW = 0.025, 4000
+GOAL_RATE, GOAL_P99_S, GOAL_BUDGET = 2000, 1.0, 0.8
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int = 0
+    non_2xx: int = 0
+    spooled: int = 0
+    acks: list[float] = field(default_factory=list)  # seconds, 2xx only
+    acked_at: dict[str, float] = field(default_factory=dict)  # incident id -> wall time of 2xx
+    row_at: dict[str, float] = field(default_factory=dict)
+    enriched_at: dict[str, float] = field(default_factory=dict)
+    failed: int = 0
+    send_s: float = 0.0
+    budget: dict[str, Any] = field(default_factory=dict)
+    limited: dict[str, int] = field(default_factory=dict)
+    give_up_at: float = float("inf")  # stop waiting for rows and enrichments (wall time)
+
+    def row_latency(self) -> list[float]:
+        return sorted(self.row_at[k] - self.acked_at[k] for k in self.row_at)
+
+    def last_ack(self) -> float:
+        return max(self.acked_at.values(), default=0.0)
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(int(len(values) * q), len(values) - 1)] if values else float("nan")
+
+
+class Poster:
+    """A lean keep-alive HTTP/1.1 client: each webhook on a free pooled connection."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "", parts.port or 80, parts.path
+        self.pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self.opened = 0
+
+    async def _conn(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.pool.empty() and self.opened < CONNECTIONS:
+            self.opened += 1
+            return await asyncio.open_connection(self.host, self.port)
+        return await self.pool.get()
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        reader, writer = await self._conn()
+        head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        head.append(f"Content-Length: {len(body)}")
+        try:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in answer.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            payload = await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, StopIteration):
+            writer.close()
+            self.opened -= 1
+            return 0, b""
+        self.pool.put_nowait((reader, writer))
+        return int(answer[9:12]), payload
+
+
+async def drive(step: Step, poster: Poster, env: dict[str, str], tenant: str, base: int) -> None:
+    body0, headers0 = signed_fixture("issue.created")
+    secret = env["BLAMETRAIL_DEMO_CLIENT_SECRET"]
+    total = int(step.rate * SECONDS)
+
+    async def one(i: int) -> None:
+        issue = str(base + i)
+        body = body0.replace(b"5912345678", issue.encode())
+        headers = {
+            **headers0,
+            "Request-ID": uuid.uuid4().hex,
+            "Sentry-Hook-Signature": sign(body, secret),
+        }
+        began = time.time()
+        status, payload = await poster.post(body, headers)
+        done = time.time()
+        step.sent += 1
+        if not 200 <= status < 300:
+            step.non_2xx += 1
+            return
+        if b'"queued":true' in payload.replace(b" ", b""):
+            step.spooled += 1
+        step.acks.append(done - began)
+        step.acked_at[incident_id_for(tenant, "issue", issue)] = done
+
+    tasks, start = [], time.perf_counter()
+    for i in range(total):
+        delay = start + i / step.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    step.send_s = time.perf_counter() - start
+
+
+async def watch(
+    step: Step, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event, progress: Any, bars: Any
+) -> None:
+    """Mark each incident's row and enrichment as they appear (oldest pending first)."""
+    rows: OrderedDict[str, None] = OrderedDict()
+    rich: OrderedDict[str, None] = OrderedDict()
+    known: set[str] = set()
+    while not stop.is_set() or rows or rich:
+        for key in step.acked_at.keys() - known:
+            known.add(key)
+            rows[key] = None
+        if rows:
+            window = list(rows)[:POLL_WINDOW]
+            found = await (
+                await conn.execute(
+                    "SELECT incident_id::text FROM incidents WHERE incident_id = ANY(%s::uuid[])",
+                    (window,),
+                )
+            ).fetchall()
+            now = time.time()
+            for (key,) in found:
+                rows.pop(key, None)
+                step.row_at[key] = now
+                rich[key] = None
+        if rich:
+            window = list(rich)[:POLL_WINDOW]
+            found = await (
+                await conn.execute(
+                    "SELECT incident_id::text, status FROM incident_enrichments"
+                    " WHERE incident_id = ANY(%s::uuid[])",
+                    (window,),
+                )
+            ).fetchall()
+            now = time.time()
+            for key, status in found:
+                rich.pop(key, None)
+                step.enriched_at[key] = now
+                step.failed += status != "enriched"
+        progress.update(bars[0], completed=len(step.row_at), total=max(len(step.acked_at), 1))
+        progress.update(bars[1], completed=len(step.enriched_at), total=max(len(step.acked_at), 1))
+        if time.time() > step.give_up_at:
+            return
+        await asyncio.sleep(POLL_S)
+
+
+def permitted(budget: dict[str, Any]) -> float:
+    """Enrichments/s the stand-in's budget allows: each enrichment spends one request on each
+    endpoint (latest event, tags, external issue), each endpoint has its own window and slots."""
+    by_rate = float(budget["rate_limit"]) / float(budget["rate_window_s"])
+    latency = float(budget.get("latency_s", 0.0))
+    by_slots = float(budget["concurrent_limit"]) / latency if latency > 0 else float("inf")
+    return min(by_rate, by_slots)
+
+
+async def counts(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> tuple[int, int, int]:
+    """Incident rows, timeline events and enrichment rows of ``ids``."""
+    out = []
+    for sql in (
+        "SELECT count(*) FROM incidents WHERE incident_id = ANY(%s::uuid[])",
+        "SELECT count(*) FROM incident_timeline WHERE incident_id = ANY(%s::uuid[])",
+        "SELECT count(*) FROM incident_enrichments WHERE incident_id = ANY(%s::uuid[])",
+    ):
+        row = await (await conn.execute(sql, (ids,))).fetchone()
+        out.append(int(row[0]) if row else 0)
+    return out[0], out[1], out[2]
+
+
+async def main() -> None:
+    env = read_env(ENV)
+    if "BLAMETRAIL_DEMO_WEBHOOK_URL" not in env:
+        raise SystemExit("run `make up` first (bench/storm drives the running services)")
+    os.environ.setdefault("DATABASE_URL", env["DATABASE_URL"])
+    tenant = demo_org_id()
+    path = urlsplit(env["BLAMETRAIL_DEMO_WEBHOOK_URL"]).path
+    poster = Poster(env["BLAMETRAIL_INGEST_URL"].rstrip("/") + path)
+    stub = env["BLAMETRAIL_SENTRY_STUB_URL"].rstrip("/")
+    console, steps = Console(width=max(Console().width, 180)), []
+    base = int(time.time()) * 100_000
+    async with (
+        await psycopg.AsyncConnection.connect(env["DATABASE_URL"], autocommit=True) as conn,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            for n, rate in enumerate(RATES):
+                step = Step(rate)
+                before = (await http.get(f"{stub}/_stub/budget")).json()
+                sending = progress.add_task(f"{rate:>5}/s: webhooks sent", total=rate * SECONDS)
+                bars = (
+                    progress.add_task(f"{rate:>5}/s: incident rows", total=1),
+                    progress.add_task(f"{rate:>5}/s: enrichments", total=1),
+                )
+                stop = asyncio.Event()
+                watcher = asyncio.create_task(watch(step, conn, stop, progress, bars))
+
+                async def tick(step: Step = step, task: Any = sending) -> None:
+                    while True:
+                        progress.update(task, completed=step.sent)
+                        await asyncio.sleep(0.2)
+
+                ticker = asyncio.create_task(tick())
+                await drive(step, poster, env, tenant, base + n * 10_000_000)
+                ticker.cancel()
+                progress.update(sending, completed=step.sent)
+                step.give_up_at = time.time() + ENRICH_WAIT_S
+                stop.set()
+                await watcher
+                after = (await http.get(f"{stub}/_stub/budget")).json()
+                step.budget = after
+                step.limited = {
+                    k: v - before["limited"].get(k, 0) for k, v in after["limited"].items()
+                }
+                steps.append(step)
+        ids = [k for s in steps for k in s.acked_at]
+        rows, timeline, enrichments = await counts(conn, ids)
+    report(console, steps, rows, timeline, enrichments)
+
+
+def report(console: Console, steps: list[Step], rows: int, timeline: int, enriched: int) -> None:
+    table = Table(
+        "rate/s",
+        "sent",
+        "non-2xx",
+        "spooled",
+        "ack p50/p99 ms",
+        "2xx->row p50/p99 ms",
+        "last row after last ack",
+        "last enrichment after last ack",
+        "enrichments/s (failed)",
+        "budget permits/s",
+        "stand-in 429s",
+        title=f"bench/storm: {SECONDS:.0f} s per rate, new issues, through the make up stack",
+    )
+    best, ratios = 0, []
+    for s in steps:
+        acks, lat = sorted(s.acks), s.row_latency()
+        last_ack = s.last_ack()
+        last_row = max(s.row_at.values(), default=float("nan")) - last_ack
+        done = sorted(s.enriched_at.values())
+        last_rich = (done[-1] - last_ack) if done else float("nan")
+        span = (done[-1] - done[0]) if len(done) > 1 else float("nan")
+        rate = (len(done) - 1) / span if span and span == span and span > 0 else float("nan")
+        allowed = permitted(s.budget) if s.budget else float("nan")
+        complete = len(s.row_at) == len(s.acked_at) and s.non_2xx == 0
+        if complete and lat and pct(lat, 0.99) <= GOAL_P99_S:
+            best = max(best, s.rate)
+        if rate == rate and len(done) >= 100:
+            ratios.append(rate / allowed)
+        table.add_row(
+            f"{s.rate:,}" + ("" if s.send_s <= SECONDS * 1.1 else f" (sent in {s.send_s:.0f} s)"),
+            f"{s.sent:,}",
+            f"{s.non_2xx:,}",
+            f"{s.spooled:,}",
+            f"{pct(acks, 0.5) * 1000:.0f} / {pct(acks, 0.99) * 1000:.0f}",
+            f"{pct(lat, 0.5) * 1000:.0f} / {pct(lat, 0.99) * 1000:.0f}",
+            f"{last_row:.1f} s"
+            + ("" if complete else f" ({len(s.acked_at) - len(s.row_at)} missing)"),
+            f"{last_rich:.1f} s"
+            + ("" if len(done) == len(s.acked_at) else f" ({len(s.acked_at) - len(done)} missing)"),
+            f"{rate:,.0f} ({s.failed})",
+            f"{allowed:,.0f}",
+            ", ".join(f"{k} {v}" for k, v in s.limited.items() if v) or "0",
+        )
+    console.print(table)
+    incidents = sum(len(s.acked_at) for s in steps)
+    lost, duplicated = incidents - rows, max(timeline - rows, 0) + max(enriched - rows, 0)
+    best_ratio = max(ratios, default=float("nan"))
+    summary = Table("measure", "value", "goal", title="bench/storm: outcome")
+    summary.add_row("highest rate with p99 2xx -> incident row <= 1 s", f"{best:,}/s", ">= 2,000/s")
+    summary.add_row(
+        "enrichments/s over what the budget permits (best step)", f"{best_ratio:.2f}x", ">= 0.8x"
+    )
+    summary.add_row("acknowledged webhooks", f"{incidents:,}", "")
+    summary.add_row("lost (acked, no incident row; Postgres)", f"{lost:,}", "0")
+    summary.add_row(
+        "duplicated (timeline events / enrichments beyond one; Postgres)", f"{duplicated:,}", "0"
+    )
+    console.print(summary)
+    write_result(
+        BenchResult(
+            name="storm",
+            headline="highest rate, p99 2xx->incident row <= 1 s",
+            value=float(best),
+            baseline_label="highest rate offered",
+            baseline=float(max(s.rate for s in steps)) if steps else None,
+            goal=">= 2,000/s; enrichments >= 0.8x budget; lost 0, duplicated 0",
+            ok=best >= GOAL_RATE and best_ratio >= GOAL_BUDGET and lost == 0 and duplicated == 0,
+            unit="/s",
+            notes=f"enrichments {best_ratio:.2f}x budget; lost {lost}; duplicated {duplicated}",
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
