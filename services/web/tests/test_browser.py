@@ -80,7 +80,7 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
     page.get_by_label("Password").fill(stack.admin_password)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Incidents", level=1)).to_be_visible()
-    expect(page.locator(".who")).to_contain_text("Ada Admin")
+    expect(page.locator(".who")).to_contain_text("Demo Admin")
 
     # Connect an internal integration (checked with the Sentry stand-in before it is saved).
     page.get_by_role("link", name="Integrations").click()
@@ -161,9 +161,13 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
     expect(section("user")).to_contain_text("zo\u00eb@customer.example")
     expect(section("bc").locator("tbody tr").first).to_be_visible()
     expect(section("sus")).to_contain_text("considered")
+    # the actions the open incident allows, and only those
+    expect(page.get_by_role("button", name="Acknowledge")).to_be_visible()
+    expect(page.get_by_role("button", name="Resolve")).to_be_visible()
+    expect(page.get_by_role("button", name="Reopen")).to_have_count(0)
     shot(page, "incident", narrow=True)
 
-    # Toggle: payments-api off -> its next webhook is ignored as inactive; back on.
+    # Toggle: payments-api off -> its next webhook is ignored as inactive.
     page.goto("/org/integrations/sentry/mappings")
     row(page, "payments-api").get_by_role("switch").click()
     expect(row(page, "payments-api")).to_contain_text("Inactive")
@@ -208,6 +212,23 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
     page.get_by_label("BlameTrail service").select_option(label="Web App")
     page.get_by_role("button", name="Save").click()
     expect(row(page, "analytics")).to_contain_text("Web App")
+
+    # ... and process its ignored webhook from there: progress, then the count; its incident
+    # appears on the service just mapped.
+    page.goto("/org/integrations/sentry/ignored?project=analytics")
+    page.locator('#ignored tr[data-project="analytics"]').first.get_by_role(
+        "button", name="Process the ignored webhooks of this project"
+    ).click()
+    expect(page.get_by_role("heading", name=re.compile("of analytics"))).to_be_visible()
+    expect(page.locator("#job progress")).to_be_visible()
+    expect(page.locator("#job [data-done]")).to_be_visible(timeout=SLOW)  # no reload
+    expect(page.locator("#job")).to_contain_text("1 webhook processed again")
+    shot(page, "job", narrow=True)
+    page.goto("/incidents")
+    expect(incident_rows(page).filter(has_text="KeyError in analytics")).to_contain_text(
+        "Web App", timeout=SLOW
+    )
+    expect(incident_rows(page)).to_have_count(5)
 
     # Sign out: the pages need a sign-in again.
     page.get_by_role("button", name="Sign out").click()

@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {**read_env(Path(args.env_file))}
         write_env(Path(args.env_file), demo.seed(env))
         env = read_env(Path(args.env_file))
+        demo.ensure_admin(env, local_dir() / "demo-credentials")
         try:
             incident = demo.push_webhook(env)
         except demo.DemoTimeout as e:

@@ -2,7 +2,8 @@
 
 Creates (once; recorded in ``.local/stack.env``) an organization ``demo`` with an API key, a
 service, an internal connection to the local Sentry stand-in, and a mapping of the fixtures'
-project ``checkout-api``; then posts the signed ``issue.created`` fixture to ingest and waits
+project ``checkout-api``, and an admin for the web (its sign-in in ``.local/demo-credentials``);
+then posts the signed ``issue.created`` fixture to ingest and waits
 until that webhook's incident (read by its id), enriched and with ranked suspects, is visible in
 the API. Run again on a used stack, it finds the same incident.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -320,6 +323,32 @@ def connect_public_app(env: dict[str, str], timeout_s: float = 30) -> dict[str, 
                 raise RuntimeError(f"OAuth connect failed: {page.status_code} {page.text}")
         (connection,) = oauth_connections()
         return dict(connection)
+
+
+DEMO_ADMIN = "admin@demo.example"
+
+
+def ensure_admin(env: dict[str, str], path: Path) -> str:
+    """The demo organization's admin, to sign in to the web with: created once with a random
+    password, written (mode 0600) to ``path``; the file's text (email and password lines).
+    Without the file the password cannot be shown again: say so rather than reset it."""
+    if path.is_file():
+        return path.read_text()
+    auth = {"Authorization": f"Bearer {env['BLAMETRAIL_DEMO_API_KEY']}"}
+    password = secrets.token_urlsafe(12)
+    with httpx.Client(base_url=env["BLAMETRAIL_API_URL"], headers=auth, timeout=10) as api:
+        made = api.post(
+            "/api/v1/users",
+            json={"email": DEMO_ADMIN, "name": "Demo Admin", "password": password, "role": "admin"},
+        )
+    if made.status_code == 409:
+        return f"{DEMO_ADMIN} exists but {path} is gone: `make clean` and `make up` start afresh\n"
+    _ok(made)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    text = f"email:    {DEMO_ADMIN}\npassword: {password}\n"
+    path.write_text(text)
+    return text
 
 
 def _ok(resp: httpx.Response) -> Any:

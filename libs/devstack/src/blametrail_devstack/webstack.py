@@ -31,6 +31,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.signature import sign
 from blametrail_common.testing import signed_fixture
 
+from blametrail_devstack.demo import ensure_admin
 from blametrail_devstack.kafka import KafkaNode
 from blametrail_devstack.paths import local_dir
 from blametrail_devstack.services import ServiceSpec, start_all, stop_all
@@ -39,7 +40,6 @@ from blametrail_devstack.stack import free_port
 __all__ = ["STUB_TOKEN", "WebStack", "running_web_stack", "webhook_for"]
 
 STUB_TOKEN = "webstack-internal-token"  # noqa: S105 - the stand-in's token for org acme
-PASSWORD = "correct horse battery staple"  # noqa: S105 - the stack's admin's password
 
 # name, module, the variable naming its HTTP port
 PARTS = (
@@ -51,6 +51,7 @@ PARTS = (
     ("projector", "blametrail_projector", "BLAMETRAIL_PROJECTION_PORT"),
     ("suspects", "blametrail_suspects", "BLAMETRAIL_SUSPECTS_PORT"),
     ("web", "blametrail_web", "BLAMETRAIL_WEB_PORT"),
+    ("replay-jobs", "blametrail_replay.worker", "BLAMETRAIL_JOBS_PORT"),
 )
 # Consumer groups are not prefixed by BLAMETRAIL_TOPIC_PREFIX: on a shared broker each stack
 # names its own, or it would join (and rebalance, or fence) another stack's groups.
@@ -73,7 +74,7 @@ class WebStack:
     org: str = ""
     api_key: str = ""
     admin_email: str = ""
-    admin_password: str = PASSWORD
+    admin_password: str = ""
     specs: tuple[ServiceSpec, ...] = field(default_factory=tuple)
 
     def url(self, name: str) -> str:
@@ -134,8 +135,8 @@ def _drop_database(server_dsn: str, name: str) -> None:
 @contextmanager
 def running_web_stack(server_dsn: str, timeout_s: float = 180) -> Iterator[WebStack]:
     """Start a broker and it all, with a database on ``server_dsn``'s server; seed an
-    organization with an API key and an admin (no connection, service or mapping: the browser
-    makes those)."""
+    organization with an API key and an admin (made as ``make up`` makes the demo's; no
+    connection, service or mapping: the browser makes those)."""
     tag = uuid.uuid4().hex[:8]
     home = local_dir() / "webstack" / tag
     broker = KafkaNode(home / "kafka", free_port(), free_port())
@@ -152,6 +153,7 @@ def running_web_stack(server_dsn: str, timeout_s: float = 180) -> Iterator[WebSt
         "BLAMETRAIL_WEB_API_URL": f"http://127.0.0.1:{ports['mappings-api']}",
         "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
         "BLAMETRAIL_WEB_POLL_INTERVAL_S": "1",
+        "BLAMETRAIL_JOBS_POLL_S": "1",
         "BLAMETRAIL_INGEST_SPOOL_DIR": str(home / "spool"),
         "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
         **{var: f"webstack-{tag}-{var.lower()}" for var in GROUP_VARS},
@@ -209,15 +211,10 @@ def _seed(st: WebStack) -> None:
         text=True,
         env={**os.environ, **st.env},
     ).stdout.strip()
-    st.admin_email = f"admin@{st.org}.example"
-    with st.api() as api:
-        made = api.post(
-            "/api/v1/users",
-            json={
-                "email": st.admin_email,
-                "name": "Ada Admin",
-                "password": st.admin_password,
-                "role": "admin",
-            },
-        )
-        assert made.status_code == 201, made.text
+    # the admin as `make up` makes the demo's, its sign-in read back from the file it writes
+    env = {"BLAMETRAIL_DEMO_API_KEY": st.api_key, "BLAMETRAIL_API_URL": st.url("mappings-api")}
+    text = ensure_admin(env, st.home / "demo-credentials")
+    assert ensure_admin(env, st.home / "demo-credentials") == text  # once only
+    assert (st.home / "demo-credentials").stat().st_mode & 0o077 == 0  # the owner's only
+    fields = dict(line.split(":", 1) for line in text.splitlines())
+    st.admin_email, st.admin_password = fields["email"].strip(), fields["password"].strip()
