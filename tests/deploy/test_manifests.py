@@ -40,6 +40,7 @@ from blametrail_ingest.settings import IngestSettings
 from blametrail_mappings_api.settings import ApiSettings, OAuthSettings, SentryUiSettings
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.settings import ProjectorSettings
+from blametrail_reconciler.settings import ReconcilerSettings
 from blametrail_replay.worker_settings import JobWorkerSettings
 from blametrail_suspects.settings import SuspectsSettings
 from blametrail_web.settings import WebSettings
@@ -75,6 +76,13 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     "blametrail_suspects": (*COMMON, SuspectsSettings, RunnerSettings),
     "blametrail_replay.worker": (*COMMON, JobWorkerSettings, PostgresSettings, RunnerSettings),
     "blametrail_web": (LogSettings, WebSettings, SecretsSettings),  # no Kafka, no Postgres
+    "blametrail_reconciler": (
+        *COMMON,
+        ReconcilerSettings,
+        PostgresSettings,
+        SecretsSettings,
+        RunnerSettings,
+    ),
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }
@@ -85,13 +93,14 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     PostgresSettings: ("database_url",),
     SecretsSettings: ("secret_keys",),
     IngestSettings: ("host", "spool_dir"),
-    ApiSettings: ("host",),
+    ApiSettings: ("host", "trusted_proxies"),  # the default (loopback) trusts no proxy pod
     NormalizerSettings: ("host",),
     EnricherSettings: ("host",),
     ProjectorSettings: ("host",),
     SuspectsSettings: ("host",),
     JobWorkerSettings: ("host",),
     WebSettings: ("host", "api_url"),
+    ReconcilerSettings: ("host",),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}
 
@@ -504,7 +513,7 @@ def test_the_pod_outlasts_the_process_own_shutdown_bound(objs: list[Obj]) -> Non
         checked += 1
         sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["terminationGracePeriodSeconds"] >= sleep + bound + 5, d["metadata"]["name"]
-    assert checked == 5  # ingest, enricher, projector, suspects, replay-jobs
+    assert checked == 6  # ingest, enricher, projector, suspects, replay-jobs, reconciler
 
 
 def test_writable_paths_are_volumes(objs: list[Obj]) -> None:

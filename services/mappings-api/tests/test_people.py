@@ -16,6 +16,7 @@ import pytest
 from argon2 import PasswordHasher
 from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_mappings_api.app import ENDPOINTS, create_app
+from blametrail_mappings_api.auth import client_address
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
 
@@ -268,6 +269,58 @@ async def test_throttle_per_address_and_forwarded_for_only_from_a_trusted_proxy(
             ).status_code == 401
         held = await _sign_in(stranger, user["email"], **{"X-Forwarded-For": "198.51.100.99"})
         assert held.status_code == 429
+
+
+def test_the_client_is_the_rightmost_hop_no_trusted_proxy_wrote() -> None:
+    trusted = ApiSettings.parse_networks("10.9.0.0/16,127.0.0.1/32")
+    cases = [
+        ("10.9.0.5", None, "10.9.0.5"),
+        ("192.0.2.7", "203.0.113.1", "192.0.2.7"),  # no trusted proxy: the header is ignored
+        ("10.9.0.5", "203.0.113.1", "203.0.113.1"),
+        ("10.9.0.5", "6.6.6.6, 203.0.113.1", "203.0.113.1"),  # the client wrote 6.6.6.6
+        ("10.9.0.5", "6.6.6.6, 203.0.113.1, 10.9.3.3", "203.0.113.1"),  # over two proxies
+        ("10.9.0.5", "10.9.1.1, 127.0.0.1", "10.9.1.1"),  # all trusted: the farthest
+        ("10.9.0.5", "garbage", "10.9.0.5"),
+        ("10.9.0.5", "6.6.6.6, garbage, 10.9.3.3", "10.9.3.3"),  # not an address: stop there
+        ("10.9.0.5", "[2001:db8::1]:443", "2001:db8::1"),
+        ("10.9.0.5", "203.0.113.1:5555", "203.0.113.1"),
+        (None, "203.0.113.1", "unknown"),
+    ]
+    for peer, header, client in cases:
+        assert client_address(peer, header, trusted) == client, (peer, header)
+
+
+async def test_a_client_cannot_pick_its_throttle_bucket_through_a_trusted_proxy(
+    pool: Pool,
+) -> None:
+    clock = Clock()
+    app, repo = _app(pool, clock, login_address_failures=3, trusted_proxies="10.9.0.0/16")
+    proxy = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.9.0.5", 1)), base_url="http://api"
+    )
+    async with proxy:
+        env = Env(proxy, repo, clock, app)
+        user = await _user(env, await _org(env))
+        # The edge appends the address it was called from; what the client put left of it
+        # (a new address each time) is not its address.
+        for i in range(3):
+            forged = {"X-Forwarded-For": f"6.6.6.{i}, 203.0.113.51"}
+            wrong = await _sign_in(proxy, f"z{i}@example.test", "whatever-wrong", **forged)
+            assert wrong.status_code == 401
+        held = await _sign_in(proxy, user["email"], **{"X-Forwarded-For": "6.6.6.9, 203.0.113.51"})
+        assert held.status_code == 429
+        # Two X-Forwarded-For headers are one list: the proxy appended to the last.
+        two = await proxy.post(
+            "/api/v1/sessions",
+            json={"email": user["email"], "password": PASSWORD},
+            headers=[("X-Forwarded-For", "6.6.6.10"), ("X-Forwarded-For", "203.0.113.51")],
+        )
+        assert two.status_code == 429
+        # ... and the shared proxy is nobody's bucket: another client signs in.
+        other = await _sign_in(
+            proxy, user["email"], **{"X-Forwarded-For": "203.0.113.51, 203.0.113.52"}
+        )
+        assert other.status_code == 201
 
 
 # Writes a member may make (everything else that is not a GET is an admin's), and the reads

@@ -2,7 +2,9 @@
 Kubernetes (``deploy/k8s/base/ingress.yaml``). Sentry appends UI-component paths to the host of
 the webhook URL, so ``/webhooks/sentry…`` goes to ingest, ``/sentry/…``, ``/integrations/sentry/…``, ``/api/…``
 to the mappings-api, and every other path (``/``, the pages) to the web. Development only: a plain
-forwarding proxy, bodies and headers passed through unchanged.
+forwarding proxy, bodies and headers passed through unchanged except ``X-Forwarded-For``: the
+edge is the first proxy, so whatever a client sent there is dropped and the edge's own peer is
+sent instead (``X-Real-IP`` and ``Forwarded`` from the client are dropped too).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["Edge", "main", "upstream_for"]
+__all__ = ["Edge", "forward_headers", "main", "upstream_for"]
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 
@@ -33,6 +35,16 @@ def upstream_for(path: str, ingest: str, api: str, web: str | None = None) -> st
     return web
 
 
+_CLIENT_SAYS = {"x-forwarded-for", "x-real-ip", "forwarded"}
+
+
+def forward_headers(headers: list[tuple[str, str]], peer: str | None) -> list[tuple[str, str]]:
+    """Pure: the headers sent upstream: hop-by-hop ones and whatever the client claimed about
+    its address dropped, ``X-Forwarded-For`` the peer the edge was called from."""
+    kept = [(k, v) for k, v in headers if k.lower() not in _HOP and k.lower() not in _CLIENT_SAYS]
+    return [*kept, ("x-forwarded-for", peer)] if peer else kept
+
+
 class Edge:
     def __init__(self, ingest: str, api: str, web: str | None = None) -> None:
         self.ingest, self.api, self.web = ingest, api, web
@@ -47,7 +59,8 @@ class Edge:
             return
         base = upstream_for(request.url.path, self.ingest, self.api, self.web)
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        peer = request.client.host if request.client else None
+        headers = forward_headers(request.headers.items(), peer)
         try:
             upstream = await self.client.request(
                 request.method, url, headers=headers, content=await request.body()
@@ -73,7 +86,14 @@ def main() -> None:
         os.environ.get("BLAMETRAIL_WEB_URL", "http://127.0.0.1:8087"),
     )
     port = int(os.environ.get("BLAMETRAIL_EDGE_PORT", "8080"))
-    uvicorn.run(edge, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(  # the peer is the client: no proxy stands in front of the edge
+        edge,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ async def serve() -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is read by the sign-in route itself, trusting only
+        # BLAMETRAIL_API_TRUSTED_PROXIES (auth.client_address): uvicorn must not rewrite the peer.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     await server.serve()

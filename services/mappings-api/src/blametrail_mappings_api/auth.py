@@ -110,16 +110,38 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def client_address(
     peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
 ) -> str:
-    """The client's address: the peer's, or the first ``X-Forwarded-For`` hop when the peer is a
-    trusted proxy (a hop that is not an address is ignored: the peer is used)."""
-    peer = peer or "unknown"
-    if not forwarded_for or not _inside(peer, trusted):
-        return peer
-    first = forwarded_for.split(",", 1)[0].strip()
+    """The client's address, as the nearest untrusted party says it is.
+
+    From a peer that is not a trusted proxy: the peer (its ``X-Forwarded-For`` is ignored).
+    From a trusted proxy: the RIGHTMOST hop of ``X-Forwarded-For`` that is not itself a trusted
+    proxy; hops left of it were written by the client and prove nothing. Every proxy appends the
+    address it was called from, so walking from the right over trusted proxies ends at the first
+    address a trusted proxy saw (if every hop is trusted, the leftmost). A hop that is not an
+    address ends the walk: the address nearest to its right is the client's."""
+    nearest = peer or "unknown"
+    if not forwarded_for or not _inside(nearest, trusted):
+        return nearest
+    for hop in reversed(forwarded_for.split(",")):
+        address = _address(hop)
+        if address is None:
+            return nearest
+        nearest = address
+        if not _inside(address, trusted):
+            return address
+    return nearest
+
+
+def _address(hop: str) -> str | None:
+    """The address of one ``X-Forwarded-For`` hop (``[v6]:port`` and ``v4:port`` too)."""
+    hop = hop.strip()
+    if hop.startswith("[") and "]" in hop:
+        hop = hop[1 : hop.index("]")]
+    elif hop.count(":") == 1:
+        hop = hop.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(first))
+        return str(ipaddress.ip_address(hop))
     except ValueError:
-        return peer
+        return None
 
 
 def _inside(address: str, networks: tuple[Network, ...]) -> bool:

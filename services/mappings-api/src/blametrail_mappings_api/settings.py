@@ -45,8 +45,10 @@ class ApiSettings(BaseBlametrailSettings):
     trusted_proxies: str = Field(
         default="127.0.0.1/32,::1", validation_alias=f"{PREFIX}API_TRUSTED_PROXIES"
     )
-    """Comma-separated networks whose first ``X-Forwarded-For`` hop is taken as the client's
-    address (the edge); from any other peer the header is ignored."""
+    """Comma-separated networks of the proxies in front of the API (the edge, the web). From such
+    a peer the client is the rightmost ``X-Forwarded-For`` hop outside these networks; from any
+    other peer the header is ignored. In Kubernetes: the pod CIDR (the web's and the ingress
+    controller's pods)."""
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -34,7 +34,7 @@ async def sign_in(request: Request, body: SessionCreate) -> SessionOut:
     identity: Identity = state.identity
     address = client_address(
         request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
+        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
         state.settings.proxies(),
     )
     try:
