@@ -22,8 +22,12 @@ class IngestSettings(BaseBlametrailSettings):
     )
     body_timeout_s: float = Field(default=0.5, validation_alias=f"{PREFIX}INGEST_BODY_TIMEOUT_S")
     publish_timeout_s: float = Field(
-        default=0.25, validation_alias=f"{PREFIX}INGEST_PUBLISH_TIMEOUT_S"
+        default=0.6, validation_alias=f"{PREFIX}INGEST_PUBLISH_TIMEOUT_S"
     )
+    """How long Kafka may take to ack before the batch is spooled. Sentry waits 1 s for the
+    answer; the rest is for the spool's fsync. 0.25 s was tight on a busy machine: a healthy
+    broker's ack took longer under load, and every spooled batch sends the webhooks behind it
+    to the spool too until it is drained (bench/storm: most of a 200/s storm was spooled)."""
     spool_dir: Path = Field(
         default=Path(".local/spool"), validation_alias=f"{PREFIX}INGEST_SPOOL_DIR"
     )
