@@ -27,7 +27,7 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # The services that run from this image (devstack and the Sentry stand-in are development only).
-ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-normalizer --package blametrail-enricher --package blametrail-projector --package blametrail-suspects --package blametrail-sync --package blametrail-replay --package blametrail-web"
+ARG PACKAGES="--package blametrail-ingest --package blametrail-mappings-api --package blametrail-normalizer --package blametrail-enricher --package blametrail-projector --package blametrail-suspects --package blametrail-sync --package blametrail-replay --package blametrail-web --package blametrail-reconciler"
 # 1. Third-party dependencies only, from the lock: this layer changes only when uv.lock does.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \

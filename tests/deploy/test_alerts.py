@@ -69,6 +69,8 @@ SERVICE_PACKAGES = (
     "blametrail_enricher",
     "blametrail_projector",
     "blametrail_suspects",
+    "blametrail_reconciler",
+    "blametrail_sync",
 )
 
 

@@ -76,6 +76,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     # the control plane's jobs (POST /api/v1/audit/reprocess), run with replay's own code
     ServiceSpec("replay-jobs", "blametrail_replay.worker", 8091, "BLAMETRAIL_JOBS_URL"),
     ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL"),
+    ServiceSpec("reconciler", "blametrail_reconciler", 8088, "BLAMETRAIL_RECONCILER_URL"),
 )
 
 
