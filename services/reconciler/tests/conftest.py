@@ -63,6 +63,8 @@ class Pipeline:
     sweeper: Sweeper
     normalizer: Any
     box: SecretBox
+    secret_key: str
+    """The key of ``box`` (``BLAMETRAIL_SECRET_KEYS`` of a reconciler run as a process)."""
 
     def incident_of(self, issue_id: str) -> str:
         return incident_id_for(self.tenant_id, "issue", issue_id)
@@ -131,7 +133,8 @@ async def pipeline(
         topic_prefix=f"r{uuid.uuid4().hex[:6]}.",
     )
     await ensure_topics(kafka)
-    box = SecretBox(generate_key())
+    secret_key = generate_key()
+    box = SecretBox(secret_key)
     stub = StubState()
     pool = create_pool(database_url, 4)
     await pool.open()
@@ -235,6 +238,7 @@ async def pipeline(
                     sweeper,
                     normalizer,
                     box,
+                    secret_key,
                 )
     finally:
         if normalizer is not None:

@@ -27,6 +27,7 @@ from blametrail_reconciler.connections import Connections
 from blametrail_reconciler.loop import SweepLoop
 from blametrail_reconciler.schedule import Schedule
 from blametrail_reconciler.settings import ReconcilerSettings
+from blametrail_reconciler.store import Store
 from blametrail_reconciler.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ async def serve() -> None:
                 await table.start()
             if not producer.started:
                 await producer.start()
+            DEPENDENCIES.up(KAFKA)  # the table read cp-connections, the producer started
+            async with Store.open(dsn):
+                DEPENDENCIES.up(POSTGRES)
 
         passes = SweepLoop(connections, sweeper, schedule)
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from blametrail_common.resilience import DEPENDENCIES, KAFKA, POSTGRES
 from blametrail_common.sentry_api import TokenRejected
 
 from blametrail_reconciler.connections import Connections
@@ -60,10 +61,13 @@ class SweepLoop:
                     " retries",
                     extra={"connection_id": conn_id},
                 )
+                DEPENDENCIES.up(POSTGRES)  # the refused sweep was recorded
                 await self.connections.request_refresh(conn_id, creds)
                 self.schedule.done(conn_id, self.clock())
                 continue
+            DEPENDENCIES.up(POSTGRES)  # the sweep read the model and recorded itself
             if row is not None:
+                DEPENDENCIES.up(KAFKA)  # its observations were acked
                 self.swept.append(row)
             self.schedule.done(conn_id, self.clock())
         return attempted
