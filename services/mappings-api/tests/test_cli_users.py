@@ -7,12 +7,9 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import httpx
-import pytest
 from blametrail_common.crypto import SecretBox, generate_key
-from blametrail_devstack.demo_users import seed_demo_admin
 from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
@@ -67,13 +64,3 @@ async def test_users_create_list_disable(database_url: str) -> None:
     assert disabled.returncode == 0, disabled.stderr
     assert await _signs_in(database_url, email, password) == 401
     assert _cli(database_url, "disable", "--email", "nobody@example.test").returncode == 1
-
-
-async def test_the_demo_admin_is_seeded_once_and_signs_in(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    email, password = seed_demo_admin(f"demo-{uuid.uuid4().hex[:6]}", tmp_path)
-    assert (tmp_path / "demo-credentials").stat().st_mode & 0o077 == 0
-    assert seed_demo_admin("ignored", tmp_path) == (email, password)
-    assert await _signs_in(database_url, email, password) == 201
