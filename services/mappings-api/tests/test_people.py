@@ -5,6 +5,8 @@ from the app's own routes), users (last-admin rule), API keys (revoked at once).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,8 +17,10 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 from blametrail_common.crypto import SecretBox, generate_key
+from blametrail_devstack.testkit import until
 from blametrail_mappings_api.app import ENDPOINTS, create_app
 from blametrail_mappings_api.auth import client_address
+from blametrail_mappings_api.passwords import HashGate, Passwords
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.settings import ApiSettings
 
@@ -485,5 +489,123 @@ async def test_a_password_hashed_with_older_parameters_is_rehashed_at_sign_in(
         cur = await conn.execute("SELECT password_hash FROM users WHERE id = %s", (user["id"],))
         stored = ((await cur.fetchone()) or {})["password_hash"]
     assert stored != old
-    assert not PasswordHasher().check_needs_rehash(stored)
+    assert not Passwords().needs_rehash(stored)
     assert (await _sign_in(env.client, user["email"])).status_code == 201
+
+
+async def test_hashes_are_owasps_19_mib_and_a_64_mib_one_is_migrated_at_sign_in(
+    env: Env, pool: Pool
+) -> None:
+    user = await _user(env, await _org(env))
+
+    async def stored() -> str:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT password_hash FROM users WHERE id = %s", (user["id"],))
+            value: str = ((await cur.fetchone()) or {})["password_hash"]
+        return value
+
+    assert "$m=19456,t=2,p=1$" in await stored()
+    old = PasswordHasher().hash(PASSWORD)  # argon2-cffi's defaults: what hashes were before
+    assert "$m=65536,t=3,p=4$" in old
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (old, user["id"]))
+    assert (await _sign_in(env.client, user["email"])).status_code == 201
+    assert "$m=19456,t=2,p=1$" in await stored()
+
+
+class HeldPasswords(Passwords):
+    """Real argon2id, but each check waits until the test lets it go (to fill the slots)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        assert self.go.wait(60), "the test never let the password check go"
+        return super().verify(stored, password)
+
+
+async def test_password_checks_are_bounded_and_one_too_many_is_503_at_once(pool: Pool) -> None:
+    clock, held = Clock(), HeldPasswords()
+    repo = Repository(pool, SecretBox(generate_key()))
+    config = ApiSettings(
+        public_ingest_url="https://hooks.example",
+        hash_concurrency=2,
+        hash_queue=3,
+        login_account_failures=1,
+    )
+    app = create_app(config, repo, {}, clock=clock, passwords=held)
+    gate: HashGate = app.state.identity.gate
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as client:
+        first = [
+            asyncio.create_task(_sign_in(client, f"q{i}-{uuid.uuid4().hex[:6]}@example.test"))
+            for i in range(5)
+        ]
+
+        async def full() -> bool:
+            return gate.admitted == 5 and gate.peak_running == 2
+
+        await until("two checks running and three waiting", full, 30, 0.02)
+        refused = [f"r{i}-{uuid.uuid4().hex[:6]}@example.test" for i in range(3)]
+        more = [await _sign_in(client, email) for email in refused]
+        assert {(r.status_code, r.headers.get("Retry-After")) for r in more} == {(503, "1")}
+        assert more[0].json() == {
+            "error": "busy",
+            "message": "Too many sign-ins at once: try again in 1 seconds",
+        }
+        admin = {
+            "Authorization": f"Bearer {await repo.create_api_key(f'org-{uuid.uuid4().hex[:8]}')}"
+        }
+        new_user = await client.post(
+            "/api/v1/users",
+            headers=admin,
+            json={"email": "s@example.test", "name": "S", "password": PASSWORD, "role": "admin"},
+        )
+        assert new_user.status_code == 503  # making a user hashes in the same bound
+        held.go.set()
+        assert {r.status_code for r in await asyncio.gather(*first)} == {401}
+        assert (gate.peak_running, gate.admitted) == (2, 0)
+        # The bound freed, a refused one is welcome again: its 503 was not counted (one failure
+        # per account is allowed here, so a counted 503 would make this a 429).
+        again = await _sign_in(client, refused[0])
+        assert again.status_code == 401
+
+
+async def test_parallel_wrong_passwords_cannot_pass_the_throttle_together(pool: Pool) -> None:
+    clock = Clock()
+    app, repo = _app(pool, clock, login_account_failures=3, hash_queue=32)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as client:
+        env = Env(client, repo, clock, app)
+        user = await _user(env, await _org(env))
+        answers = await asyncio.gather(
+            *(_sign_in(client, user["email"], f"wrong password {i}") for i in range(12))
+        )
+        assert sorted(a.status_code for a in answers) == [401] * 3 + [429] * 9
+        held = await _sign_in(client, user["email"])
+        assert held.status_code == 429  # the right password too, until the window ends
+
+
+async def test_a_success_takes_its_attempt_back_from_the_address(pool: Pool) -> None:
+    clock = Clock()
+    app, repo = _app(pool, clock, login_address_failures=3, trusted_proxies="10.9.0.0/16")
+    proxy = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.9.0.5", 1)), base_url="http://api"
+    )
+    async with proxy:
+        env = Env(proxy, repo, clock, app)
+        user = await _user(env, await _org(env))
+        xff = {"X-Forwarded-For": "203.0.113.61"}
+        assert (
+            await _sign_in(proxy, "nobody-a@example.test", "wrong-wrong", **xff)
+        ).status_code == 401
+        for _ in range(5):  # successes are no failures: the address is never held for them
+            assert (await _sign_in(proxy, user["email"], **xff)).status_code == 201
+        for i in range(2):
+            assert (
+                await _sign_in(proxy, f"nobody{i}@example.test", "nope", **xff)
+            ).status_code == 401
+        assert (await _sign_in(proxy, user["email"], **xff)).status_code == 429

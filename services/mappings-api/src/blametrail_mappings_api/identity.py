@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from blametrail_mappings_api import auth
 from blametrail_mappings_api.auth import Principal
-from blametrail_mappings_api.passwords import Passwords
+from blametrail_mappings_api.passwords import HashGate, Passwords
 from blametrail_mappings_api.settings import ApiSettings
 from blametrail_mappings_api.store.api_keys import ApiKeyStore
 from blametrail_mappings_api.store.db import Pool, Row
@@ -66,6 +65,7 @@ class Identity:
         self.sessions, self.throttle = SessionStore(pool, limits), LoginThrottle(pool)
         self.settings, self.clock = settings, clock
         self.passwords = passwords or Passwords()
+        self.gate = HashGate(settings.hash_concurrency, settings.hash_queue)
         window = timedelta(seconds=settings.login_window_s)
         self._account = Limit("account", settings.login_account_failures, window)
         self._address = Limit("address", settings.login_address_failures, window)
@@ -82,26 +82,30 @@ class Identity:
         return EXPIRED if found == EXPIRED else found
 
     async def sign_in(self, email: str, password: str, address: str) -> SignedIn:
-        """A new session; :class:`Throttled` while either counter is over its limit (checked
-        before the password), :class:`Refused` for any wrong credential."""
+        """A new session; :class:`~.passwords.Busy` when every hashing slot and queue place is
+        taken (nothing counted), :class:`Throttled` while either counter is over its limit (the
+        attempt is counted before the password is checked), :class:`Refused` for any wrong
+        credential."""
         account_key = f"account:{email.strip().lower()}"
         keys = {account_key: self._account, f"address:{address}": self._address}
-        now = self.clock()
-        wait = await self.throttle.retry_after(keys, now)
-        if wait is not None:
-            raise Throttled(wait)
-        user = await self.users.by_email(email.strip())
-        stored = user["password_hash"] if user else None
-        ok = await asyncio.to_thread(self.passwords.verify, stored, password)
-        if not ok or user is None or user["disabled"]:
-            await self.throttle.failed(keys, now)
-            raise Refused
-        await self.throttle.reset(account_key)
-        if await asyncio.to_thread(self.passwords.needs_rehash, user["password_hash"]):
-            rehashed = await asyncio.to_thread(self.passwords.hash, password)
-            await self.users.set_hash(str(user["id"]), rehashed)
+        async with self.gate.admit():
+            now = self.clock()
+            wait, windows = await self.throttle.attempt(keys, now)
+            if wait is not None:
+                raise Throttled(wait)
+            user = await self.users.by_email(email.strip())
+            stored = user["password_hash"] if user else None
+            ok = await self.gate.run(self.passwords.verify, stored, password)
+            if not ok or user is None or user["disabled"]:
+                raise Refused
+            await self.throttle.succeeded(account_key, windows)
+            if self.passwords.needs_rehash(user["password_hash"]):
+                rehashed = await self.gate.run(self.passwords.hash, password)
+                await self.users.set_hash(str(user["id"]), rehashed)
         token, session = await self.sessions.issue(str(user["id"]), now)
         return SignedIn(token, session, user)
 
     async def hash_password(self, password: str) -> str:
-        return await asyncio.to_thread(self.passwords.hash, password)
+        """A new hash, in the same bound as sign-ins (:class:`~.passwords.Busy` when full)."""
+        async with self.gate.admit():
+            return await self.gate.run(self.passwords.hash, password)

@@ -42,6 +42,13 @@ class ApiSettings(BaseBlametrailSettings):
         default=20, validation_alias=f"{PREFIX}API_LOGIN_ADDRESS_FAILURES"
     )
     """Failed sign-ins per client address per window (any accounts) before 429."""
+    hash_concurrency: int = Field(
+        default=2, ge=1, le=16, validation_alias=f"{PREFIX}API_HASH_CONCURRENCY"
+    )
+    """Password hashes (sign-in, new users) computed at once; each takes 19 MiB (64 MiB for a
+    hash made before issue 17 until it is rehashed) and a core."""
+    hash_queue: int = Field(default=16, ge=0, validation_alias=f"{PREFIX}API_HASH_QUEUE")
+    """Sign-ins waiting for a hashing slot; one more is answered 503 with ``Retry-After``."""
     trusted_proxies: str = Field(
         default="127.0.0.1/32,::1", validation_alias=f"{PREFIX}API_TRUSTED_PROXIES"
     )

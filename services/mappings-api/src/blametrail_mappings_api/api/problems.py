@@ -10,7 +10,8 @@ models that document them in ``/openapi.json``, and the exception handlers that 
 - 422 ``validation``: with ``fields``, each field in error and why;
 - 429 ``throttled``: too many failed sign-ins (with ``Retry-After``, seconds);
 - 502 ``sentry``: Sentry could not be asked, or refused (its error in ``message``);
-- 503 ``not_configured``: a feature this deployment has not set up;
+- 503 ``not_configured``: a feature this deployment has not set up; ``busy``: every password
+  hashing slot and queue place is taken (``Retry-After``);
 - any other HTTP error (unknown path, method not allowed): ``{"error": "http", "message"}``.
 """
 
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from blametrail_mappings_api.errors import Conflict, Invalid, NotFound
+from blametrail_mappings_api.passwords import Busy
 
 __all__ = [
     "HANDLERS",
@@ -85,8 +87,18 @@ _ANSWERS: dict[int, tuple[type[BaseModel], str]] = {
     422: (ValidationProblem, "Validation error (body, query or path parameter)"),
     429: (Problem, "Too many failed sign-ins (Retry-After: seconds)"),
     502: (Problem, "Sentry could not be asked, or refused"),
-    503: (Problem, "Not configured"),
+    503: (Problem, "Not configured, or too many password checks at once (Retry-After: seconds)"),
 }
+
+
+def busy(exc: Busy) -> ApiError:
+    """503 ``busy`` for a password check refused because every slot and queue place is taken."""
+    return ApiError(
+        503,
+        "busy",
+        f"Too many sign-ins at once: try again in {exc.retry_after_s} seconds",
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
 
 
 def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -8,10 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from blametrail_mappings_api.api.deps import Api
-from blametrail_mappings_api.api.problems import ApiError, answers
+from blametrail_mappings_api.api.problems import ApiError, answers, busy
 from blametrail_mappings_api.api.route import ApiRoute, PublicApiRoute
 from blametrail_mappings_api.auth import client_address
 from blametrail_mappings_api.identity import Identity, Refused, Throttled
+from blametrail_mappings_api.passwords import Busy
 from blametrail_mappings_api.schemas import MeOut, SessionCreate, SessionOut, UserBrief
 
 __all__ = ["public", "router"]
@@ -26,7 +27,7 @@ WRONG = ApiError(401, "unauthorized", "Wrong email or password")
     "/api/v1/sessions",
     summary="Sign in: email and password to a session token (throttled per account and address)",
     status_code=201,
-    responses=answers(400, 429),
+    responses=answers(400, 429, 503),
     openapi_extra={"security": []},
 )
 async def sign_in(request: Request, body: SessionCreate) -> SessionOut:
@@ -41,6 +42,8 @@ async def sign_in(request: Request, body: SessionCreate) -> SessionOut:
         done = await identity.sign_in(body.email, body.password, address)
     except Refused:
         raise WRONG from None
+    except Busy as exc:
+        raise busy(exc) from None
     except Throttled as exc:
         raise ApiError(
             429,

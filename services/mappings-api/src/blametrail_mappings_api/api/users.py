@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from blametrail_mappings_api.api.deps import Admin, Cursor, Limit, page_size
-from blametrail_mappings_api.api.problems import answers
+from blametrail_mappings_api.api.problems import answers, busy
 from blametrail_mappings_api.api.route import ApiRoute
 from blametrail_mappings_api.api.shapes import out, page_of
+from blametrail_mappings_api.passwords import Busy
 from blametrail_mappings_api.schemas import Page, UserCreate, UserOut, UserPatch
 
 __all__ = ["router"]
@@ -21,9 +22,12 @@ async def list_users(api: Admin, cursor: Cursor = None, limit: Limit = "50") -> 
     return page_of(UserOut, await api.identity.users.list(api.org, cursor, page_size(limit)))
 
 
-@router.post("", summary="Add a user", status_code=201, responses=answers(400, 409))
+@router.post("", summary="Add a user", status_code=201, responses=answers(400, 409, 503))
 async def create_user(api: Admin, body: UserCreate) -> UserOut:
-    hashed = await api.identity.hash_password(body.password)
+    try:
+        hashed = await api.identity.hash_password(body.password)
+    except Busy as exc:
+        raise busy(exc) from None
     row = await api.identity.users.create(api.org, body.email, body.name, body.role, hashed)
     return out(UserOut, row)
 

@@ -22,39 +22,58 @@ class Limit:
 
 
 class LoginThrottle:
+    """An attempt is counted BEFORE its password is checked (:meth:`attempt`: one atomic
+    increment-and-read per key), so parallel attempts cannot all pass a check made before any of
+    them failed; a success takes its attempt back (:meth:`succeeded`)."""
+
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    async def retry_after(self, keys: dict[str, Limit], now: datetime) -> int | None:
-        """Seconds until an attempt for ``keys`` (key: its limit) is allowed, ``None`` now."""
+    async def attempt(
+        self, keys: dict[str, Limit], now: datetime
+    ) -> tuple[int | None, dict[str, datetime]]:
+        """Count an attempt against each of ``keys`` (key: its limit; a window over starts
+        again). ``(seconds until allowed, None when allowed now; each key's window start)``:
+        the attempt is allowed while every count, this one included, is within its limit."""
+        windows: dict[str, datetime] = {}
+        waits: list[float] = []
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT key, failures, window_start FROM login_throttle WHERE key = ANY(%s)",
-                (list(keys),),
-            )
-            rows = await cur.fetchall()
-        waits = [
-            (r["window_start"] + keys[r["key"]].window - now).total_seconds()
-            for r in rows
-            if r["failures"] >= keys[r["key"]].failures
-            and r["window_start"] + keys[r["key"]].window > now
-        ]
-        return max(1, math.ceil(max(waits))) if waits else None
-
-    async def failed(self, keys: dict[str, Limit], now: datetime) -> None:
-        """Count a failed attempt against each of ``keys`` (a window over starts again)."""
-        async with self.pool.connection() as conn:
-            for key, limit in keys.items():
-                await conn.execute(
+            for key in sorted(keys):  # one order: two attempts never wait on each other's rows
+                limit = keys[key]
+                cur = await conn.execute(
                     "INSERT INTO login_throttle (key, failures, window_start) VALUES (%s, 1, %s)"
                     " ON CONFLICT (key) DO UPDATE SET"
                     " failures = CASE WHEN login_throttle.window_start + %s <= %s THEN 1"
                     "   ELSE login_throttle.failures + 1 END,"
                     " window_start = CASE WHEN login_throttle.window_start + %s <= %s THEN %s"
-                    "   ELSE login_throttle.window_start END",
+                    "   ELSE login_throttle.window_start END"
+                    " RETURNING failures, window_start",
                     (key, now, limit.window, now, limit.window, now, now),
                 )
+                row = await cur.fetchone()
+                assert row is not None
+                windows[key] = row["window_start"]
+                if row["failures"] > limit.failures:
+                    waits.append((row["window_start"] + limit.window - now).total_seconds())
+        return (max(1, math.ceil(max(waits))) if waits else None), windows
 
-    async def reset(self, key: str) -> None:
+    async def succeeded(self, reset: str, windows: dict[str, datetime]) -> None:
+        """A sign-in succeeded: ``reset`` (the account) starts from nothing; every other key
+        of ``windows`` gets its attempt back (unless its window started again meanwhile)."""
         async with self.pool.connection() as conn:
-            await conn.execute("DELETE FROM login_throttle WHERE key = %s", (key,))
+            await conn.execute("DELETE FROM login_throttle WHERE key = %s", (reset,))
+            for key, started in windows.items():
+                if key != reset:
+                    await conn.execute(
+                        "UPDATE login_throttle SET failures = failures - 1"
+                        " WHERE key = %s AND window_start = %s AND failures > 0",
+                        (key, started),
+                    )
+
+    async def purge(self, now: datetime, window: timedelta) -> int:
+        """Delete the rows whose window ended before ``now`` (they count nothing any more)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM login_throttle WHERE window_start + %s <= %s", (window, now)
+            )
+            return cur.rowcount
