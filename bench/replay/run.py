@@ -215,11 +215,13 @@ def _rebuild_child(bootstrap: str, prefix: str, dsn: str, done: Any, total: Any,
     summary = asyncio.run(rebuild_projection(kafka, dsn, "bench-projection", report=report))
     wall = time.perf_counter() - began
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.put((wall, rss_mb, summary.applied, summary.fallback))
+    out.put((wall, rss_mb, summary.applied, summary.fallback, summary.phases))
 
 
-async def rebuild(kafka: KafkaSettings, dsn: str, progress: Progress) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of the rebuild, run in a process of its own."""
+async def rebuild(
+    kafka: KafkaSettings, dsn: str, progress: Progress
+) -> tuple[float, float, dict[str, float]]:
+    """(wall seconds, peak RSS MB, seconds by phase) of the rebuild, in a process of its own."""
     ctx = mp.get_context("spawn")
     done, total, out = ctx.Value("q", 0), ctx.Value("q", N), ctx.Queue()
     child = ctx.Process(
@@ -232,13 +234,13 @@ async def rebuild(kafka: KafkaSettings, dsn: str, progress: Progress) -> tuple[f
         while child.is_alive() and out.empty():
             progress.update(task, completed=done.value, total=total.value)
             await asyncio.sleep(0.2)
-        wall, rss, applied, fallback = out.get(timeout=60)
+        wall, rss, applied, fallback, phases = out.get(timeout=60)
     finally:
         child.join()
         progress.remove_task(task)
     if applied != N or fallback:  # (the live tables are empty here: nothing to be identical to)
         raise RuntimeError(f"rebuild: applied {applied} of {N}, {fallback}")
-    return wall, rss
+    return wall, rss, phases
 
 
 async def measure(bootstrap: str, server_dsn: str) -> None:
@@ -262,7 +264,11 @@ async def measure(bootstrap: str, server_dsn: str) -> None:
             copies.append(await bare_copy(dsn, Path(tmp), sum(counts.values()), progress))
             dsn = create_database(server_dsn, f"bt_bench_rebuild_{os.getpid()}_{r}")
             migrate(dsn)
-            wall, peak = await rebuild(kafka, dsn, progress)
+            wall, peak, phases = await rebuild(kafka, dsn, progress)
+            console.print(
+                f"round {r + 1}: rebuild phases, s: "
+                + ", ".join(f"{name} {s:.1f}" for name, s in phases.items())
+            )
             walls.append(wall)
             rss.append(peak)
     c, k, w = statistics.median(consumes), statistics.median(copies), statistics.median(walls)

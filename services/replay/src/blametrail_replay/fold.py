@@ -97,6 +97,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 _STATE = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
+_HEAD_COLUMNS = ("incident_id", "tenant_id", "service_id", "source")
 _NULL = b"\\N"
 
 
@@ -150,6 +151,72 @@ def copy_line(row: dict[str, Any], columns: Sequence[str]) -> bytes:
     return b"\t".join(map(copy_field, map(row.__getitem__, columns))) + b"\n"
 
 
+# Fast lines for the rows of the log's common events: one f-string per line, then one check of
+# the whole line instead of one escape per field. A line is plain when it has exactly its
+# separators and every backslash in it is one of its NULLs' (``\N``: one per ``None`` written);
+# otherwise (a tab, a newline or a backslash in a value) the generic ``copy_line`` writes it.
+# They take the types ``rows_for`` gives (aware datetimes from the events' ``AwareDatetime``).
+
+
+def _plain(line: str, tabs: int, nulls: int = 0) -> bool:
+    return (
+        line.count("\t") == tabs
+        and line.count("\\") == nulls
+        and "\n" not in line
+        and "\r" not in line
+    )
+
+
+def _ts(value: datetime | None) -> str:
+    return "\\N" if value is None else _at(value)
+
+
+def _at(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise TypeError("a naive datetime has no single timestamptz")
+    return value.isoformat()
+
+
+def timeline_line(row: dict[str, Any]) -> bytes:
+    """``copy_line(row, COLUMNS["incident_timeline"])``, faster."""
+    line = (
+        f"{row['event_id']}\t{row['incident_id']}\t{row['tenant_id']}\t{row['event_type']}\t"
+        f"{_at(row['occurred_at'])}\t{row['log_partition']}\t{row['log_offset']}\t"
+    )
+    if not _plain(line, 7):
+        return copy_line(row, COLUMNS["incident_timeline"])
+    end = b"\tt\n" if row["sanitized"] else b"\tf\n"
+    return line.encode() + _escape(row["payload"].encoded) + end
+
+
+def audit_line(row: dict[str, Any]) -> bytes:
+    """``copy_line(row, COLUMNS["webhook_audit"])``, faster."""
+    tenant, conn, resource, action = (
+        row["tenant_id"],
+        row["connection_id"],
+        row["resource"],
+        row["action"],
+    )
+    slug, project = row["project_slug"], row["project_id"]
+    nulls = sum(v is None for v in (tenant, conn, resource, action, slug, project))
+    line = (
+        f"{row['event_id']}\t{_n(tenant)}\t{_n(conn)}\t{row['reason']}\t{_n(resource)}\t"
+        f"{_n(action)}\t{_n(slug)}\t{_n(project)}\t"
+    )
+    if not _plain(line, 8, nulls):
+        return copy_line(row, COLUMNS["webhook_audit"])
+    tail = f"\t{_at(row['received_at'])}\t{'t' if row['sanitized'] else 'f'}\n"
+    return line.encode() + _escape(row["detail"].encoded) + tail.encode()
+
+
+def _n(value: str | None) -> str:
+    return "\\N" if value is None else value
+
+
+def _int(value: int | None) -> str:
+    return "\\N" if value is None else str(value)
+
+
 def _least(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else min(a, b)
 
@@ -172,10 +239,13 @@ _HEAD, _STATE_TEXT, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _C
 
 
 def _new_incident(row: dict[str, Any]) -> list[Any]:
-    head = b"\t".join([copy_field(row[c]) for c in ("incident_id", "tenant_id")])
-    head += b"\t" + b"\t".join([copy_field(row[c]) for c in ("service_id", "source")])
+    head = f"{row['incident_id']}\t{row['tenant_id']}\t{row['service_id']}\t{row['source']}"
+    if _plain(head, 3):
+        head_text = head.encode()
+    else:
+        head_text = b"\t".join([copy_field(row[c]) for c in _HEAD_COLUMNS])
     return [
-        head,
+        head_text,
         _state_text(row),
         row["state_order"],
         _own(row["assignee"].encoded) if row["assignee"] is not None else None,
@@ -190,6 +260,19 @@ def _new_incident(row: dict[str, Any]) -> list[Any]:
 
 def _state_text(row: dict[str, Any]) -> bytes:
     # updated_at is the shown state's own time, as the live upsert writes it
+    title, culprit, resolved, changed = (
+        row["title"],
+        row["culprit"],
+        row["resolved_at"],
+        _at(row["state_changed_at"]),
+    )
+    nulls = (title is None) + (culprit is None) + (resolved is None)
+    line = (
+        f"{row['status']}\t{row['severity']}\t{_n(title)}\t{_n(culprit)}\t{_ts(resolved)}\t"
+        f"{changed}\t{changed}"
+    )
+    if _plain(line, 6, nulls):
+        return line.encode()
     return b"\t".join([copy_field(row[c]) for c in (*_STATE, "state_changed_at")])
 
 
@@ -218,6 +301,21 @@ def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
 
 
 def incident_line(state: list[Any]) -> bytes:
+    assignee = b"\\N" if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
+    order, assignee_order, count = state[_ORDER], state[_ASSIGNEE_ORDER], state[_COUNT]
+    # the orders are incident_order keys (digits, dashes, hex), the count an int or None
+    middle = f"\t{order}\t".encode() + assignee
+    tail = (
+        f"\t{_n(assignee_order)}\t".encode(),
+        _escape(state[_REFS]),
+        f"\t{_ts(state[_FIRST])}\t{_ts(state[_LAST])}\t{_int(count)}\t{_ts(state[_OPENED])}\n".encode(),
+    )
+    if "\t" in order or "\\" in order or (assignee_order and "\\" in assignee_order):
+        return _incident_line_slow(state)
+    return b"".join((state[_HEAD], b"\t", state[_STATE_TEXT], middle, *tail))
+
+
+def _incident_line_slow(state: list[Any]) -> bytes:
     assignee = _NULL if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
     tail = [
         copy_field(state[_ORDER]),
@@ -273,8 +371,8 @@ class Fold:
         for row in rows.links:
             self._link(row)
         return Batch(
-            timeline=b"".join(copy_line(r, COLUMNS["incident_timeline"]) for r in rows.timeline),
-            audit=b"".join(copy_line(r, COLUMNS["webhook_audit"]) for r in rows.audit),
+            timeline=b"".join([timeline_line(r) for r in rows.timeline]),
+            audit=b"".join([audit_line(r) for r in rows.audit]),
             refused=len(rows.undecodable),
         )
 

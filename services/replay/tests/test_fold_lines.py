@@ -1,0 +1,125 @@
+"""The fold's fast ``COPY`` lines are the generic ones (``copy_line``) for any value: tabs,
+newlines, backslashes, ``\\N`` in text, NULLs, JSON with escapes; naive datetimes are refused."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from blametrail_projector.rows import EncodedJson
+from blametrail_replay.fold import (
+    COLUMNS,
+    _incident_line_slow,
+    audit_line,
+    copy_line,
+    fold_incident,
+    incident_line,
+    timeline_line,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+TRICKY = st.sampled_from(["", "plain", "tab\there", "new\nline\r", "back\\slash \\N", "\\", "é🎉"])
+TEXT = st.one_of(TRICKY, st.text(max_size=12))
+OPTIONAL = st.one_of(st.none(), TEXT)
+JSON = st.sampled_from(
+    [b"{}", b'{"a":"b\\\\c"}', b'{"t":"x\\ty\\nz"}', b'{"u":"\\u00e9"}', b'["\\\\N"]']
+).map(EncodedJson)
+AT = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+) | st.just(datetime(2026, 3, 14, 9, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))))
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "event_id": st.uuids(),
+            "incident_id": TEXT,
+            "tenant_id": TEXT,
+            "event_type": TEXT,
+            "occurred_at": AT,
+            "log_partition": st.integers(0, 1000),
+            "log_offset": st.integers(0, 2**62),
+            "payload": JSON,
+            "sanitized": st.booleans(),
+        }
+    )
+)
+def test_timeline_lines_are_the_generic_ones(row: dict[str, Any]) -> None:
+    assert timeline_line(row) == copy_line(row, COLUMNS["incident_timeline"])
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "event_id": st.uuids(),
+            "tenant_id": OPTIONAL,
+            "connection_id": OPTIONAL,
+            "reason": TEXT,
+            "resource": OPTIONAL,
+            "action": OPTIONAL,
+            "project_slug": OPTIONAL,
+            "project_id": OPTIONAL,
+            "detail": JSON,
+            "received_at": AT,
+            "sanitized": st.booleans(),
+        }
+    )
+)
+def test_audit_lines_are_the_generic_ones(row: dict[str, Any]) -> None:
+    assert audit_line(row) == copy_line(row, COLUMNS["webhook_audit"])
+
+
+def _incident_row(**values: Any) -> dict[str, Any]:
+    return {
+        "sets_assignee": values["assignee"] is not None,
+        "assignee_order": values["state_order"] if values["assignee"] is not None else None,
+        "resolved_at": values["state_changed_at"] if values["status"] == "resolved" else None,
+        "opened_at": values["state_changed_at"],
+        **values,
+    }
+
+
+@given(
+    st.builds(
+        _incident_row,
+        incident_id=TEXT,
+        tenant_id=TEXT,
+        service_id=TEXT,
+        source=TEXT,
+        status=st.sampled_from(["open", "resolved", "tab\t"]),
+        severity=TEXT,
+        title=OPTIONAL,
+        culprit=OPTIONAL,
+        state_changed_at=AT,
+        state_order=st.sampled_from(["0-1-2", "1-00042-ab", "back\\slash", "t\tab"]),
+        assignee=st.one_of(st.none(), JSON),
+        sentry=JSON,
+        first_seen=st.one_of(st.none(), AT),
+        last_seen=st.one_of(st.none(), AT),
+        event_count=st.one_of(st.none(), st.integers(0, 2**62)),
+    )
+)
+def test_incident_lines_are_the_generic_ones(row: dict[str, Any]) -> None:
+    state = fold_incident(None, row)
+    assert incident_line(state) == _incident_line_slow(state)
+    generic = copy_line({**row, "updated_at": row["state_changed_at"]}, COLUMNS["incidents"])
+    assert incident_line(state) == generic
+
+
+def test_a_naive_datetime_is_refused_not_written_in_the_sessions_zone() -> None:
+    row = {
+        "event_id": uuid.uuid4(),
+        "incident_id": "i",
+        "tenant_id": "t",
+        "event_type": "incident.opened",
+        "occurred_at": datetime(2026, 3, 14, 9, 0),
+        "log_partition": 0,
+        "log_offset": 1,
+        "payload": EncodedJson(b"{}"),
+        "sanitized": False,
+    }
+    with pytest.raises(TypeError, match="naive"):
+        timeline_line(row)
