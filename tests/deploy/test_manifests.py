@@ -43,6 +43,7 @@ from blametrail_projector.settings import ProjectorSettings
 from blametrail_reconciler.settings import ReconcilerSettings
 from blametrail_replay.worker_settings import JobWorkerSettings
 from blametrail_suspects.settings import SuspectsSettings
+from blametrail_sync.settings import SyncSettings
 from blametrail_web.settings import WebSettings
 from pydantic import AliasChoices, SecretStr
 
@@ -83,6 +84,7 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
         SecretsSettings,
         RunnerSettings,
     ),
+    "blametrail_sync": (*COMMON, SyncSettings, PostgresSettings, SecretsSettings, RunnerSettings),
     "blametrail_common.cli db migrate": (LogSettings, PostgresSettings),
     "blametrail_common.cli topics ensure": (LogSettings, KafkaSettings),
 }
@@ -101,6 +103,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     JobWorkerSettings: ("host",),
     WebSettings: ("host", "api_url"),
     ReconcilerSettings: ("host",),
+    SyncSettings: ("host",),
 }
 ALL_SETTINGS = {cls for classes in READS.values() for cls in classes}
 
@@ -513,7 +516,7 @@ def test_the_pod_outlasts_the_process_own_shutdown_bound(objs: list[Obj]) -> Non
         checked += 1
         sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["terminationGracePeriodSeconds"] >= sleep + bound + 5, d["metadata"]["name"]
-    assert checked == 6  # ingest, enricher, projector, suspects, replay-jobs, reconciler
+    assert checked == 7  # ingest, enricher, projector, suspects, replay-jobs, reconciler, sync
 
 
 def test_writable_paths_are_volumes(objs: list[Obj]) -> None:
