@@ -15,7 +15,9 @@ from aiokafka.structs import ConsumerRecord
 from blametrail_common.db import load_migrations, migrate
 from blametrail_common.events import decode, encode, new_event
 from blametrail_common.events.incidents import (
+    Actor,
     Assignee,
+    IncidentActionV1,
     IncidentAssignedV1,
     IncidentEvent,
     IncidentMutedV1,
@@ -27,9 +29,10 @@ from blametrail_common.events.incidents import (
     SentryRef,
     incident_order,
 )
+from blametrail_common.events.observations import IncidentAbsorbedV1
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_projector.projection import Projection
-from blametrail_projector.rows import merge_incident, rows_for
+from blametrail_projector.rows import merge_incident, rows_for, sets_status
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
@@ -131,6 +134,80 @@ def test_a_late_created_never_reopens_an_issue_but_a_late_alert_does() -> None:
     assert project(alert)["status"] == "open"  # type: ignore[index]
 
 
+def action(name: str, at: timedelta, status: str) -> IncidentActionV1:
+    """A BlameTrail action accepted at ``T0 + at`` (sub-second: the API's clock)."""
+    base = event("opened")
+    return IncidentActionV1(
+        **{k: getattr(base, k) for k in ("incident_id", "tenant_id", "service_id", "source")},
+        severity="sev2",
+        status_at=T0 + at,
+        sentry=base.sentry,
+        snapshot=IssueSnapshot(title="KeyError", culprit="pricing"),
+        action_id=f"a-{name}-{at.total_seconds()}",
+        action=name,  # type: ignore[arg-type]
+        actor=Actor(kind="user", id="u1", name="Ada"),
+        status=status,  # type: ignore[arg-type]
+        assignee=Assignee(type="user", id="u9") if name == "assign" else None,
+    )
+
+
+def absorbed(second: int, status: str) -> IncidentAbsorbedV1:
+    base = event("opened", second)
+    return IncidentAbsorbedV1(
+        **base.model_dump(exclude={"snapshot"}),
+        snapshot=IssueSnapshot(title="KeyError", status=status),
+        merged_incident_id="other",
+        merged_issue_id="43",
+    )
+
+
+def test_a_later_alert_never_undoes_an_acknowledge_or_a_resolve() -> None:
+    """Issue 18 H1, scenario 1: acknowledged at 12:00:00.5, the next event alert (hook 12:00:02)
+    reported the issue as it is (an alert carries no status): it showed ``open`` again. It
+    updates the facts (title, severity) and nothing else, in every delivery order."""
+    opened = event("opened", 0)
+    for status, name in (("acknowledged", "acknowledge"), ("resolved", "resolve")):
+        act = action(name, timedelta(milliseconds=500), status)
+        alert = event("updated", 2, title="KeyError: 'price'", severity="sev1")
+        for order in itertools.permutations([opened, act, alert]):
+            state = project(list(order))
+            assert state is not None
+            assert (state["status"], state["title"], state["severity"]) == (
+                status,
+                "KeyError: 'price'",
+                "sev1",
+            )
+            assert state["state_changed_at"] == T0 + timedelta(milliseconds=500)
+            assert (state["resolved_at"] is not None) == (status == "resolved")
+
+
+def test_a_stale_snapshot_of_an_assignment_or_a_merge_never_sets_the_status() -> None:
+    """Scenario 2: resolve at :00.3, Sentry's assignment at :01 still saw ``unresolved`` (our PUT
+    landed at :01.5): BlameTrail showed open while Sentry was resolved. The assignment sets the
+    assignee; an absorbed merge moves links; neither sets the status."""
+    resolve = action("resolve", timedelta(milliseconds=300), "resolved")
+    stale = [event("assigned", 1, assignee="u2"), absorbed(1, "unresolved")]
+    stale.append(action("assign", timedelta(seconds=1), "open"))  # an assign action: the same
+    for later in stale:
+        for order in ([event("opened"), resolve, later], [later, resolve, event("opened")]):
+            state = project(order)
+            assert state is not None
+            assert state["status"] == "resolved", later
+    state = project([event("opened"), resolve, stale[0]])
+    assert state is not None
+    assert state["assignee"]["id"] == "u2"
+
+
+def test_without_any_status_change_the_latest_event_says_the_status() -> None:
+    """Only when an incident's status changes are all missing (its ``issue.created`` lost) does
+    an alert, an assignment or a merge give the status: the latest of them, any status change
+    replaces it."""
+    assert project([event("updated", 1)])["status"] == "open"  # type: ignore[index]
+    assert project([absorbed(1, "resolved"), event("assigned", 2)])["status"] == "open"  # type: ignore[index]
+    assert project([absorbed(3, "resolved"), event("assigned", 2)])["status"] == "resolved"  # type: ignore[index]
+    assert project([absorbed(3, "resolved"), event("reopened", 0)])["status"] == "open"  # type: ignore[index]
+
+
 def test_issue_fields_break_ties_a_regression_after_a_resolve_in_one_second() -> None:
     resolved = event("resolved", last_seen_ms=100, count=3)
     regressed = event("reopened", last_seen_ms=900, count=4)
@@ -207,7 +284,9 @@ def test_the_order_is_strict_and_total(events: list[IncidentEvent]) -> None:
     keys = {incident_order(e) for e in events}
     distinct = {(type(e).EVENT_TYPE, e.model_dump_json()) for e in events}
     assert len(keys) == len(distinct)  # equal keys only for the very same event
-    ranked = sorted(events, key=incident_order)
+    # the status is the latest status change's; only when there is none, the latest event's
+    changes = [e for e in events if sets_status(e)] or events
+    ranked = sorted(changes, key=incident_order)
     assert project([ranked[-1]])["status"] == project(events)["status"]  # type: ignore[index]
 
 
@@ -277,6 +356,18 @@ SETS = [
         event("opened", 1, source="sentry_metric_alert", severity="sev2"),
         event("resolved", 1, source="sentry_metric_alert"),
     ],
+    [  # issue 18 H1: an acknowledge, then an alert and a stale assignment, a later resolve
+        event("opened", 0, last_seen_ms=0, count=1),
+        action("acknowledge", timedelta(milliseconds=500), "acknowledged"),
+        event("updated", 2, last_seen_ms=900, count=2, title="B", severity="sev1"),
+        event("assigned", 3, last_seen_ms=900, count=2, assignee="u1"),
+    ],
+    [
+        action("resolve", timedelta(milliseconds=300), "resolved"),
+        event("assigned", 1, assignee="u2"),
+        absorbed(2, "unresolved"),
+        event("reopened", 0),
+    ],
     [  # same second, the issue's fields alike: muted vs resolved vs an assignment
         event("muted", 2, count=5),
         event("resolved", 2, count=5, title="B"),
@@ -302,6 +393,22 @@ async def test_every_delivery_order_leaves_the_row_merge_incident_predicts(
             assert all(r == first for r in rows)
             assert {k: v for k, v in _comparable(first).items() if k != "updated_at"} == expected
             assert first["updated_at"] == first["state_changed_at"]
+
+
+async def test_an_alert_after_an_acknowledge_leaves_it_acknowledged_on_postgres(
+    database_url: str,
+) -> None:
+    """Issue 18 H1 through the projection: the alert updates the title, not the status."""
+    events: list[IncidentEvent] = [
+        event("opened", 0),
+        action("acknowledge", timedelta(milliseconds=500), "acknowledged"),
+        event("updated", 2, title="B"),
+    ]
+    async with await psycopg.AsyncConnection.connect(database_url, row_factory=dict_row) as conn:
+        for batch in (False, True):
+            row = await _project(conn, events, batch)
+            assert (row["status"], row["title"]) == ("acknowledged", "B")
+            assert row["status_order"] == incident_order(events[1])
 
 
 async def test_rows_projected_before_the_order_keep_the_old_rule_for_their_second(

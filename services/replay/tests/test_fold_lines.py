@@ -78,6 +78,7 @@ def _incident_row(**values: Any) -> dict[str, Any]:
         "assignee_order": values["state_order"] if values["assignee"] is not None else None,
         "resolved_at": values["state_changed_at"] if values["status"] == "resolved" else None,
         "opened_at": values["state_changed_at"],
+        "status_order": values["state_order"],
         **values,
     }
 

@@ -14,6 +14,7 @@ from blametrail_common.events.incidents import (
     IncidentMutedV1,
     IncidentReopenedV1,
     IncidentResolvedV1,
+    IncidentUpdatedV1,
     IssueSnapshot,
     SentryRef,
 )
@@ -104,3 +105,22 @@ def test_assignments_and_muted_states_are_not_written_back() -> None:
     assert plan(_fold(muted), enabled=True) is None
     resolved = IncidentResolvedV1(**BASE, status_at=T0, snapshot=IssueSnapshot(title="x"))
     assert plan(_fold(resolved), enabled=True) is None  # Sentry's own: nothing to write
+
+
+def test_a_later_alert_is_no_sentry_change_and_repairs_nothing() -> None:
+    """Issue 18 H1, scenario 1: acknowledged at 12:00:00.5, written back at :00.7; the next
+    event alert (hook 12:00:02) made Sentry's ``open`` the winner and plan() a repair that PUT
+    ``unresolved``, dropping Sentry's ``ongoing``. An alert is no status change."""
+    for name, status in (("acknowledge", "acknowledged"), ("resolve", "resolved")):
+        w = _fold(_action(T0 + timedelta(milliseconds=500), name, status))
+        assert w is not None
+        w = written(w, status, T0 + timedelta(milliseconds=700))
+        alert = IncidentUpdatedV1(
+            **BASE,
+            status_at=T0 + timedelta(seconds=2),
+            snapshot=IssueSnapshot(title="x"),
+            reason="alert_triggered",
+        )
+        after = observe(w, alert)
+        assert after == w
+        assert plan(after, enabled=True) is None

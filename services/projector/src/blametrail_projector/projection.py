@@ -31,7 +31,7 @@ from prometheus_client import Counter
 from psycopg.adapt import Dumper
 
 from blametrail_projector.fold import concat_rows, fold_rows
-from blametrail_projector.rows import STATE_COLUMNS, EncodedJson, Rows, rows_for
+from blametrail_projector.rows import STATE_COLUMNS, STATUS_COLUMNS, EncodedJson, Rows, rows_for
 
 __all__ = ["MERGES", "PROJECTED_TOPICS", "TABLES", "Merge", "Projection"]
 
@@ -106,6 +106,8 @@ class Merge:
 
 
 _NEWER = "cur.state_order < EXCLUDED.state_order"  # incident_order: strict and total
+# only status changes order the status (``rows.sets_status``); NULL: projected before 0026
+_NEWER_STATUS = "COALESCE(cur.status_order, cur.state_order) < EXCLUDED.status_order"
 _REASSIGNED = (
     "EXCLUDED.assignee_order IS NOT NULL"  # the batch holds an assignment (``sets_assignee``)
     " AND (cur.assignee_order IS NULL OR cur.assignee_order < EXCLUDED.assignee_order)"
@@ -118,7 +120,12 @@ _INCIDENT_CONFLICT = (
     "(incident_id) DO UPDATE SET "
     + ", ".join(
         f"{c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE cur.{c} END"
-        for c in (*STATE_COLUMNS, "updated_at", "state_order")
+        for c in (*STATE_COLUMNS, "state_order")
+    )
+    + ", "
+    + ", ".join(
+        f"{c} = CASE WHEN {_NEWER_STATUS} THEN EXCLUDED.{c} ELSE cur.{c} END"
+        for c in (*STATUS_COLUMNS, "updated_at", "status_order")
     )
     + f""",
     assignee = CASE WHEN {_REASSIGNED} THEN EXCLUDED.assignee ELSE cur.assignee END,
@@ -154,6 +161,7 @@ MERGES: tuple[Merge, ...] = (
             "resolved_at",
             "state_changed_at",
             "state_order",
+            "status_order",
             "assignee_order",
         ),
         _INCIDENT_CONFLICT,

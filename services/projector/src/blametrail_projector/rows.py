@@ -27,6 +27,7 @@ from blametrail_common.events.incidents import (
     IncidentEvent,
     IncidentMutedV1,
     IncidentResolvedV1,
+    IncidentUpdatedV1,
     incident_order,
 )
 from blametrail_common.events.observations import IncidentAbsorbedV1, IncidentMergedV1
@@ -34,7 +35,16 @@ from pydantic import BaseModel
 
 from blametrail_projector.pgsafe import pg_jsonb, pg_jsonb_model, pg_text
 
-__all__ = ["STATE_COLUMNS", "EncodedJson", "Rows", "merge_incident", "rows_for"]
+__all__ = [
+    "STATE_COLUMNS",
+    "STATUS_COLUMNS",
+    "EncodedJson",
+    "Rows",
+    "merge_incident",
+    "rows_for",
+    "sets_status",
+    "status_order_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +95,23 @@ class Rows:
                 ),
             )
         )
+
+
+def sets_status(event: IncidentEvent) -> bool:
+    """Whether ``event`` is a change of the incident's status, ordered against the others by
+    ``incident_order``: opened, resolved, reopened, muted, merged and BlameTrail's status
+    actions. An alert that fired again (``incident.updated``), an assignment (Sentry's or an
+    ``assign`` action) and an absorbed merge carry a status only as seen at some moment (a
+    snapshot, possibly stale, or none at all), so they never undo an acknowledge or a resolve:
+    their status stands only while the incident has no status change at all."""
+    if isinstance(event, IncidentActionV1):
+        return event.action != "assign"
+    return not isinstance(event, IncidentUpdatedV1 | IncidentAssignedV1 | IncidentAbsorbedV1)
+
+
+# A status order below every ``incident_order`` key (they start with a digit): the status of an
+# event that does not set it (``sets_status``) gives way to any event that does.
+_NO_STATUS_CHANGE = "-"
 
 
 def status_for(event: IncidentEvent) -> str:
@@ -238,15 +265,25 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
         "resolved_at": p.status_at if status == "resolved" else None,
         "state_changed_at": p.status_at,
         "state_order": order,
+        "status_order": order if sets_status(p) else _NO_STATUS_CHANGE + order,
         "assignee_order": order if sets_assignee else None,
     }
 
 
-# The state the latest event (by ``incident_order``) sets, as a whole; ``assignee`` is the
-# latest assignment's; the other columns merge what every event saw. So the row is the same
-# whatever order the events arrive in (the incidents' merge in ``projection.MERGES`` is this,
-# in SQL).
-STATE_COLUMNS = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
+# The status the latest status change (by ``incident_order``, ``sets_status``) sets, with its
+# times (``status_order``); the facts the latest event of any kind shows (``state_order``);
+# ``assignee`` is the latest assignment's; the other columns merge what every event saw. So
+# the row is the same whatever order the events arrive in (the incidents' merge in
+# ``projection.MERGES`` is this, in SQL). A row projected before migration 0026 has no
+# ``status_order``: its status came with its ``state_order``.
+STATUS_COLUMNS = ("status", "resolved_at", "state_changed_at")
+STATE_COLUMNS = ("severity", "title", "culprit")
+
+
+def status_order_of(row: dict[str, Any]) -> str:
+    """The row's ``status_order`` (``COALESCE(status_order, state_order)`` in SQL)."""
+    order = row.get("status_order")
+    return order if order is not None else row["state_order"]  # type: ignore[no-any-return]
 
 
 def merge_incident(cur: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +296,9 @@ def merge_incident(cur: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
     if newer:
         out.update({c: new[c] for c in STATE_COLUMNS})
         out["state_order"] = new["state_order"]
+    if status_order_of(cur) < new["status_order"]:
+        out.update({c: new[c] for c in STATUS_COLUMNS})
+        out["status_order"] = new["status_order"]
     if new["sets_assignee"] and (
         cur["assignee_order"] is None or cur["assignee_order"] < new["assignee_order"]
     ):

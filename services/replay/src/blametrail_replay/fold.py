@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from blametrail_projector.rows import EncodedJson, rows_for
+from blametrail_projector.rows import STATE_COLUMNS, STATUS_COLUMNS, EncodedJson, rows_for
 
 __all__ = ["COLUMNS", "Batch", "Fold", "copy_field", "copy_line"]
 
@@ -52,6 +52,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "last_seen",
         "event_count",
         "opened_at",
+        "status_order",
     ),
     "incident_timeline": (
         "event_id",
@@ -236,6 +237,10 @@ def _merge_refs(older: bytes, newer: bytes) -> bytes:
 _HEAD, _STATE_TEXT, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _COUNT, _OPENED = (
     range(10)
 )
+# ... and the status change shown (its key, its columns) and the latest facts: the two parts of
+# the state text that move apart (``rows.STATUS_COLUMNS`` by ``status_order``, ``STATE_COLUMNS``
+# by ``state_order``)
+_STATUS_ORDER, _STATUS, _FACTS = range(10, 13)
 
 
 def _new_incident(row: dict[str, Any]) -> list[Any]:
@@ -255,6 +260,9 @@ def _new_incident(row: dict[str, Any]) -> list[Any]:
         row["last_seen"],
         row["event_count"],
         row["opened_at"],
+        row["status_order"],
+        tuple(row[c] for c in STATUS_COLUMNS),
+        tuple(row[c] for c in STATE_COLUMNS),
     ]
 
 
@@ -282,8 +290,18 @@ def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
     if cur is None:
         return _new_incident(row)
     newer = cur[_ORDER] < row["state_order"]
+    status_newer = cur[_STATUS_ORDER] < row["status_order"]
     if newer:
-        cur[_STATE_TEXT], cur[_ORDER] = _state_text(row), row["state_order"]
+        cur[_ORDER], cur[_FACTS] = row["state_order"], tuple(row[c] for c in STATE_COLUMNS)
+    if status_newer:
+        cur[_STATUS_ORDER] = row["status_order"]
+        cur[_STATUS] = tuple(row[c] for c in STATUS_COLUMNS)
+    if newer and status_newer:
+        cur[_STATE_TEXT] = _state_text(row)
+    elif newer or status_newer:
+        shown = dict(zip(STATUS_COLUMNS, cur[_STATUS], strict=True))
+        shown.update(zip(STATE_COLUMNS, cur[_FACTS], strict=True))
+        cur[_STATE_TEXT] = _state_text(shown)
     if row["sets_assignee"] and (
         cur[_ASSIGNEE_ORDER] is None or cur[_ASSIGNEE_ORDER] < row["assignee_order"]
     ):
@@ -303,14 +321,18 @@ def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
 def incident_line(state: list[Any]) -> bytes:
     assignee = b"\\N" if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
     order, assignee_order, count = state[_ORDER], state[_ASSIGNEE_ORDER], state[_COUNT]
+    status_order = state[_STATUS_ORDER]
     # the orders are incident_order keys (digits, dashes, hex), the count an int or None
     middle = f"\t{order}\t".encode() + assignee
     tail = (
         f"\t{_n(assignee_order)}\t".encode(),
         _escape(state[_REFS]),
-        f"\t{_ts(state[_FIRST])}\t{_ts(state[_LAST])}\t{_int(count)}\t{_ts(state[_OPENED])}\n".encode(),
+        f"\t{_ts(state[_FIRST])}\t{_ts(state[_LAST])}\t{_int(count)}\t{_ts(state[_OPENED])}"
+        f"\t{status_order}\n".encode(),
     )
-    if "\t" in order or "\\" in order or (assignee_order and "\\" in assignee_order):
+    if any("\t" in o or "\\" in o for o in (order, status_order)) or (
+        assignee_order and "\\" in assignee_order
+    ):
         return _incident_line_slow(state)
     return b"".join((state[_HEAD], b"\t", state[_STATE_TEXT], middle, *tail))
 
@@ -322,7 +344,7 @@ def _incident_line_slow(state: list[Any]) -> bytes:
         assignee,
         copy_field(state[_ASSIGNEE_ORDER]),
         _escape(state[_REFS]),
-        *(copy_field(state[i]) for i in (_FIRST, _LAST, _COUNT, _OPENED)),
+        *(copy_field(state[i]) for i in (_FIRST, _LAST, _COUNT, _OPENED, _STATUS_ORDER)),
     ]
     return b"\t".join([state[_HEAD], state[_STATE_TEXT], *tail]) + b"\n"
 

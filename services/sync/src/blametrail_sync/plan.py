@@ -30,7 +30,6 @@ from blametrail_common.events.incidents import (
     IncidentOpenedV1,
     IncidentReopenedV1,
     IncidentResolvedV1,
-    IncidentUpdatedV1,
     incident_order,
 )
 
@@ -65,15 +64,17 @@ _MIRRORED = ("resolve", "reopen", "acknowledge")
 
 
 def status_of(event: IncidentEvent) -> str | None:
-    """The status an event sets, or ``None`` for events that do not decide the status here
-    (assignments: they keep it)."""
+    """The status an event sets, or ``None`` for events that do not decide the status here:
+    assignments keep it, and an alert that fired again (``incident.updated``) carries no status
+    at all (its "open" would undo an acknowledge or a resolve and PUT ``unresolved`` back).
+    The projection follows the same rule (``blametrail_projector.rows.sets_status``)."""
     if isinstance(event, IncidentActionV1):
         return event.status if event.action in _MIRRORED else None
     if isinstance(event, IncidentResolvedV1):
         return "resolved"
     if isinstance(event, IncidentMutedV1):
         return "muted"
-    if isinstance(event, IncidentOpenedV1 | IncidentUpdatedV1 | IncidentReopenedV1):
+    if isinstance(event, IncidentOpenedV1 | IncidentReopenedV1):
         return "open"
     return None
 
