@@ -49,7 +49,9 @@ class Sanitized:
 
 def pg_text(value: str | None) -> str | None:
     """``value`` safe for a ``text`` column."""
-    return None if value is None else Sanitized().text(value)
+    if value is None or _BAD_CHARS.search(value) is None:  # the common case: nothing to replace
+        return value
+    return Sanitized().text(value)
 
 
 def pg_json(value: Any) -> tuple[Any, bool]:
