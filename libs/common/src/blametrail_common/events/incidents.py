@@ -195,7 +195,18 @@ _ACTION_RANK = {"assign": 2, "acknowledge": 3, "reopen": 3, "resolve": 5}
 
 
 def _micros(at: datetime | None, unit: timedelta) -> int:
-    return 0 if at is None else max((at - _EPOCH) // unit, 0)
+    """``(at - epoch) // unit``, at least 0 (0 for none): integer arithmetic, exact, the same
+    floor as the timedelta division (a projection computes it for every event)."""
+    if at is None:
+        return 0
+    d = at - _EPOCH
+    micros = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+    per = _UNIT_MICROS.get(unit)
+    return max(micros // per if per else d // unit, 0)
+
+
+_MICROSECOND, _MILLISECOND = timedelta(microseconds=1), timedelta(milliseconds=1)
+_UNIT_MICROS = {_MICROSECOND: 1, _MILLISECOND: 1000}
 
 
 def incident_order(event: IncidentEvent) -> str:
@@ -224,9 +235,11 @@ def incident_order(event: IncidentEvent) -> str:
         kind = _ACTION_RANK[event.action]
     phase = 0 if kind == 0 and event.source == "sentry_issue" else 1
     snap = event.snapshot
-    digest = hashlib.sha256(f"{name}:{event.model_dump_json()}".encode()).hexdigest()[:32]
+    # model_dump_json()'s own bytes, without the str in between
+    dumped = event.__pydantic_serializer__.to_json(event)
+    digest = hashlib.sha256(name.encode() + b":" + dumped).hexdigest()[:32]
     return (
-        f"{phase}-{_micros(event.status_at, timedelta(microseconds=1)):017d}"
-        f"-{_micros(snap.last_seen, timedelta(milliseconds=1)):014d}"
+        f"{phase}-{_micros(event.status_at, _MICROSECOND):017d}"
+        f"-{_micros(snap.last_seen, _MILLISECOND):014d}"
         f"-{min(max(snap.count or 0, 0), 10**19 - 1):019d}-{kind}-{digest}"
     )
