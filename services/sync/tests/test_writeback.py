@@ -155,3 +155,28 @@ async def test_refused_write_back_is_on_the_timeline_counted_and_not_retried(
         )
         assert payload[0][0]["http_status"] == 403
         assert WRITEBACKS.labels("refused")._value.get() == refused_before + 1
+
+
+async def test_the_write_back_time_is_when_sentry_answered_not_when_it_was_sent(
+    make_pipeline: Any,
+) -> None:
+    """Issue 18 M2: the client may hold a PUT for long (retries, rate limits); a Sentry change
+    made meanwhile is overwritten by it, so the repair rule must compare with when the PUT
+    returned (the later bound), not when it was started."""
+    from blametrail_sentry_stub.state import Fault
+
+    async with make_pipeline() as p:
+        incident = await p.open_issue("7301")
+        p.stub.faults.append(Fault("issue_update", "slow", count=1, delay_s=3.0))
+        answer = await p.act(incident, "resolve")
+        assert answer.status_code == 202, answer.text
+        await until("the write-back", lambda: _written(p, incident), timeout_s=120)
+        ((winner_at, written_at),) = await p.rows(
+            "SELECT winner_at, written_at FROM sync_incidents WHERE incident_id = %s", incident
+        )
+        assert (written_at - winner_at).total_seconds() >= 3.0
+
+
+async def _written(p: Pipeline, incident: str) -> bool:
+    rows = await p.rows("SELECT written_at FROM sync_incidents WHERE incident_id = %s", incident)
+    return bool(rows) and rows[0][0] is not None

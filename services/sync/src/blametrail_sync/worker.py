@@ -124,8 +124,13 @@ class WriteBacks:
             async with self._slots:
                 return await self._write(d.tracked, d.plan, records[d.winner_index])
 
-        done = await asyncio.gather(*(one(d) for d in decisions))
-        await store.save(conn, done)
+        # every write-back of the batch ends before a failure is raised: none is left running
+        # while the batch is retried (its PUT then racing the retry's)
+        outcomes = await asyncio.gather(*(one(d) for d in decisions), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        await store.save(conn, [o for o in outcomes if not isinstance(o, BaseException)])
 
     async def _write(self, t: Tracked, todo: Plan, record: ConsumerRecord[bytes, bytes]) -> Tracked:
         sentry = sentry_status_for(todo.status)
@@ -151,7 +156,6 @@ class WriteBacks:
         if sentry[1] is not None:
             body["substatus"] = sentry[1]
         path = f"/api/0/organizations/{creds.org_slug}/issues/{t.issue_id}/"
-        sent_at = self.clock()
         try:
             await self.api.call("PUT", creds, path, body)
         except TokenRejected as exc:
@@ -164,7 +168,10 @@ class WriteBacks:
         except SentryApiError as exc:
             await self._refused(common, str(exc), http_status_of(exc))
             return t
-        await self._publish(WriteBackConfirmedV1(**common, at=self.clock()))
+        # when the PUT returned: the client may have held it for long (retries, rate limits), and
+        # it overwrote any Sentry change made until then (the repair rule compares with this)
+        answered_at = self.clock()
+        await self._publish(WriteBackConfirmedV1(**common, at=answered_at))
         WRITEBACKS.labels("confirmed").inc()
         log.info(
             "written back",
@@ -175,7 +182,7 @@ class WriteBacks:
             t.tenant_id,
             t.connection_id,
             t.issue_id,
-            written(t.winner, todo.status, sent_at),
+            written(t.winner, todo.status, answered_at),
         )
 
     async def _refused(
