@@ -18,7 +18,8 @@ stored rows). Each round, each variant into a fresh migrated database:
 Reported: medians over the rounds, events/s, the ratios projector / precomputed (goal >= 0.7)
 and projector / executemany, and the load average before and after (the machine is shared with
 other engineers: compare ratios of one run). ``--events`` / ``BENCH_PIPELINE_EVENTS`` (default
-60,000) and ``--rounds`` / ``BENCH_PIPELINE_ROUNDS`` (default 5) change the size.
+60,000) and ``--rounds`` / ``BENCH_PIPELINE_ROUNDS`` (default 5) change the size. The headline
+goes to ``.local/bench/pipeline.json`` for ``make bench``'s summary.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
+from blametrail_devstack.bench import BenchResult, write_result
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import Projection
 from blametrail_projector.rows import Rows, rows_for
@@ -261,10 +263,38 @@ async def measure(bootstrap: str, server_dsn: str, n: int, rounds: int) -> None:
                 assert counts == expected, f"{name} wrote {counts} rows, projector {expected}"
                 progress.advance(task)
     console.print(_table(costs, n, rounds, expected))
+    write_result(_result(costs, n))
     console.print(
         f"load average before {load_before}, after {_load()}, on {os.cpu_count()} cores shared"
         " with other engineers' work and the broker and Postgres: wall rates move with the load,"
         " so compare the ratios of one run, and the CPU per event (which moves less)."
+    )
+
+
+def _result(costs: dict[str, list[Cost]], n: int) -> BenchResult:
+    """The headline for ``make bench``'s summary (``.local/bench/pipeline.json``)."""
+    rate = {k: statistics.median(n / c.wall for c in v) for k, v in costs.items()}
+    ratio = statistics.median(
+        p.wall and b.wall / p.wall
+        for p, b in zip(costs["projector"], costs["precomputed"], strict=True)
+    )
+    cpu = {
+        k: statistics.median((c.client + c.server) / n * 1e6 for c in v) for k, v in costs.items()
+    }
+    return BenchResult(
+        name="pipeline",
+        headline="projector events/s (Kafka -> Postgres)",
+        value=rate["projector"],
+        baseline_label="same batches precomputed, staged merge",
+        baseline=rate["precomputed"],
+        goal=">= 0.7x baseline and >= 20,000/s",
+        ok=ratio >= 0.7 and rate["projector"] >= 20_000,
+        unit="/s",
+        notes=(
+            f"median ratio of rounds {ratio:.2f}; CPU µs/event (client + Postgres): projector"
+            f" {cpu['projector']:.0f}, precomputed {cpu['precomputed']:.0f}, previous executemany"
+            f" path {cpu['executemany']:.0f}; load {_load()} on {os.cpu_count()} shared cores"
+        ),
     )
 
 
