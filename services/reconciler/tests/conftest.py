@@ -28,6 +28,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
+from blametrail_common.sentry_credentials import ConnectionCredentials as SyncCredentials
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import background
 from blametrail_common.topics import topic_name
@@ -46,6 +47,8 @@ from blametrail_reconciler.settings import ReconcilerSettings
 from blametrail_reconciler.store import SweepRow
 from blametrail_reconciler.sweep import Sweeper
 from blametrail_sentry_stub import StubState, serve
+from blametrail_sentry_stub.state import Token
+from blametrail_sync.worker import WriteBacks
 
 ORG = "acme"
 PROJECT = "checkout-api"
@@ -65,6 +68,48 @@ class Pipeline:
     box: SecretBox
     secret_key: str
     """The key of ``box`` (``BLAMETRAIL_SECRET_KEYS`` of a reconciler run as a process)."""
+    api: httpx.AsyncClient
+    auth: dict[str, str]
+    relay: Relay
+
+    async def act(self, issue_id: str, action: str, **body: Any) -> None:
+        """An incident action taken in BlameTrail (the API), its command relayed from the
+        outbox; waits for the read model to show it."""
+        incident = self.incident_of(issue_id)
+        answer = await self.api.post(
+            f"/api/v1/incidents/{incident}/{action}", headers=self.auth, json=body or None
+        )
+        assert answer.status_code == 202, answer.text
+        while await self.relay.relay_once():
+            pass
+
+        async def shown() -> bool:
+            return bool(
+                await self.rows(
+                    "SELECT 1 FROM incident_timeline WHERE incident_id = %s::uuid"
+                    " AND event_type = 'incident.action' AND payload ->> 'action_id' = %s",
+                    incident,
+                    answer.json()["action_id"],
+                )
+            )
+
+        await until(f"{action} of {issue_id}", shown, timeout_s=120)
+
+    async def set_writeback(self, on: bool) -> None:
+        answer = await self.api.patch(
+            f"/api/v1/integrations/sentry/connections/{self.connection_id}",
+            headers=self.auth,
+            json={"writeback": on},
+        )
+        assert answer.status_code == 200, answer.text
+        while await self.relay.relay_once():
+            pass
+
+        async def arrived() -> bool:
+            conn = self.connections.get(self.connection_id)
+            return conn is not None and conn.writeback is on
+
+        await until("the connection's write-back setting", arrived, timeout_s=30)
 
     def incident_of(self, issue_id: str) -> str:
         return incident_id_for(self.tenant_id, "issue", issue_id)
@@ -126,8 +171,15 @@ class Pipeline:
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    kafka_settings: KafkaSettings, database_url: str, *, enrich: bool = False, **over: Any
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    *,
+    enrich: bool = False,
+    write_back: frozenset[str] | None = None,
+    **over: Any,
 ) -> AsyncIterator[Pipeline]:
+    """``write_back``: run the write-back worker too, the app installed in the stand-in with
+    these scopes (without ``event:write`` Sentry refuses its updates with a 403)."""
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers,
         topic_prefix=f"r{uuid.uuid4().hex[:6]}.",
@@ -223,7 +275,28 @@ async def pipeline(
                 group = f"rec-enricher-{uuid.uuid4().hex[:6]}"
                 await consume(kafka, ["incident-events"], group, enricher.handle, stop)
 
-            loops = (project, enriching) if enrich else (project,)
+            async def writing_back(stop: asyncio.Event) -> None:
+                group = f"rec-sync-{uuid.uuid4().hex[:6]}"
+                consumer = create_consumer(kafka, [], group)
+                await consumer.start()
+                worker = WriteBacks(
+                    HttpxSentryApi(http, fast), table, SyncCredentials(table, box), producer
+                )
+                try:
+                    topics = [topic_name("incident-events", kafka.topic_prefix)]
+                    await run_into_postgres(
+                        consumer, topics, database_url, group, worker.apply, stop
+                    )
+                finally:
+                    await consumer.stop()
+
+            loops: tuple[Any, ...] = (project, enriching) if enrich else (project,)
+            if write_back is not None:
+                app = stub.apps.install(
+                    ORG, "http://127.0.0.1:9/unused", "reconcile-secret", scopes=write_back
+                )
+                stub.tokens[token] = Token(token, ORG, installation=app.installation)
+                loops += (writing_back,)
             settings = ReconcilerSettings(settle_s=0, **over)
             sweeper = Sweeper(HttpxSentryApi(http, fast), producer, database_url, settings)
             async with background(*loops):
@@ -239,6 +312,9 @@ async def pipeline(
                     normalizer,
                     box,
                     secret_key,
+                    api,
+                    auth,
+                    relay,
                 )
     finally:
         if normalizer is not None:

@@ -48,6 +48,37 @@ def test_only_disagreements_become_decisions() -> None:
     assert [m.issue_id for m in missing] == ["6"]
 
 
+def test_a_blametrail_action_sentry_never_saw_stands() -> None:
+    """Sentry still shows what it last reported: the difference is ours (write-back off,
+    refused or failed), not a missed webhook, and is left alone. A change in Sentry since its
+    last report is still repaired."""
+
+    def with_report(status: str, reported: str | None) -> Tracked:
+        item = tracked("8", status)
+        return Tracked(item.issue_id, item.incident, item.state_changed_at, reported)
+
+    unresolved = {"id": "8", "status": "unresolved"}
+    resolved = {"id": "8", "status": "resolved"}
+    assert (
+        plan.decide_status(
+            with_report("resolved", "unresolved"), unresolved, now=NOW, settle=SETTLE
+        )
+        is None
+    )
+    assert (
+        plan.decide_status(with_report("open", "resolved"), resolved, now=NOW, settle=SETTLE)
+        is None
+    )
+    changed = plan.decide_status(
+        with_report("resolved", "resolved"), unresolved, now=NOW, settle=SETTLE
+    )
+    assert changed is not None
+    assert changed.repair == "reopened"
+    unknown = plan.decide_status(with_report("resolved", None), unresolved, now=NOW, settle=SETTLE)
+    assert unknown is not None
+    assert unknown.repair == "reopened"
+
+
 def test_an_answer_for_another_id_is_a_merge_even_while_settling() -> None:
     item = tracked("6", changed=NOW)
     d = plan.decide_status(item, {"id": "60", "status": "unresolved"}, now=NOW, settle=SETTLE)

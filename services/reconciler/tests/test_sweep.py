@@ -187,3 +187,51 @@ async def _observations(p: Any) -> int:
 
 async def _alias(p: Any, merged: str, primary: str) -> bool:
     return bool(p.normalizer.lookup.primary_issue(p.connection_id, merged) == primary)
+
+
+async def test_a_blametrail_resolve_not_written_back_stands(make_pipeline: Any) -> None:
+    """Write-back off: Sentry never heard of the resolve, still shows the issue unresolved as it
+    last reported, and the sweep leaves the BlameTrail action standing (issue 18 §2)."""
+    async with make_pipeline() as p:
+        await p.open_issues(["9600001"])
+        await p.set_writeback(False)
+        await p.act("9600001", "resolve")
+        assert await _status(p, "9600001") == "resolved"
+        assert p.stub.issue_store.get(ORG, "9600001")["status"] == "unresolved"
+        row = await p.sweep()
+        assert row.counts() == {}
+        assert row.checked == 1
+        observed = await _observations(p)
+        await asyncio.sleep(1)  # anything it published would have had time to land
+        assert await _observations(p) == observed
+        assert await _status(p, "9600001") == "resolved"
+        # a change in Sentry since its last report is still a missed webhook: ignored there
+        # behind our back, the incident is muted
+        p.stub.issue_store.set_status(ORG, "9600001", "ignored")
+        assert (await p.sweep()).counts() == {"muted": 1}
+        await until("muted", lambda: _eq(_status(p, "9600001"), "muted"), timeout_s=60)
+
+
+async def test_a_refused_write_back_does_not_get_the_action_reverted(make_pipeline: Any) -> None:
+    """The app lacks ``event:write``: Sentry refuses the write-back (403), the resolve stands in
+    BlameTrail, and the sweep does not reopen it."""
+    from blametrail_sentry_stub.issue_update import ALL_SCOPES
+
+    async with make_pipeline(write_back=ALL_SCOPES - {"event:write"}) as p:
+        await p.open_issues(["9600101"])
+        await p.act("9600101", "resolve")
+        await until(
+            "the refusal",
+            lambda: _has_event(p, "9600101", "incident.writeback.refused"),
+            timeout_s=120,
+        )
+        assert p.stub.issue_store.get(ORG, "9600101")["status"] == "unresolved"
+        row = await p.sweep()
+        assert row.counts() == {}
+        await asyncio.sleep(1)
+        assert await _status(p, "9600101") == "resolved"
+        assert "incident.reopened" not in await _timeline(p, "9600101")
+
+
+async def _has_event(p: Any, issue_id: str, event_type: str) -> bool:
+    return event_type in await _timeline(p, issue_id)

@@ -43,6 +43,10 @@ class Tracked:
     issue_id: str
     incident: KnownIncident
     state_changed_at: datetime
+    sentry_status: str | None = None
+    """The status Sentry last reported for the issue, in Sentry's words (``unresolved``,
+    ``resolved``, ``ignored``): its latest webhook or observation, or a write-back it confirmed
+    or echoed. None when the timeline holds none (the read model's status is compared then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,10 @@ def decide_status(
     status = str(issue.get("status") or "")
     theirs = _OURS.get(status)
     if theirs is None or theirs == our_status(item.incident.status):
+        return None
+    if item.sentry_status is not None and _OURS.get(item.sentry_status) == theirs:
+        # Sentry has not changed since it last told us: the difference is a BlameTrail action
+        # that was never mirrored (write-back off, refused or failed), and it stands.
         return None
     return Decision("status", item.issue_id, issue, item.incident, _REPAIR[theirs])
 

@@ -20,8 +20,27 @@ __all__ = ["Repair", "Store", "SweepRow"]
 _TRACKED = """
 SELECT i.incident_id::text, i.sentry ->> 'issue_id', coalesce(i.service_id, ''), i.severity,
        i.title, i.status, i.sentry ->> 'project_slug', i.sentry ->> 'project_id',
-       i.sentry ->> 'short_id', i.state_changed_at
+       i.sentry ->> 'short_id', i.state_changed_at, reported.sentry_status
 FROM incidents i
+LEFT JOIN LATERAL (
+    -- The status Sentry last reported: its status changes (webhooks and observations) and the
+    -- write-backs it confirmed or echoed; never a BlameTrail action (incident.action), which
+    -- Sentry may never have seen (write-back off, refused or failed).
+    SELECT CASE t.event_type
+             WHEN 'incident.opened' THEN 'unresolved'
+             WHEN 'incident.reopened' THEN 'unresolved'
+             WHEN 'incident.resolved' THEN 'resolved'
+             WHEN 'incident.muted' THEN 'ignored'
+             ELSE t.payload ->> 'sentry_status'
+           END AS sentry_status
+    FROM incident_timeline t
+    WHERE t.incident_id = i.incident_id
+      AND t.event_type IN ('incident.opened', 'incident.reopened', 'incident.resolved',
+                           'incident.muted', 'incident.writeback.confirmed',
+                           'incident.writeback.echoed')
+    ORDER BY t.occurred_at DESC, t.log_partition DESC, t.log_offset DESC
+    LIMIT 1
+) reported ON true
 WHERE i.tenant_id = %(tenant)s AND (i.sentry ->> 'connection_id') = %(conn)s
   AND i.source = 'sentry_issue' AND (i.sentry ->> 'issue_id') IS NOT NULL
   AND (i.status IN ('open', 'acknowledged', 'muted')
@@ -106,7 +125,11 @@ class Store:
                 project_id=row[7],
                 short_id=row[8],
             )
-            out.append(Tracked(issue_id=row[1], incident=known, state_changed_at=row[9]))
+            out.append(
+                Tracked(
+                    issue_id=row[1], incident=known, state_changed_at=row[9], sentry_status=row[10]
+                )
+            )
         return out
 
     async def existing(self, incident_ids: list[str]) -> set[str]:
