@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -145,7 +146,8 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
     cp = ControlPlaneTables(kafka)
     lookup = TableLookup(cp, projects, incidents)
     normalizer = Normalizer(app, lookup, kafka)
-    normalizer.echoes = install(app, external, lambda: normalizer.producer, kafka)
+    lookback = timedelta(seconds=settings.echo_lookback_s)
+    normalizer.echoes = install(app, external, lambda: normalizer.producer, kafka, lookback)
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_dependencies() -> None:
@@ -188,6 +190,8 @@ async def _handle_batch(n: Normalizer, messages: Sequence[Any]) -> None:
     (project slugs, opened incidents) is remembered at once, so the next webhook of the batch
     sees it; a failure crashes the worker without acking, so the whole batch is redelivered."""
     await n.lookup.cp.ready.wait()  # never normalize against half-loaded mappings
+    if n.echoes is not None:
+        await n.echoes.wait_ready()  # nor before our own recent write-backs are known (echoes)
     outputs: list[tuple[str, Envelope[Any]]] = []
     outcomes: list[str] = []
     try:

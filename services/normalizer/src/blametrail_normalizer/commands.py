@@ -10,8 +10,10 @@ and Sentry's echo of our own write-backs recognised (issue 18 §1-2).
   that matches the incident's pending write-back (same Sentry status, not older than it) is our
   own change coming back: it becomes a :class:`WriteBackEchoedV1` on ``incident-writebacks`` (a
   confirmation on the timeline) instead of a state event.
-- :class:`WriteBacks`: the latest write-back per incident (``incident-writebacks`` read whole,
-  :class:`~blametrail_common.kafka.table.CompactedTable`).
+- :class:`WriteBacks`: the latest write-back per incident, from the recent part of
+  ``incident-writebacks`` only (a delete-policy log kept forever: read whole, a replica's start
+  would grow with it without bound). It reads the records of the last ``lookback``
+  (``BLAMETRAIL_NORMALIZER_ECHO_LOOKBACK_S``), then follows; the raw agent waits for it.
 - :func:`install`: the commands agent, beside the raw agent.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import faust
@@ -141,11 +143,19 @@ def recognise_echoes(
     return replace(out, events=events)
 
 
-class WriteBacks:
-    """The latest write-back event per incident id."""
+DEFAULT_LOOKBACK = timedelta(hours=1)
 
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self.table = CompactedTable(kafka, "incident-writebacks", WriteBackEvent)
+
+class WriteBacks:
+    """The latest write-back event per incident id, of those written in the last ``lookback``."""
+
+    def __init__(self, kafka: KafkaSettings, lookback: timedelta = DEFAULT_LOOKBACK) -> None:
+        self.table = CompactedTable(
+            kafka,
+            "incident-writebacks",
+            WriteBackEvent,
+            since=lambda: datetime.now(UTC) - lookback,
+        )
 
     def get(self, key: str) -> WriteBackEvent | None:
         return self.table.get(key)
@@ -153,15 +163,19 @@ class WriteBacks:
     def ready(self) -> bool:
         return self.table.ready.is_set()
 
+    async def wait_ready(self) -> None:
+        await self.table.ready.wait()
+
 
 def install(
     app: faust.App,
     topic: Callable[[str], faust.TopicT],
     producer: Callable[[], EventProducer],
     kafka: KafkaSettings,
+    lookback: timedelta = DEFAULT_LOOKBACK,
 ) -> WriteBacks:
     """Register the commands agent and the write-backs table's start on ``app``."""
-    writebacks = WriteBacks(kafka)
+    writebacks = WriteBacks(kafka, lookback)
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_writebacks() -> None:

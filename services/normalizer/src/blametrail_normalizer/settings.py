@@ -33,6 +33,12 @@ class NormalizerSettings(BaseBlametrailSettings):
         default=0.02, gt=0, validation_alias=f"{PREFIX}NORMALIZER_BATCH_WITHIN_S"
     )
     """How long a batch waits for more webhooks once it has one (added to latency when idle)."""
+    echo_lookback_s: float = Field(
+        default=3600.0, gt=0, validation_alias=f"{PREFIX}NORMALIZER_ECHO_LOOKBACK_S"
+    )
+    """How far back a replica reads ``incident-writebacks`` at start to recognise Sentry's echo
+    of our own write-backs (longer than an outage whose backlog of webhooks it must still read
+    right; start-up reads this much of the log, never all of it)."""
     data_dir: str = Field(default="", validation_alias=f"{PREFIX}NORMALIZER_DATA_DIR")
     """faust's data directory (the app keeps no table on disk: only faust's empty skeleton).
     Empty: ``<system temp dir>/blametrail-faust/<app id>``, never the working directory."""

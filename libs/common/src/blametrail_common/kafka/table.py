@@ -5,6 +5,11 @@ end offsets seen at start (so ``ready`` means "as fresh as the log was when we s
 background task then keeps following. Readers never touch Postgres and keep working while the
 control plane is down. The consumer has no group: every process reads the whole topic.
 
+With ``since`` the table reads only the records written at or after ``since()`` (Kafka's record
+timestamps, ``offsets_for_times``): a recent window of a delete-policy log that grows forever,
+whose start-up must not grow with it. With ``keep=False`` it keeps no rows itself; ``on_change``
+sees every record (the caller keeps what it needs, and forgets it).
+
 The follower is supervised (:func:`~blametrail_common.resilience.supervise`): when its consumer
 fails it is replaced after a backoff, positioned where the table had got to; the rows read so far
 stay served meanwhile.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -41,6 +47,9 @@ class CompactedTable(Generic[P]):
         topic: str,
         payload_type: type[P],
         on_change: Callable[[str, P | None], None] | None = None,
+        *,
+        since: Callable[[], datetime] | None = None,
+        keep: bool = True,
     ) -> None:
         self._settings, self._topic, self._type = (
             settings,
@@ -48,6 +57,7 @@ class CompactedTable(Generic[P]):
             payload_type,
         )
         self._on_change = on_change
+        self._since, self._keep = since, keep
         self._rows: dict[str, Envelope[P]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -71,15 +81,33 @@ class CompactedTable(Generic[P]):
         self._consumer = await self._open(timeout_s)
         try:
             partitions = sorted(self._consumer.assignment())
-            await self._consumer.seek_to_beginning(*partitions)
+            await self._seek_start(self._consumer, partitions)
+            starts = {tp: await self._consumer.position(tp) for tp in partitions}
             ends = await self._consumer.end_offsets(partitions)
             self._task = asyncio.create_task(
-                supervise(f"table {self._topic}", self._follow(ends), self._stop)
+                supervise(f"table {self._topic}", self._follow(starts, ends), self._stop)
             )
             await asyncio.wait_for(self.ready.wait(), timeout_s)
         except BaseException:
             await self.stop()
             raise
+
+    async def _seek_start(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Position ``partitions`` at the beginning, or at the first record since ``since()``
+        (at the end where there is none)."""
+        if self._since is None:
+            await consumer.seek_to_beginning(*partitions)
+            return
+        ms = int(self._since().timestamp() * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(partitions, ms))
+        for tp in partitions:
+            at = found.get(tp)
+            if at is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
 
     async def _open(self, timeout_s: float) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -115,20 +143,23 @@ class CompactedTable(Generic[P]):
             self._consumer = None
 
     def _follow(
-        self, ends: dict[TopicPartition, int]
+        self, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]
     ) -> Callable[[asyncio.Event], Awaitable[None]]:
         """One attempt of following: (re)open the consumer where the table has got to, then poll
         until stopped; on an error the consumer is dropped and the next attempt opens a new one."""
-        pending = {tp for tp, end in ends.items() if end > 0}
+        pending = {tp for tp, end in ends.items() if end > starts.get(tp, 0)}
 
         async def follow(stop: asyncio.Event) -> None:
             if self._consumer is None:
                 self._consumer = await self._open(30.0)
+                fresh = []
                 for tp in sorted(self._consumer.assignment()):
                     if tp in self._next:
                         self._consumer.seek(tp, self._next[tp])
                     else:
-                        await self._consumer.seek_to_beginning(tp)
+                        fresh.append(tp)
+                if fresh:
+                    await self._seek_start(self._consumer, fresh)
             consumer = self._consumer
             try:
                 if not pending:
@@ -172,7 +203,8 @@ class CompactedTable(Generic[P]):
                 "unexpected event type in table", extra={"topic": self._topic, "type": env.type}
             )
             return
-        self._rows[key] = env
+        if self._keep:
+            self._rows[key] = env
         self._changed(key, env.payload)
 
     def _changed(self, key: str, payload: P | None) -> None:
