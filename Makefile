@@ -52,9 +52,12 @@ fmt: ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-bench: up ## benchmarks (bench/*), each printing ratios against a baseline measured in the same run
-	@if ls bench/*/run.py >/dev/null 2>&1; then for b in bench/*/run.py; do $(RUN) python $$b || exit 1; done; \
-	else echo "no benchmarks yet"; fi
+bench: up ## benchmarks (bench/*), each printing ratios against a baseline measured in the same run; one summary table at the end
+	@rm -rf .local/bench; failed=""; names=""; \
+	for b in bench/*/run.py; do names="$$names $$(basename $$(dirname $$b))"; \
+	  $(RUN) python $$b || failed="$$failed $$b"; done; \
+	$(RUN) python -m blametrail_devstack.bench summary $$names; rc=$$?; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi; exit $$rc
 
 clean: down ## stop the stack and delete .local (jars, clusters, logs) and caches
 	rm -rf .local .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+from blametrail_devstack.bench import BenchResult, write_result
 from blametrail_devstack.suspects_synth import generate, pad_candidates
 from blametrail_suspects.scoring import DEFAULT_LOOKBACK, Deploy, IncidentFacts, score
 from rich.console import Console
@@ -96,6 +97,19 @@ def main() -> None:
     speed.add_row(f"score, top {LIMIT} explained", f"{t:,.0f}", f"{t / b:.3f}")
     speed.add_row("score, all 1,000 explained", f"{a:,.0f}", f"{a / b:.3f}")
     console.print(speed)
+    write_result(
+        BenchResult(
+            name="suspects",
+            headline=f"scored incidents/s, top {LIMIT} explained",
+            value=t,
+            baseline_label="bare candidate filter",
+            baseline=b,
+            goal="",
+            ok=None,
+            unit="/s",
+            notes=f"all explained: {a:,.0f}/s",
+        )
+    )
 
 
 if __name__ == "__main__":
