@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+
+from blametrail_web.security import Network, parse_networks
 
 __all__ = ["WebSettings"]
 
@@ -17,7 +21,48 @@ class WebSettings(BaseBlametrailSettings):
     cookie_secure: bool = Field(default=True, validation_alias=f"{PREFIX}WEB_COOKIE_SECURE")
     """Mark cookies Secure (HTTPS only); turn off only for plain-HTTP loopback development."""
     secret_key: SecretStr = Field(default=SecretStr(""), validation_alias=f"{PREFIX}WEB_SECRET_KEY")
-    """Signs the CSRF tokens, the who-am-I cookie and flash messages. Empty: derived from
-    ``BLAMETRAIL_SECRET_KEYS`` when set, else random per process (one replica only)."""
+    """Signs the CSRF tokens, the who-am-I cookie and flash messages: the web's own key (never the
+    master ``BLAMETRAIL_SECRET_KEYS``, which the web is not given). Empty: random per process
+    (one replica only; forms open before a restart are refused), with a warning."""
     poll_interval_s: float = Field(default=5.0, validation_alias=f"{PREFIX}WEB_POLL_INTERVAL_S")
     """How often the incidents list asks for new incidents."""
+    trusted_proxies: str = Field(
+        default="127.0.0.1/32,::1", validation_alias=f"{PREFIX}WEB_TRUSTED_PROXIES"
+    )
+    """Comma-separated networks of the proxies in front of the web (the ingress controller, the
+    dev edge). From such a peer the browser is the rightmost ``X-Forwarded-For`` hop outside these
+    networks; from any other peer the header is ignored. Kubernetes: the pod CIDR."""
+    connect_origins: str = Field(
+        default="https://sentry.io", validation_alias=f"{PREFIX}WEB_CONNECT_ORIGINS"
+    )
+    """Comma-separated origins "Connect with Sentry" redirects through after its form is posted
+    (the public ingest URL's origin and Sentry's): the only ones besides our own that the pages'
+    Content-Security-Policy lets a form submission go to (``form-action``)."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("connect_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+                or any(ch in origin for ch in " ;,'\"")
+            ):
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return value
+
+    def proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
+
+    def form_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.connect_origins.split(",") if o.strip())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from blametrail_web import present
 from blametrail_web.api import Api, ApiProblem, ApiUnavailable
-from blametrail_web.security import csrf_token, csrf_valid, sign_value, unsign_value
+from blametrail_web.security import (
+    Network,
+    csrf_token,
+    csrf_valid,
+    forward_for,
+    safe_url,
+    sign_value,
+    unsign_value,
+)
 from blametrail_web.settings import WebSettings
 
-__all__ = ["SESSION", "Ctx", "Web", "action", "page", "redirect"]
+__all__ = ["SESSION", "Ctx", "Web", "action", "page", "path_id", "redirect", "uuid_or_none"]
 
 SESSION = "bt_session"  # the API session token (HttpOnly)
 WHO = "bt_who"  # signed {name, email, role, org} for the header (display only: the API decides)
@@ -40,6 +49,7 @@ class Web:
     key: bytes
     http: httpx.AsyncClient
     env: Environment
+    proxies: tuple[Network, ...]
 
     @classmethod
     def build(cls, settings: WebSettings, key: bytes, http: httpx.AsyncClient) -> Web:
@@ -52,8 +62,9 @@ class Web:
             lstrip_blocks=True,
         )
         env.filters.update(present.FILTERS)
+        env.filters["safe_url"] = safe_url
         env.globals.update(present.GLOBALS)
-        return cls(settings, key, http, env)
+        return cls(settings, key, http, env, settings.proxies())
 
 
 class Ctx:
@@ -63,8 +74,9 @@ class Ctx:
         self.web, self.request = web, request
         self.token = request.cookies.get(SESSION) or None
         self.who: dict[str, Any] = unsign_value(web.key, WHO, request.cookies.get(WHO)) or {}
-        client = request.client.host if request.client else None
-        self.api = Api(web.http, self.token, client)
+        peer = request.client.host if request.client else None
+        received = request.headers.getlist("x-forwarded-for")
+        self.api = Api(web.http, self.token, forward_for(peer, received, web.proxies))
         self.pre = request.cookies.get(PRE) or ""
         self._new_pre = ""
         self._set_flash: str | None = None
@@ -150,6 +162,25 @@ class Ctx:
 
 def redirect(c: Ctx, url: str) -> Response:
     return c.redirect(url)
+
+
+def uuid_or_none(value: object) -> str | None:
+    """``value`` as a canonical UUID (hex and hyphens only), or None: ids from URLs and forms
+    are never put into an API path as they came."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def path_id(c: Ctx, name: str = "id") -> str:
+    """The route's ``{id}`` as a canonical UUID; anything else is the Not found page."""
+    found = uuid_or_none(c.request.path_params.get(name))
+    if found is None:
+        raise ApiProblem(404, {"error": "not_found", "message": "No such object."})
+    return found
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import FormData
 from starlette.responses import Response
@@ -14,7 +15,7 @@ from starlette.routing import Route
 
 from blametrail_web.pages.common import all_items, first
 from blametrail_web.present import since_param
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id, uuid_or_none
 
 __all__ = ["routes"]
 
@@ -58,17 +59,19 @@ async def reprocess(c: Ctx, form: FormData) -> Response:
     job = await c.api.post(
         "/api/v1/audit/reprocess", {"connection_id": connection_id, "project_slug": project}
     )
-    return c.redirect(f"{BASE}/jobs/{job['job_id']}?project={project}")
+    job_id = uuid_or_none(job.get("job_id")) or ""
+    return c.redirect(f"{BASE}/jobs/{job_id}?project={quote(project, safe='')}")
 
 
 @page
 async def job(c: Ctx) -> Response:
-    got = await c.api.get(f"/api/v1/jobs/{c.request.path_params['id']}")
+    job_id = path_id(c)
+    got = await c.api.get(f"/api/v1/jobs/{job_id}")
     template = "job_status.html" if c.request.query_params.get("fragment") else "job.html"
     return c.render(
         template,
         job=got,
-        job_id=c.request.path_params["id"],
+        job_id=job_id,
         project=c.request.query_params.get("project", ""),
     )
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from blametrail_web.api import ApiProblem
 from blametrail_web.pages.common import all_items
 from blametrail_web.present import since_param
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id
 
 __all__ = ["ACTIONS", "routes"]
 
@@ -79,7 +79,7 @@ async def incident_rows(c: Ctx) -> Response:
 
 @page
 async def incident(c: Ctx) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     found, services = await asyncio.gather(
         c.api.get(f"/api/v1/incidents/{ident}"), all_items(c, "/api/v1/services")
     )
@@ -91,7 +91,7 @@ async def incident(c: Ctx) -> Response:
 
 @action
 async def incident_action(c: Ctx, form: FormData) -> Response:
-    ident, verb = c.request.path_params["id"], c.request.path_params["verb"]
+    ident, verb = path_id(c), c.request.path_params["verb"]
     if verb not in ACTIONS:
         return c.render("error.html", 404, title="Not found", message="No such action.")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
@@ -12,7 +13,7 @@ from starlette.routing import Route
 
 from blametrail_web.api import ApiProblem
 from blametrail_web.pages.common import all_items, first
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id
 
 __all__ = ["routes"]
 
@@ -22,7 +23,7 @@ API = "/api/v1/integrations/sentry/connections"
 
 async def _health(c: Ctx, connection_id: str) -> dict[str, Any] | None:
     try:
-        got: dict[str, Any] = await c.api.get(f"{API}/{connection_id}/health")
+        got: dict[str, Any] = await c.api.get(f"{API}/{quote(connection_id, safe='')}/health")
     except ApiProblem as exc:
         if exc.status == 401:
             raise
@@ -97,7 +98,7 @@ async def connect_public(c: Ctx, form: FormData) -> Response:
 
 @action
 async def rotate_secret(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     secret, retire = first(form, "client_secret"), first(form, "retire_old_secrets") == "1"
     if not secret and not retire:
         return await _page(

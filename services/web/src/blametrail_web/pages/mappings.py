@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from blametrail_web.api import ApiProblem, ApiUnavailable
 from blametrail_web.pages.common import all_items, first
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id, uuid_or_none
 
 __all__ = ["routes"]
 
@@ -53,8 +53,11 @@ async def _sentry_projects(c: Ctx, connection_id: str) -> tuple[list[dict[str, A
     person types the slug)."""
     if not connection_id:
         return [], None
+    ident = uuid_or_none(connection_id)
+    if ident is None:
+        return [], "No such connection: choose one of the list."
     try:
-        got = await c.api.get(f"{CONNECTIONS}/{connection_id}/sentry-projects")
+        got = await c.api.get(f"{CONNECTIONS}/{ident}/sentry-projects")
     except ApiProblem as exc:
         if exc.status in (401, 403):
             raise
@@ -143,7 +146,7 @@ async def create_mapping(c: Ctx, form: FormData) -> Response:
 
 @action
 async def set_active(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     active = first(form, "active") == "true"
     row = await c.api.patch(f"{API}/{ident}", {"active": active})
     state = "active" if active else "inactive: its webhooks are received but not processed"
@@ -153,7 +156,7 @@ async def set_active(c: Ctx, form: FormData) -> Response:
 
 @page
 async def edit_mapping(c: Ctx) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     row, services = await asyncio.gather(
         c.api.get(f"{API}/{ident}"), all_items(c, "/api/v1/services")
     )
@@ -162,7 +165,7 @@ async def edit_mapping(c: Ctx) -> Response:
 
 @action
 async def save_mapping(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     service_id = first(form, "service_id")
     errors: dict[str, str] = {}
     if not service_id:
@@ -188,7 +191,7 @@ async def save_mapping(c: Ctx, form: FormData) -> Response:
 
 @page
 async def confirm_delete(c: Ctx) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     row, services = await asyncio.gather(
         c.api.get(f"{API}/{ident}"), all_items(c, "/api/v1/services")
     )
@@ -198,7 +201,7 @@ async def confirm_delete(c: Ctx) -> Response:
 
 @action
 async def delete_mapping(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     row = await c.api.get(f"{API}/{ident}")
     await c.api.delete(f"{API}/{ident}")
     c.say(

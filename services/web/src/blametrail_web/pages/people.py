@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from blametrail_web.api import ApiProblem
 from blametrail_web.pages.common import all_items, first
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id
 
 __all__ = ["routes"]
 
@@ -59,7 +59,7 @@ async def create_user(c: Ctx, form: FormData) -> Response:
 
 @action
 async def change_user(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     body: dict[str, Any] = {}
     if role := first(form, "role"):
         body["role"] = role
@@ -79,8 +79,9 @@ async def change_user(c: Ctx, form: FormData) -> Response:
 async def _keys(c: Ctx, status: int = 200, **extra: Any) -> Response:
     items = await all_items(c, "/api/v1/api-keys")
     extra.setdefault("errors", {})
+    extra.setdefault("values", {})
     extra.setdefault("created", None)
-    return c.render("api_keys.html", status, items=items, **extra)
+    return c.render("api_keys.html", status, items=items, roles=ROLES, **extra)
 
 
 @page
@@ -90,22 +91,28 @@ async def api_keys(c: Ctx) -> Response:
 
 @action
 async def create_key(c: Ctx, form: FormData) -> Response:
-    name = first(form, "name")
-    if not name:
-        return await _keys(c, 400, errors={"name": "Name the key (what will use it)"})
+    values = {"name": first(form, "name"), "role": first(form, "role") or "member"}
+    errors: dict[str, str] = {}
+    if not values["name"]:
+        errors["name"] = "Name the key (what will use it)"
+    if values["role"] not in ROLES:
+        errors["role"] = "Choose member or admin"
+    if errors:
+        return await _keys(c, 400, errors=errors, values=values)
     try:
-        created = await c.api.post("/api/v1/api-keys", {"name": name})
+        created = await c.api.post("/api/v1/api-keys", values)
     except ApiProblem as exc:
         if exc.status not in (400, 409, 422):
             raise
-        return await _keys(c, 400, errors=exc.field_messages() or {"name": exc.message})
+        errors = exc.field_messages() or {"name": exc.message}
+        return await _keys(c, 400, errors=errors, values=values)
     # Shown once, on this answer only (never put in a redirect or a cookie).
     return await _keys(c, 201, created=created)
 
 
 @action
 async def revoke_key(c: Ctx, form: FormData) -> Response:
-    await c.api.delete(f"/api/v1/api-keys/{c.request.path_params['id']}")
+    await c.api.delete(f"/api/v1/api-keys/{path_id(c)}")
     c.say("API key revoked: it no longer works.")
     return c.redirect(KEYS)
 

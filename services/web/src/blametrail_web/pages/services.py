@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from blametrail_web.api import ApiProblem
 from blametrail_web.pages.common import all_items, first
-from blametrail_web.web import Ctx, action, page
+from blametrail_web.web import Ctx, action, page, path_id
 
 __all__ = ["routes", "slug_for"]
 
@@ -57,13 +57,13 @@ async def create_service(c: Ctx, form: FormData) -> Response:
 
 @page
 async def edit_service(c: Ctx) -> Response:
-    row = await c.api.get(f"{API}/{c.request.path_params['id']}")
+    row = await c.api.get(f"{API}/{path_id(c)}")
     return c.render("service_edit.html", s=row, errors={})
 
 
 @action
 async def save_service(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     name = first(form, "name")
     try:
         if not name:
@@ -88,13 +88,13 @@ async def save_service(c: Ctx, form: FormData) -> Response:
 
 @page
 async def confirm_delete(c: Ctx) -> Response:
-    row = await c.api.get(f"{API}/{c.request.path_params['id']}")
+    row = await c.api.get(f"{API}/{path_id(c)}")
     return c.render("service_delete.html", s=row, refused=None)
 
 
 @action
 async def delete_service(c: Ctx, form: FormData) -> Response:
-    ident = c.request.path_params["id"]
+    ident = path_id(c)
     row = await c.api.get(f"{API}/{ident}")
     try:
         await c.api.delete(f"{API}/{ident}")
