@@ -76,7 +76,8 @@ READS: dict[str, tuple[type[BaseBlametrailSettings], ...]] = {
     ),
     "blametrail_suspects": (*COMMON, SuspectsSettings, RunnerSettings),
     "blametrail_replay.worker": (*COMMON, JobWorkerSettings, PostgresSettings, RunnerSettings),
-    "blametrail_web": (LogSettings, WebSettings, SecretsSettings),  # no Kafka, no Postgres
+    # no Kafka, no Postgres, never the master key (SecretsSettings): its own signing key only
+    "blametrail_web": (LogSettings, WebSettings),
     "blametrail_reconciler": (
         *COMMON,
         ReconcilerSettings,
@@ -101,7 +102,7 @@ MUST_SET: dict[type[BaseBlametrailSettings], tuple[str, ...]] = {
     ProjectorSettings: ("host",),
     SuspectsSettings: ("host",),
     JobWorkerSettings: ("host",),
-    WebSettings: ("host", "api_url"),
+    WebSettings: ("host", "api_url", "secret_key", "trusted_proxies"),
     ReconcilerSettings: ("host",),
     SyncSettings: ("host",),
 }
@@ -653,6 +654,22 @@ def test_compose_services_get_known_settings_and_everything_they_need() -> None:
         assert unknown_env_names(env) == [], name
         if name != "init":
             assert missing_settings(entry(svc["command"]), env) == [], name
+
+
+def test_the_public_facing_web_is_never_given_the_master_key(objs: list[Obj]) -> None:
+    """Issue 17 M4: the web signs with its own BLAMETRAIL_WEB_SECRET_KEY (its own Secret);
+    BLAMETRAIL_SECRET_KEYS decrypts every organization's Sentry tokens and stays off it."""
+    web = next(w for w in workloads(objs) if w["metadata"]["name"] == "blametrail-web")
+    (_, container), *_ = all_containers(web)
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert "BLAMETRAIL_SECRET_KEYS" not in env
+    ref = env["BLAMETRAIL_WEB_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] != "blametrail-secrets"
+    compose_env = our_services()["web"]["environment"]
+    assert compose_env["BLAMETRAIL_SECRET_KEYS"] == ""  # blanks what env_file (.env) would give
+    assert "BLAMETRAIL_WEB_SECRET_KEY" in compose_env
+    web_spec = next(s for s in SERVICES if s.module == "blametrail_web")
+    assert web_spec.env["BLAMETRAIL_SECRET_KEYS"] == ""  # make up: blanks stack.env's
 
 
 def test_compose_ports_healthchecks_and_start_order_match_make_up() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = (
             read_env(env_file).get("BLAMETRAIL_SECRET_KEYS") or generate_key()
         )  # kept: data stays readable
-        write_env(env_file, {**stack.env(), "BLAMETRAIL_SECRET_KEYS": keys})
+        kept = read_env(env_file)
+        web_key = kept.get("BLAMETRAIL_WEB_SECRET_KEY") or secrets.token_urlsafe(32)
+        write_env(
+            env_file,
+            {**stack.env(), "BLAMETRAIL_SECRET_KEYS": keys, "BLAMETRAIL_WEB_SECRET_KEY": web_key},
+        )
         print(f"postgres {stack.postgres.dsn()} ready in {took['postgres']:.1f}s")
         print(f"kafka    {stack.kafka.bootstrap} ready in {took['kafka']:.1f}s")
     elif args.command == "down":

@@ -67,6 +67,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         {
             "BLAMETRAIL_WEB_API_URL": "http://127.0.0.1:8082",
             "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
+            # its own signing key comes from stack.env (BLAMETRAIL_WEB_SECRET_KEY); the master
+            # key that stack.env also holds is blanked: the web is never given it.
+            "BLAMETRAIL_SECRET_KEYS": "",
         },
     ),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),

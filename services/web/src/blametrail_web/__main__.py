@@ -11,7 +11,6 @@ import httpx
 import uvicorn
 import uvloop
 from blametrail_common.logging import configure_logging
-from blametrail_common.settings import SecretsSettings
 
 from blametrail_web.app import create_app
 from blametrail_web.settings import WebSettings
@@ -20,16 +19,15 @@ log = logging.getLogger("blametrail_web")
 
 
 def signing_key(settings: WebSettings) -> bytes:
-    """The key for CSRF tokens and signed cookies (never logged)."""
+    """The key for CSRF tokens and signed cookies (never logged): the web's own
+    ``BLAMETRAIL_WEB_SECRET_KEY``. Never the master ``BLAMETRAIL_SECRET_KEYS`` (the key that
+    decrypts every organization's Sentry tokens): the public-facing web is not given it."""
     own = settings.secret_key.get_secret_value()
     if own:
         return hashlib.sha256(b"blametrail-web:" + own.encode()).digest()
-    shared = SecretsSettings().secret_keys.get_secret_value().split(",")[0].strip()
-    if shared:
-        return hashlib.sha256(b"blametrail-web:" + shared.encode()).digest()
     log.warning(
-        "no BLAMETRAIL_WEB_SECRET_KEY nor BLAMETRAIL_SECRET_KEYS: a random signing key for this"
-        " process (forms open in another replica or before a restart are refused)"
+        "no BLAMETRAIL_WEB_SECRET_KEY: a random signing key for this process (forms open in"
+        " another replica or before a restart are refused)"
     )
     return secrets.token_bytes(32)
 
