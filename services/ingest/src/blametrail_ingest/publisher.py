@@ -96,6 +96,13 @@ class WebhookPublisher:
     When a batch fails or times out, every unsettled batch, oldest first through the open one,
     goes to the spool, and so does every new record until the spool is drained: one writer
     task appends them in that order, with one fsync per round (group commit for outages too).
+
+    Back to Kafka under load: while new records keep arriving the spool is never empty, so one
+    slow ack would send a whole storm through the spool. Once the drainer has forwarded a batch
+    (Kafka answers again), new records are *held* in memory instead of spooled; when the spool
+    is empty and nothing waits for its writer, they follow what was spooled on the Kafka path,
+    so order survives. A hold that outlasts ``timeout_s`` (or a drain that fails) is spooled
+    behind the rest, as before, and the next forwarded batch starts a new hold.
     """
 
     @classmethod
@@ -119,6 +126,8 @@ class WebhookPublisher:
         self._unsettled: deque[_Batch] = deque()  # Kafka-bound batches, oldest first
         self._to_spool: deque[_Batch] = deque()  # waiting for the writer, in order
         self._writing = False
+        self._held: _Batch | None = None  # records behind the spool's tail while it drains
+        self._held_since = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -135,6 +144,8 @@ class WebhookPublisher:
 
     async def stop(self) -> None:
         """Stop; records still waiting for Kafka are spooled first, so they stay durable."""
+        if self._held is not None:
+            self._spool_held(self._held)
         if self._unsettled:
             self._fall_back(self._unsettled[0], "stopping")
         for _ in range(100):
@@ -155,7 +166,10 @@ class WebhookPublisher:
         if len(key) + len(value) > MAX_RECORD_BYTES:
             raise TooLarge(f"the event is {len(value)} bytes, over {MAX_RECORD_BYTES}")
         began = time.perf_counter()
-        if self.connected and not (self._to_spool or self._writing) and self.spool.is_empty():
+        batch: _Batch | None
+        if self._held is not None:  # behind the spool's tail, which is reaching Kafka now
+            batch = self._held
+        elif self.connected and not (self._to_spool or self._writing) and self.spool.is_empty():
             batch = self._open
             if batch is None:
                 batch = self._open = _Batch()
@@ -269,6 +283,7 @@ class WebhookPublisher:
             while self.connected:
                 batch = await asyncio.to_thread(self.spool.read_batch)
                 if not batch:
+                    self._release_held()
                     break
                 try:
                     await self.producer.send_many_raw(
@@ -276,11 +291,52 @@ class WebhookPublisher:
                     )
                 except Exception as exc:  # KafkaError mostly; the drainer must never die
                     log.warning("spool drain paused", extra={"error": type(exc).__name__})
+                    if self._held is not None:
+                        self._spool_held(self._held)
                     await asyncio.sleep(1.0)
                     self._wake.set()
                     break
                 await asyncio.to_thread(self.spool.mark_forwarded, batch[-1])
                 SPOOL_DEPTH.set(self.spool.pending_bytes())
+                if self._held is None:  # Kafka answers again: hold new records, spool no more
+                    self._hold()
+                self._release_held()
+
+    def _hold(self) -> None:
+        """New records wait in memory behind the tail the drainer is forwarding."""
+        held = self._held = _Batch()
+        self._held_since = asyncio.get_running_loop().time()
+        held.timer = asyncio.get_running_loop().call_later(self.timeout_s, self._spool_held, held)
+
+    def _spool_held(self, held: _Batch) -> None:
+        """The hold outlasted the timeout (or the drain failed): spool it after the tail."""
+        if held is not self._held:
+            return
+        self._held = None
+        if held.timer is not None:
+            held.timer.cancel()
+        if held.records:
+            held.spooling = held.direct = True
+            self._to_spool.append(held)
+            self._write_wake.set()
+
+    def _release_held(self) -> None:
+        """Once the spool is empty and nothing waits for the writer (everything spooled is in
+        Kafka), the held records go the Kafka way, within what is left of their timeout."""
+        if self._held is None or not self.spool.is_empty() or self._to_spool or self._writing:
+            return
+        held, self._held = self._held, None
+        if held.timer is not None:
+            held.timer.cancel()
+        if not held.records:
+            return
+        left = self._held_since + self.timeout_s - asyncio.get_running_loop().time()
+        held.timer = asyncio.get_running_loop().call_later(
+            max(left, 0.01), self._fall_back, held, "timeout"
+        )
+        self._unsettled.append(held)
+        self._open = held
+        self._ship_wake.set()
 
     async def connected_within(self, timeout_s: float) -> bool:
         """Wait until the producer, which connects in the background, is up (tests)."""
