@@ -24,7 +24,8 @@ from blametrail_common.events.incidents import (
     SentryRef,
     incident_order,
 )
-from blametrail_normalizer.commands import fold, recognise_echoes
+from blametrail_common.settings import KafkaSettings
+from blametrail_normalizer.commands import ECHO_WINDOW, Pending, WriteBacks, fold, recognise_echoes
 from blametrail_normalizer.normalize import Normalized
 
 AT = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -100,7 +101,10 @@ def _raw(actor: dict[str, Any]) -> Any:
 
 
 class _Table(dict[str, WriteBackEvent]):
-    pass
+    """Each incident's one recent write-back, not echoed yet."""
+
+    def recent(self, incident_id: str) -> list[Pending]:
+        return [Pending(self[incident_id])] if incident_id in self else []
 
 
 def _pending(cls: type[WriteBackEvent] = WriteBackRequestedV1, **extra: Any) -> WriteBackEvent:
@@ -157,3 +161,101 @@ def test_anything_else_stays_a_state_change() -> None:
     for raw, table in cases:
         out = recognise_echoes(raw, _out(), table)
         assert [t for t, _ in out.events] == ["incident-events"], (raw.payload.body, table)
+
+
+APP = {"type": "application", "id": "app-uuid", "name": "BlameTrail"}
+
+
+def _writebacks(now: list[datetime]) -> WriteBacks:
+    """Recent write-backs fed by hand (as the table would), on a clock the test moves."""
+    return WriteBacks(KafkaSettings(), lookback=timedelta(hours=1), clock=lambda: now[0])
+
+
+def _raw_at(at: datetime, actor: dict[str, Any] = APP) -> Any:
+    raw = _raw(actor)
+    return raw.model_copy(update={"id": uuid.uuid4()})  # another webhook, same content
+
+
+def _resolved_out(at: datetime) -> Normalized:
+    return Normalized(events=[("incident-events", new_event(_resolved_event(at), key=INCIDENT))])
+
+
+def _kinds(out: Normalized) -> list[str]:
+    return [type(e.payload).__name__ for _, e in out.events]
+
+
+def test_a_write_back_is_echoed_once_and_a_later_alike_change_is_real() -> None:
+    now = [AT]
+    wbs = _writebacks(now)
+    wbs.note(_pending())  # requested at AT - 1 s
+    first = _raw_at(AT)
+    assert _kinds(wbs.recognise(first, _resolved_out(AT))) == ["WriteBackEchoedV1"]
+    # Another resolve by an application a minute later (after a reopen, or another app's): no
+    # write-back of ours is left to echo, so it is a state change.
+    later = _raw_at(AT + timedelta(minutes=1))
+    out = wbs.recognise(later, _resolved_out(AT + timedelta(minutes=1)))
+    assert _kinds(out) == ["IncidentResolvedV1"]
+    # The first webhook redelivered (its offset not committed yet) is the same echo again.
+    again = wbs.recognise(first, _resolved_out(AT))
+    assert _kinds(again) == ["WriteBackEchoedV1"]
+    # The echo read back from incident-writebacks changes nothing.
+    wbs.note(again.events[0][1].payload)
+    assert _kinds(wbs.recognise(later, _resolved_out(AT + timedelta(minutes=1)))) == [
+        "IncidentResolvedV1"
+    ]
+
+
+def test_a_read_back_echo_marks_its_write_back_echoed() -> None:
+    wbs = _writebacks([AT])
+    wbs.note(_pending())
+    echo = recognise_echoes(_raw_at(AT), _resolved_out(AT), wbs).events[0][1].payload
+    assert isinstance(echo, WriteBackEchoedV1)
+    wbs.note(echo)  # e.g. another replica made it: this one learns it from the topic
+    out = wbs.recognise(_raw_at(AT), _resolved_out(AT))
+    assert _kinds(out) == ["IncidentResolvedV1"]
+
+
+def test_each_of_several_write_backs_is_echoed_in_turn() -> None:
+    """A resolve and, after a repair, another resolve: two write-backs of one incident; their two
+    echoes are two confirmations, the earliest write-back first, and a third resolve is real."""
+    wbs = _writebacks([AT])
+    one = _pending()
+    two = one.model_copy(update={"writeback_id": "w2", "cause": "repair", "at": AT})
+    wbs.note(one)
+    wbs.note(two)
+    got = [wbs.recognise(_raw_at(AT), _resolved_out(AT)).events[0][1].payload for _ in range(3)]
+    assert [getattr(p, "writeback_id", None) for p in got] == ["w1", "w2", None]
+
+
+def test_a_matching_change_long_after_the_write_back_is_real() -> None:
+    wbs = _writebacks([AT])
+    wbs.note(_pending())
+    much_later = AT + ECHO_WINDOW + timedelta(seconds=1)
+    assert _kinds(wbs.recognise(_raw_at(much_later), _resolved_out(much_later))) == [
+        "IncidentResolvedV1"
+    ]
+    within = AT + ECHO_WINDOW - timedelta(seconds=2)
+    assert _kinds(wbs.recognise(_raw_at(within), _resolved_out(within))) == ["WriteBackEchoedV1"]
+
+
+def test_another_application_is_not_us_where_our_app_is_known() -> None:
+    wbs = _writebacks([AT])
+    wbs.note(_pending())
+    other = {"type": "application", "id": "other-app", "name": "PagerThing"}
+    out = wbs.recognise(_raw_at(AT, other), _resolved_out(AT), app_uuid="app-uuid")
+    assert _kinds(out) == ["IncidentResolvedV1"]
+    ours = wbs.recognise(_raw_at(AT), _resolved_out(AT), app_uuid="app-uuid")
+    assert _kinds(ours) == ["WriteBackEchoedV1"]
+
+
+def test_refused_or_failed_write_backs_are_not_echoed_and_old_ones_are_forgotten() -> None:
+    now = [AT]
+    wbs = _writebacks(now)
+    wbs.note(_pending())
+    wbs.note(_pending(WriteBackRefusedV1, reason="403"))  # the same write-back, refused
+    assert _kinds(wbs.recognise(_raw_at(AT), _resolved_out(AT))) == ["IncidentResolvedV1"]
+    wbs.note(_pending().model_copy(update={"writeback_id": "w9"}))
+    assert len(wbs) == 2
+    now[0] = AT + timedelta(hours=2)
+    wbs.note(_pending().model_copy(update={"writeback_id": "w10", "at": now[0]}))
+    assert len(wbs) == 1  # the two of two hours ago are gone from memory

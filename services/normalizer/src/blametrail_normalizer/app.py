@@ -25,7 +25,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from prometheus_client import Counter
 
-from blametrail_normalizer.commands import WriteBacks, install, recognise_echoes
+from blametrail_normalizer.commands import WriteBacks, install
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.observed import handle_observation
 from blametrail_normalizer.settings import NormalizerSettings
@@ -206,7 +206,9 @@ async def _handle_batch(n: Normalizer, messages: Sequence[Any]) -> None:
                 continue
             out = normalize(raw, n.lookup)
             if n.echoes is not None:
-                out = recognise_echoes(raw, out, n.echoes)
+                cid = raw.payload.connection_id
+                conn = n.lookup.connection(cid) if cid else None
+                out = n.echoes.recognise(raw, out, conn.sentry_app_uuid if conn else None)
             outputs.extend(out.events)
             for connection_id, project_id, slug in out.learned_projects:
                 n.lookup.projects[f"{connection_id}:{project_id}"] = slug

@@ -52,6 +52,9 @@ class ConnectionStateV1(EventPayload):
     updated_at: AwareDatetime
     writeback: bool = True
     """Mirror BlameTrail's resolve / reopen / acknowledge onto the Sentry issue (services/sync)."""
+    sentry_app_uuid: str | None = None
+    """The uuid of the Sentry integration (app) the connection's token belongs to, where known:
+    Sentry's webhook for a change made with that token names it as ``actor.id`` (echoes)."""
 
 
 @event_type("controlplane.mapping", 1)
