@@ -15,6 +15,7 @@ from blametrail_common.kafka import create_consumer
 from blametrail_devstack.testkit import until
 from blametrail_reconciler.loop import SweepLoop
 from blametrail_reconciler.schedule import Schedule
+from blametrail_sentry_stub.state import Token
 
 ORG = "acme"
 
@@ -109,3 +110,106 @@ async def test_an_internal_token_rejected_is_logged_not_sent_to_the_keeper(
         assert await loop.once(asyncio.Event()) == 1  # the loop survives it, no exception
         assert [o for o, _ in await _sweeps(p)] == ["failed"]
         assert await _refresh_requests(p) == []  # only a person can replace an internal token
+
+
+def _second_connection(p: Any, connection_id: str, **over: Any) -> ConnectionStateV1:
+    conn: ConnectionStateV1 = p.connections.get(p.connection_id)
+    return conn.model_copy(
+        update={"connection_id": connection_id, "updated_at": datetime.now(UTC), **over}
+    )
+
+
+async def _outcomes(p: Any, connection_id: str) -> list[str]:
+    rows = await p.rows(
+        "SELECT outcome FROM reconcile_sweeps WHERE connection_id = %s ORDER BY started_at",
+        connection_id,
+    )
+    return [r[0] for r in rows]
+
+
+async def test_a_failing_connection_is_backed_off_and_the_others_are_swept(
+    make_pipeline: Any,
+) -> None:
+    """A 403 (the token no longer has access to the organization) fails that connection's sweep
+    only: recorded failed, tried again after the backoff, not before; the connection after it
+    is swept in the same pass."""
+    async with make_pipeline() as p:
+        await p.open_issues(["9700001"])
+        p.stub.issue_store.set_status(ORG, "9700001", "resolved")
+        token = p.connections.credentials(p.connections.get(p.connection_id)).token
+        p.stub.tokens[token] = Token(token, "another-org")  # Sentry answers 403 now
+        other = "ffffffff-ffff-4fff-8fff-ffffffffffff"  # sorted after the failing one
+        state = _second_connection(p, other)
+        await p.producer.send("cp-connections", new_event(state, key=other))
+        await until("the second connection", lambda: _has_conn(p, other), timeout_s=30)
+        clock = Clock()
+        loop = SweepLoop(
+            p.connections, p.sweeper, Schedule(60.0, 0.0, random.random, 30.0), clock=clock
+        )
+        stop = asyncio.Event()
+
+        assert await loop.once(stop) == 2  # no exception: the failure stayed with its sweep
+        assert [r.connection_id for r in loop.swept] == [other]
+        assert await _outcomes(p, p.connection_id) == ["failed"]
+        assert "403" in ((await _sweeps(p))[0][1] or "")
+        assert await _outcomes(p, other) == ["ok"]
+        assert loop.schedule.due[p.connection_id] == clock.now + 30  # backed off
+
+        clock.now += 29
+        assert await loop.once(stop) == 0  # not retried hot
+        p.stub.tokens[token] = Token(token, ORG)  # access given back
+        clock.now += 2
+        assert await loop.once(stop) == 1  # the failed one, the other's turn is at +60
+        (row,) = loop.swept
+        assert row.connection_id == p.connection_id
+        assert row.counts() == {"resolved": 1}
+        assert await _outcomes(p, p.connection_id) == ["failed", "ok"]
+
+
+async def test_a_sweep_held_up_does_not_hold_up_the_other_connections(
+    make_pipeline: Any,
+) -> None:
+    """One connection's Sentry does not answer (a long hold): the loop keeps starting the other
+    connections' sweeps on their turns meanwhile, never a second sweep of the one in flight,
+    and stops at once."""
+    held = asyncio.Event()
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.set()
+        await reader.read()  # until the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, make_pipeline() as p:
+        await p.open_issues(["9700101"])
+        other = "ffffffff-ffff-4fff-8fff-fffffffffff1"
+        state = _second_connection(p, other)  # the stand-in answers this one
+        stuck = p.connections.get(p.connection_id).model_copy(
+            update={"api_base_url": f"http://127.0.0.1:{port}", "updated_at": datetime.now(UTC)}
+        )
+        await _publish_state(p, stuck)
+        await p.producer.send("cp-connections", new_event(state, key=other))
+        await until("the second connection", lambda: _has_conn(p, other), timeout_s=30)
+        clock = Clock()
+        loop = SweepLoop(p.connections, p.sweeper, Schedule(5.0, 0.0, random.random), clock=clock)
+        stop = asyncio.Event()
+        clock.now += 1  # both due
+        runner = asyncio.create_task(loop.run(stop, tick_s=0.05))
+        await asyncio.wait_for(held.wait(), 60)
+        await until("the other swept", lambda: _ge(_outcomes(p, other), 1), timeout_s=60)
+        clock.now += 6  # the other's next turn: swept again while the stuck one still runs
+        await until("the other swept again", lambda: _ge(_outcomes(p, other), 2), timeout_s=60)
+        assert p.connection_id in loop.running
+        assert await _outcomes(p, p.connection_id) == []  # never started twice, not finished
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+        assert loop.running == {}
+
+
+async def _has_conn(p: Any, connection_id: str) -> bool:
+    return p.connections.get(connection_id) is not None
+
+
+async def _ge(value: Any, n: int) -> bool:
+    return len(await value) >= n

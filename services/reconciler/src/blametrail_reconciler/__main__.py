@@ -16,7 +16,6 @@ from blametrail_common.resilience import (
     DEPENDENCIES,
     KAFKA,
     POSTGRES,
-    sleep_or_stop,
     supervise,
 )
 from blametrail_common.runner import run_with_health
@@ -49,7 +48,9 @@ async def serve() -> None:
     table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     producer = EventProducer(create_producer(kafka), kafka)
     connections = Connections(table, box, producer)
-    schedule = Schedule(settings.interval_s, settings.jitter, random.random)
+    schedule = Schedule(
+        settings.interval_s, settings.jitter, random.random, settings.failure_backoff_s
+    )
     async with httpx.AsyncClient() as http:
         sweeper = Sweeper(HttpxSentryApi(http, policy_of(settings)), producer, dsn, settings)
 
@@ -62,15 +63,13 @@ async def serve() -> None:
             async with Store.open(dsn):
                 DEPENDENCIES.up(POSTGRES)
 
-        passes = SweepLoop(connections, sweeper, schedule)
+        passes = SweepLoop(connections, sweeper, schedule, at_once=settings.connections_at_once)
 
         async def sweeps(stop: asyncio.Event) -> None:
-            """Sweep each due connection (a 401: refresh requested, retried next turn); any
-            other failed sweep fails the loop (supervised: logged, backed off, retried), and
-            the connection stays due."""
-            while not stop.is_set():
-                await passes.once(stop)
-                await sleep_or_stop(stop, TICK_S)
+            """Sweep each due connection, several at once, each on its own (a 401: refresh
+            requested, retried next turn; any other failure: that connection backed off, the
+            others go on; see :mod:`blametrail_reconciler.loop`)."""
+            await passes.run(stop, TICK_S)
 
         async def loop(stop: asyncio.Event) -> None:
             try:

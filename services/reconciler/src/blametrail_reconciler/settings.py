@@ -29,6 +29,12 @@ class ReconcilerSettings(BaseBlametrailSettings):
         default="auto", validation_alias=f"{PREFIX}RECONCILER_CREATIONS"
     )
     concurrency: int = Field(default=4, ge=1, validation_alias=f"{PREFIX}RECONCILER_CONCURRENCY")
+    connections_at_once: int = Field(
+        default=4, ge=1, validation_alias=f"{PREFIX}RECONCILER_CONNECTIONS_AT_ONCE"
+    )
+    failure_backoff_s: float = Field(
+        default=30.0, gt=0, validation_alias=f"{PREFIX}RECONCILER_FAILURE_BACKOFF_S"
+    )
     max_attempts: int = Field(default=5, ge=1, validation_alias=f"{PREFIX}RECONCILER_MAX_ATTEMPTS")
     max_rate_limit_wait_s: float = Field(
         default=300.0, gt=0, validation_alias=f"{PREFIX}RECONCILER_MAX_RATE_LIMIT_WAIT_S"
