@@ -124,3 +124,52 @@ def test_a_later_alert_is_no_sentry_change_and_repairs_nothing() -> None:
         after = observe(w, alert)
         assert after == w
         assert plan(after, enabled=True) is None
+
+
+def test_a_sentry_change_losing_by_its_floored_stamp_but_landing_after_our_put_is_repaired() -> (
+    None
+):
+    """Issue 18 M1: resolve action at :00.3, our PUT lands :00.5, a person reopens in Sentry at
+    :00.9, stamped 12:00:00 (whole seconds): the reopen sorts before the action and loses, yet
+    Sentry shows it. The winner is written again, once."""
+    w = written(
+        _fold(_action(T0 + timedelta(milliseconds=300))),
+        "resolved",
+        T0 + timedelta(milliseconds=500),
+    )  # type: ignore[arg-type]
+    w = observe(w, _sentry_reopen(T0))
+    assert w is not None
+    assert (w.status, w.origin) == ("resolved", "blametrail")  # still the winner
+    assert plan(w, enabled=True) == Plan("resolved", "repair")
+    again = written(w, "resolved", T0 + timedelta(seconds=2))
+    assert plan(again, enabled=True) is None  # once
+
+
+def test_a_losing_sentry_change_well_before_our_put_or_to_the_same_state_needs_nothing() -> None:
+    w = written(_fold(_action(T0)), "resolved", T0 + timedelta(milliseconds=500))  # type: ignore[arg-type]
+    # stamped more than a second and the margin before the PUT: it happened before it
+    early = observe(w, _sentry_reopen(T0 - timedelta(seconds=4)))
+    assert early == w
+    assert plan(early, enabled=True) is None
+    same = observe(
+        w,
+        IncidentResolvedV1(
+            **BASE,
+            status_at=T0 - timedelta(milliseconds=1),
+            snapshot=IssueSnapshot(title="x", status="resolved"),
+        ),
+    )
+    assert same == w  # Sentry shows our state anyway
+    unwritten = observe(_fold(_action(T0)), _sentry_reopen(T0))  # nothing written back yet
+    assert plan(unwritten, enabled=True) == Plan("resolved", "action")
+
+
+def test_a_later_action_after_a_contest_is_an_action_again() -> None:
+    w = written(
+        _fold(_action(T0 + timedelta(milliseconds=300))),
+        "resolved",
+        T0 + timedelta(milliseconds=500),
+    )  # type: ignore[arg-type]
+    w = observe(w, _sentry_reopen(T0))
+    w = observe(w, _action(T0 + timedelta(seconds=5), "acknowledge", "acknowledged"))
+    assert plan(w, enabled=True) == Plan("acknowledged", "action")

@@ -4,7 +4,10 @@ Events of one incident are folded in log order with :func:`blametrail_sync.plan.
 write-back is planned once per incident and batch, on the final winner, and only when the
 winning event itself is in the batch (a new winner, or the winner redelivered: a crash before
 the commit, or ``blametrail dlq redrive`` of a failed write-back). An event that does not win
-never re-plans an old winner, so a refused write-back is not tried again by later events.
+never re-plans an old winner, so a refused write-back is not tried again by later events -
+except a Sentry change that contests the winner's write-back (``plan`` rule 3): then the winner
+is planned again, once, with that change's record (``winner_index``) as the one dead-lettered if
+Sentry does not answer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from blametrail_common.events.incidents import IncidentEvent, incident_order
 
-from blametrail_sync.plan import Plan, Winner, observe, plan
+from blametrail_sync.plan import CONTESTED, Plan, Winner, observe, plan
 
 __all__ = ["Decision", "Tracked", "decide", "issue_of"]
 
@@ -35,7 +38,8 @@ class Decision:
     tracked: Tracked
     plan: Plan | None
     winner_index: int | None
-    """Index (in the batch) of the winning event, when it is in the batch."""
+    """Index (in the batch) of the winning event, when it is in the batch; else of the Sentry
+    change that contested the winner's write-back in this batch."""
 
 
 def issue_of(event: IncidentEvent) -> tuple[str, str] | None:
@@ -55,6 +59,7 @@ def decide(
     winner changed or was redelivered; ``enabled(connection_id)`` is the connection's setting."""
     state: dict[str, Tracked] = {}
     seen: dict[str, dict[str, int]] = {}
+    contested: dict[str, int] = {}
     for index, event in events:
         ref = issue_of(event)
         if ref is None:
@@ -63,6 +68,10 @@ def decide(
         winner = observe(current.winner if current else None, event)
         if winner is None:
             continue
+        if winner.written_order == CONTESTED and (
+            current is None or current.winner.written_order != CONTESTED
+        ):
+            contested[event.incident_id] = index
         state[event.incident_id] = Tracked(
             event.incident_id, event.tenant_id, ref[0], ref[1], winner
         )
@@ -70,6 +79,8 @@ def decide(
     out = []
     for incident_id, tracked in state.items():
         winning = seen[incident_id].get(tracked.winner.order)
+        if tracked.winner.written_order == CONTESTED:
+            winning = contested.get(incident_id, winning)
         before = known.get(incident_id)
         if winning is None and before is not None and before.winner == tracked.winner:
             continue  # nothing new about it

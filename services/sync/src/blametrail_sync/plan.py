@@ -14,6 +14,12 @@ The rule when BlameTrail and Sentry change one incident at about the same time (
    the Sentry change's time, less ``margin``) and set another state: then the winner is written
    back (cause ``repair``). An echo of our own write-back is a confirmation, never a change, so a
    repair cannot start another: there is no loop and no flapping.
+3. **A Sentry change that loses by order may still have landed after our write-back** (Sentry
+   stamps whole seconds; the hook timestamp is when it was sent): a losing Sentry change to
+   another state, stamped no earlier than the written winner's write-back less one second and
+   ``margin``, *contests* it (``written_order`` = :data:`CONTESTED`), and the winner is written
+   again (cause ``repair``). A PUT of a state Sentry already shows is harmless; a missed one
+   leaves the two sides different for good.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ from blametrail_common.events.incidents import (
     incident_order,
 )
 
-__all__ = ["MARGIN", "Plan", "Winner", "observe", "plan", "status_of", "written"]
+__all__ = ["CONTESTED", "MARGIN", "Plan", "Winner", "observe", "plan", "status_of", "written"]
 
 MARGIN = timedelta(seconds=2)
 """Sentry stamps whole seconds; a write-back this close to a Sentry change is treated as after it."""
+FLOOR = timedelta(seconds=1)
+"""How much later than its stamp a Sentry change may have happened (whole seconds, floored)."""
+CONTESTED = "!contested"
+"""``written_order`` of a winner whose write-back a later-landing Sentry change may have undone."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +89,31 @@ def status_of(event: IncidentEvent) -> str | None:
     return None
 
 
-def observe(current: Winner | None, event: IncidentEvent) -> Winner | None:
+def _contests(current: Winner, event: IncidentEvent, status: str, margin: timedelta) -> bool:
+    """Whether a losing ``event`` may have landed in Sentry after the winner's write-back and set
+    another state there (rule 3)."""
+    return (
+        not isinstance(event, IncidentActionV1)
+        and current.written_order == current.order
+        and current.written_at is not None
+        and status != current.status
+        and event.status_at + FLOOR + margin >= current.written_at
+    )
+
+
+def observe(
+    current: Winner | None, event: IncidentEvent, margin: timedelta = MARGIN
+) -> Winner | None:
     """The winner after ``event`` (``current`` unchanged when it comes earlier in
-    ``incident_order``, or sets no status)."""
+    ``incident_order``, or sets no status; contested when it comes earlier by order but may have
+    landed after the winner's write-back: rule 3)."""
     status = status_of(event)
     if status is None:
         return current
     order = incident_order(event)
     if current is not None and order <= current.order:
+        if _contests(current, event, status, margin):
+            return replace(current, written_order=CONTESTED)
         return current
     action = isinstance(event, IncidentActionV1)
     new = Winner(
@@ -100,7 +127,7 @@ def observe(current: Winner | None, event: IncidentEvent) -> Winner | None:
         return new
     return replace(
         new,
-        written_order=current.written_order,
+        written_order=None if current.written_order == CONTESTED else current.written_order,
         written_status=current.written_status,
         written_at=current.written_at,
     )
@@ -110,6 +137,8 @@ def plan(winner: Winner | None, *, enabled: bool, margin: timedelta = MARGIN) ->
     """What to write back now, if anything (see the module's rule)."""
     if winner is None or not enabled or sentry_status_for(winner.status) is None:
         return None
+    if winner.written_order == CONTESTED:
+        return Plan(winner.status, "repair")
     if winner.origin == "blametrail":
         if winner.written_order == winner.order:
             return None

@@ -56,7 +56,7 @@ from prometheus_client import Counter
 
 from blametrail_sync import store
 from blametrail_sync.decide import Decision, Tracked, decide
-from blametrail_sync.plan import Plan, written
+from blametrail_sync.plan import CONTESTED, Plan, Winner, written
 
 __all__ = ["WRITEBACKS", "WriteBacks", "http_status_of"]
 
@@ -136,7 +136,7 @@ class WriteBacks:
         sentry = sentry_status_for(todo.status)
         assert sentry is not None  # plan() writes back only mirrored states
         common: dict[str, Any] = {
-            "writeback_id": str(derived_id("writeback", t.incident_id, t.winner.order)),
+            "writeback_id": str(derived_id("writeback", t.incident_id, *_again(t.winner))),
             "incident_id": t.incident_id,
             "tenant_id": t.tenant_id,
             "connection_id": t.connection_id,
@@ -220,6 +220,14 @@ class WriteBacks:
             "incident-writebacks",
             new_event(event, key=event.incident_id, tenant=event.tenant_id, event_id=event_id),
         )
+
+
+def _again(winner: Winner) -> tuple[str, ...]:
+    """What tells a write-back of ``winner`` from an earlier one of the same winner: a contested
+    winner is written again (plan rule 3), as another write-back (its own echo, its own id)."""
+    if winner.written_order != CONTESTED:
+        return (winner.order,)
+    return winner.order, "again", winner.written_at.isoformat() if winner.written_at else ""
 
 
 def _incident_event(record: ConsumerRecord[bytes, bytes]) -> IncidentEvent | None:
