@@ -672,6 +672,32 @@ def test_the_public_facing_web_is_never_given_the_master_key(objs: list[Obj]) ->
     assert web_spec.env["BLAMETRAIL_SECRET_KEYS"] == ""  # make up: blanks stack.env's
 
 
+def test_the_web_lets_connect_with_sentry_redirect_where_the_api_sends_it(
+    objs: list[Obj],
+) -> None:
+    """The "Connect with Sentry" form redirects through the API's public ingest URL to Sentry's
+    install page; browsers hold redirects to the form's CSP form-action. So wherever the web runs
+    it reads the same BLAMETRAIL_PUBLIC_INGEST_URL and BLAMETRAIL_SENTRY_URL as the API."""
+    names = ("BLAMETRAIL_PUBLIC_INGEST_URL", "BLAMETRAIL_SENTRY_URL")
+
+    def k8s_env(name: str) -> dict[str, Obj]:
+        (container, *_) = pod_spec(deployment(objs, name))["containers"]
+        return container_env(objs, container)
+
+    web, api = k8s_env("blametrail-web"), k8s_env("blametrail-mappings-api")
+    for var in names:
+        assert web[var]["value"] == api[var]["value"], var
+    web_spec = next(s for s in SERVICES if s.module == "blametrail_web")
+    api_spec = next(s for s in SERVICES if s.module == "blametrail_mappings_api")
+    for var in names:  # make up: the edge and the stand-in
+        assert web_spec.env[var] == api_spec.env[var], var
+    services = our_services()
+    for var in names:  # compose: both from .env (env_file), overridden by neither
+        assert var not in services["web"].get("environment", {}), var
+        assert var not in services["mappings-api"].get("environment", {}), var
+    assert services["web"]["env_file"] == services["mappings-api"]["env_file"]
+
+
 def test_compose_ports_healthchecks_and_start_order_match_make_up() -> None:
     ports = {s.module: s.port for s in SERVICES if s.port is not None and not s.dev_only}
     services = compose()["services"]

@@ -74,7 +74,7 @@ async def rec_env(pool: Pool, database_url: str) -> AsyncIterator[tuple[Env, Rec
         base_url="http://api",
     ) as http:
         web_app = create_app(
-            WebSettings(cookie_secure=False, connect_origins="https://hooks.example"),
+            WebSettings(cookie_secure=False, public_ingest_url="https://hooks.example"),
             b"k" * 32,
             http,
         )
@@ -281,17 +281,46 @@ async def test_forms_may_post_only_to_us_and_the_connect_origins(
     configured, _ = rec_env
     async with configured.browser() as b:
         csp = (await b.get("/signin")).headers["content-security-policy"]
-    assert "form-action 'self' https://hooks.example" in csp
-    assert "https:" not in csp.replace("https://hooks.example", "")
+    # the API's public ingest URL and Sentry's: where "Connect with Sentry" redirects
+    assert csp.endswith("form-action 'self' https://hooks.example https://sentry.io")
+    assert "https:" not in csp.replace("https://hooks.example", "").replace("https://sentry.io", "")
     async with env.browser() as b:
         csp = (await b.get("/signin")).headers["content-security-policy"]
-    assert csp.endswith("form-action 'self' https://sentry.io")
+    assert csp.endswith("form-action 'self' http://127.0.0.1:8081 https://sentry.io")
+
+
+def test_the_connect_origins_follow_the_apis_settings() -> None:
+    """The web reads the API's own variables (BLAMETRAIL_PUBLIC_INGEST_URL, BLAMETRAIL_SENTRY_URL)
+    and takes their origins; BLAMETRAIL_WEB_CONNECT_ORIGINS adds more, each origin once."""
+    settings = WebSettings(
+        public_ingest_url="http://127.0.0.1:8080/some/path?x=1",
+        sentry_url="http://127.0.0.1:8090/",
+        connect_origins="https://proxy.example, http://127.0.0.1:8090",
+    )
+    assert settings.form_origins() == (
+        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8090",
+        "https://proxy.example",
+    )
+    env = {
+        "BLAMETRAIL_PUBLIC_INGEST_URL": "https://bt.example",
+        "BLAMETRAIL_SENTRY_URL": "https://s.example",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert WebSettings().form_origins() == ("https://bt.example", "https://s.example")
 
 
 def test_connect_origins_must_be_origins() -> None:
     for bad in ("https://x.example/path", "javascript:1", "https://a.example 'unsafe-inline'", "x"):
         with pytest.raises(ValidationError, match="not an origin"):
             WebSettings(connect_origins=bad)
+    for bad in ("ftp://x.example", "https://a.example;script-src *", "https://u@x.example", "/x"):
+        with pytest.raises(ValidationError, match="not an origin"):
+            WebSettings(public_ingest_url=bad)
+        with pytest.raises(ValidationError, match="not an origin"):
+            WebSettings(sentry_url=bad)
 
 
 async def test_every_page_is_no_store_and_static_files_are_not(env: Env) -> None:

@@ -67,6 +67,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         {
             "BLAMETRAIL_WEB_API_URL": "http://127.0.0.1:8082",
             "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
+            # where "Connect with Sentry" redirects (its CSP form-action): the edge, the stand-in
+            "BLAMETRAIL_PUBLIC_INGEST_URL": PUBLIC_APP["BLAMETRAIL_PUBLIC_INGEST_URL"],
+            "BLAMETRAIL_SENTRY_URL": PUBLIC_APP["BLAMETRAIL_SENTRY_URL"],
             # its own signing key comes from stack.env (BLAMETRAIL_WEB_SECRET_KEY); the master
             # key that stack.env also holds is blanked: the web is never given it.
             "BLAMETRAIL_SECRET_KEYS": "",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field, SecretStr, field_validator
@@ -32,12 +32,18 @@ class WebSettings(BaseBlametrailSettings):
     """Comma-separated networks of the proxies in front of the web (the ingress controller, the
     dev edge). From such a peer the browser is the rightmost ``X-Forwarded-For`` hop outside these
     networks; from any other peer the header is ignored. Kubernetes: the pod CIDR."""
-    connect_origins: str = Field(
-        default="https://sentry.io", validation_alias=f"{PREFIX}WEB_CONNECT_ORIGINS"
+    public_ingest_url: str = Field(
+        default="http://127.0.0.1:8081", validation_alias=f"{PREFIX}PUBLIC_INGEST_URL"
     )
-    """Comma-separated origins "Connect with Sentry" redirects through after its form is posted
-    (the public ingest URL's origin and Sentry's): the only ones besides our own that the pages'
-    Content-Security-Policy lets a form submission go to (``form-action``)."""
+    """The API's own setting (the same variable and default): the public host the connect link
+    goes through. Its origin may take the "Connect with Sentry" form (``form-action``)."""
+    sentry_url: str = Field(default="https://sentry.io", validation_alias=f"{PREFIX}SENTRY_URL")
+    """The public app's Sentry (the API's ``BLAMETRAIL_SENTRY_URL``, the same default): the
+    connect link redirects to its install page, so its origin may take the form too."""
+    connect_origins: str = Field(default="", validation_alias=f"{PREFIX}WEB_CONNECT_ORIGINS")
+    """Comma-separated origins besides those two that "Connect with Sentry" redirects through
+    after its form is posted (another proxy in between): with ours and the two above, the only
+    ones the pages' Content-Security-Policy lets a form submission go to (``form-action``)."""
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -49,20 +55,42 @@ class WebSettings(BaseBlametrailSettings):
     @classmethod
     def _origins(cls, value: str) -> str:
         for origin in (o.strip() for o in value.split(",") if o.strip()):
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.netloc
-                or parts.path not in ("", "/")
-                or parts.query
-                or parts.fragment
-                or any(ch in origin for ch in " ;,'\"")
-            ):
+            parts = _url_parts(origin)
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
                 raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return value
+
+    @field_validator("public_ingest_url", "sentry_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        _url_parts(value.strip())
         return value
 
     def proxies(self) -> tuple[Network, ...]:
         return parse_networks(self.trusted_proxies)
 
     def form_origins(self) -> tuple[str, ...]:
-        return tuple(o.strip().rstrip("/") for o in self.connect_origins.split(",") if o.strip())
+        """The origins besides ours a form may be sent to (each once): the public ingest URL's,
+        Sentry's, then ``connect_origins``."""
+        derived = [_origin(self.public_ingest_url.strip()), _origin(self.sentry_url.strip())]
+        extra = [o.strip().rstrip("/") for o in self.connect_origins.split(",") if o.strip()]
+        return tuple(dict.fromkeys([*derived, *extra]))
+
+
+def _url_parts(url: str) -> SplitResult:
+    """An http(s) URL with a host, nothing in it that could end or extend a CSP directive."""
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or "@" in parts.netloc
+        or any(ch in url for ch in " ;,'\"")
+        or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url)
+    ):
+        raise ValueError(f"not an origin (scheme://host[:port]): {url!r}")
+    return parts
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
