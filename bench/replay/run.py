@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing as mp
 import os
 import resource
@@ -187,6 +188,11 @@ def _chunks(path: Path) -> Any:
             yield chunk
 
 
+async def _copy_file(folder: Path, table: str, conn: psycopg.AsyncConnection[Any]) -> int:
+    # chunks end mid-line: COPY takes a byte stream
+    return await bulk.copy_lines(conn, table, "bare_", _chunks(folder / f"{table}.copy"))
+
+
 async def bare_copy(dsn: str, folder: Path, rows: int, progress: Progress) -> float:
     """Seconds to COPY the final rows into empty tables like the live ones and build the same
     keys and indexes after (no fold, no decoding: the floor of any rebuild's writes)."""
@@ -196,10 +202,10 @@ async def bare_copy(dsn: str, folder: Path, rows: int, progress: Progress) -> fl
             await conn.execute("SET synchronous_commit = off")
             await bulk.create_bare(conn, TABLES, "bare_")
             began = time.perf_counter()
-            for table in TABLES:  # chunks end mid-line: COPY takes a byte stream
-                await bulk.copy_lines(conn, table, "bare_", _chunks(folder / f"{table}.copy"))
-            await bulk.build_keys(conn, TABLES, "bare_")
-            await bulk.build_secondary(conn, TABLES, "bare_")
+            # as parallel as the rebuild's writes: tables on PARALLEL connections at once
+            await bulk.in_parallel(dsn, [functools.partial(_copy_file, folder, t) for t in TABLES])
+            await bulk.build_keys_parallel(dsn, TABLES, "bare_")
+            await bulk.build_secondary_parallel(dsn, TABLES, "bare_")
             return time.perf_counter() - began
     finally:
         progress.remove_task(task)

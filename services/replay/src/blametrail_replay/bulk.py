@@ -10,7 +10,9 @@ the first of the event's rows in the log stays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -19,17 +21,25 @@ from psycopg.copy import AsyncQueuedLibpqWriter
 from blametrail_replay.fold import COLUMNS, Batch, Fold
 
 __all__ = [
+    "PARALLEL",
     "STREAMED",
     "BulkSink",
     "build_keys",
+    "build_keys_parallel",
     "build_secondary",
+    "build_secondary_parallel",
+    "connect",
     "copy_folded",
     "copy_lines",
     "create_bare",
+    "in_parallel",
     "write_links",
 ]
 
 STREAMED = ("incident_timeline", "webhook_audit")
+# Connections working at once after the log is read (COPY of the folded rows, key and index
+# builds: Postgres does each on one core, and the rebuild's own process is idle by then).
+PARALLEL = 2
 _CHUNK = 256 * 1024
 # Which of two rows with one key is the first in the log (for the tables that keep the first).
 _FIRST_OF = {"incident_timeline": "log_partition, log_offset, ctid", "webhook_audit": "ctid"}
@@ -118,11 +128,52 @@ class BulkSink:
             self._exits, self._conns, self._copies = [], [], {}
 
 
-async def copy_folded(conn: psycopg.AsyncConnection[Any], fold: Fold, prefix: str) -> int:
-    n = 0
+async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+    """A connection of the bulk load: autocommit, no wait for the WAL flush (a crash before
+    the swap restarts the rebuild from zero)."""
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    await conn.execute("SET synchronous_commit = off")
+    return conn
+
+
+async def in_parallel(
+    dsn: str,
+    jobs: Iterable[Callable[[psycopg.AsyncConnection[Any]], Awaitable[int | None]]],
+    connections: int = PARALLEL,
+) -> int:
+    """Run ``jobs`` on ``connections`` connections of their own, a job at a time each, in the
+    order given; returns the sum of what they return. The first error cancels the rest and is
+    raised (itself, not in an exception group)."""
+    todo = iter(list(jobs))
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        async with await connect(dsn) as conn:
+            for job in todo:  # shared: each job taken by one worker
+                done = await job(conn)  # (not ``total += await``: it reads total before)
+                total += done or 0
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(connections):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:  # the caller tells a refused row from the rest
+        raise failed.exceptions[0] from None
+    return total
+
+
+async def copy_folded(dsn: str, fold: Fold, prefix: str, streams: int = PARALLEL) -> int:
+    """The folded tables' rows, each table in ``streams`` ``COPY`` streams at once."""
+    jobs = []
     for table in ("incidents", "incident_enrichments", "incident_suspects"):
-        n += await copy_lines(conn, table, prefix, fold.lines(table))
-    return n
+        for k in range(streams):
+
+            async def job(conn: psycopg.AsyncConnection[Any], t: str = table, k: int = k) -> int:
+                return await copy_lines(conn, t, prefix, fold.lines(t, k, streams))
+
+            jobs.append(job)
+    return await in_parallel(dsn, jobs, streams)
 
 
 async def write_links(conn: psycopg.AsyncConnection[Any], fold: Fold) -> None:
@@ -140,20 +191,47 @@ async def build_keys(conn: psycopg.AsyncConnection[Any], tables: Iterable[str], 
     removed = 0
     await conn.execute("SET maintenance_work_mem = '256MB'")
     for table in tables:
-        shadow = f"{prefix}{table}"
-        cur = await conn.execute(
-            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
-            " WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u')",
-            (table,),
-        )
-        for (definition,) in await cur.fetchall():
-            try:
-                async with conn.transaction():
-                    await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
-            except psycopg.errors.UniqueViolation:
-                removed += await _keep_first(conn, table, shadow, str(definition))
+        removed += await _build_table_keys(conn, table, prefix)
+    return removed
+
+
+async def build_keys_parallel(dsn: str, tables: Iterable[str], prefix: str) -> int:
+    """:func:`build_keys`, a table at a time on each of ``PARALLEL`` connections."""
+    return await in_parallel(
+        dsn, [functools.partial(build_keys, tables=(t,), prefix=prefix) for t in _largest(tables)]
+    )
+
+
+async def build_secondary_parallel(dsn: str, tables: Iterable[str], prefix: str) -> None:
+    """:func:`build_secondary`, a table at a time on each of ``PARALLEL`` connections."""
+
+    async def one(conn: psycopg.AsyncConnection[Any], table: str) -> None:
+        await build_secondary(conn, (table,), prefix)
+
+    await in_parallel(dsn, [functools.partial(one, table=t) for t in _largest(tables)])
+
+
+def _largest(tables: Iterable[str]) -> list[str]:
+    # the longest builds first, so that the last one to start is a short one
+    order = {"incident_timeline": 0, "incidents": 1, "webhook_audit": 2}
+    return sorted(tables, key=lambda t: order.get(t, 3))
+
+
+async def _build_table_keys(conn: psycopg.AsyncConnection[Any], table: str, prefix: str) -> int:
+    removed, shadow = 0, f"{prefix}{table}"
+    cur = await conn.execute(
+        "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u')",
+        (table,),
+    )
+    for (definition,) in await cur.fetchall():
+        try:
+            async with conn.transaction():
                 await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
-        await _plain_indexes(conn, table, shadow, unique=True)
+        except psycopg.errors.UniqueViolation:
+            removed += await _keep_first(conn, table, shadow, str(definition))
+            await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
+    await _plain_indexes(conn, table, shadow, unique=True)
     return removed
 
 

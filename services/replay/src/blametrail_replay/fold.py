@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -424,11 +425,12 @@ class Fold:
         if row["web_url"] is not None:
             cur["web_url"] = row["web_url"]
 
-    def lines(self, table: str) -> Iterator[bytes]:
-        """The folded table's final rows as ``COPY`` text lines (``COLUMNS[table]``)."""
+    def lines(self, table: str, part: int = 0, parts: int = 1) -> Iterator[bytes]:
+        """The folded table's final rows as ``COPY`` text lines (``COLUMNS[table]``); with
+        ``parts``, only every ``parts``-th row from the ``part``-th (for parallel streams)."""
         if table == "incidents":
-            yield from map(incident_line, self.incidents.values())
+            yield from map(incident_line, islice(self.incidents.values(), part, None, parts))
             return
         held = {"incident_enrichments": self.enrichments, "incident_suspects": self.suspects}
-        for state in held[table].values():
+        for state in islice(held[table].values(), part, None, parts):
             yield state[0] + b"\t" + state[1] + b"\n"

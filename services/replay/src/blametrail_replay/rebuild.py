@@ -158,7 +158,7 @@ async def rebuild_projection(
                     break
                 await run.until(conn, targets)
             at = time.monotonic()
-            await bulk.build_secondary(conn, TABLES, SHADOW)  # one sorted build each
+            await bulk.build_secondary_parallel(dsn, TABLES, SHADOW)  # one sorted build each
             at = summary.timed("secondary indexes", at)
             # Swap.
             await conn.execute("SET synchronous_commit = on")
@@ -223,11 +223,11 @@ async def _bulk(
     await sink.close()
     at = run.summary.timed("fold + streamed COPY", at)
     run.summary.keys = fold.keys
-    await bulk.copy_folded(conn, fold, SHADOW)
+    await bulk.copy_folded(dsn, fold, SHADOW)
     del fold.incidents, fold.enrichments, fold.suspects  # the memory goes before the index builds
     await bulk.write_links(conn, fold)
     at = run.summary.timed("folded COPY", at)
-    run.summary.duplicates = await bulk.build_keys(conn, TABLES, SHADOW)
+    run.summary.duplicates = await bulk.build_keys_parallel(dsn, TABLES, SHADOW)
     run.summary.timed("keys", at)
 
 
