@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from argon2 import PasswordHasher
@@ -67,6 +68,9 @@ class HashGate:
         self.concurrency, self.capacity = concurrency, concurrency + queue
         self.retry_after_s = retry_after_s
         self._slots = asyncio.Semaphore(concurrency)
+        # Threads of their own: the memory argon2 frees stays in its thread's malloc arena, so
+        # hashes in the default executor's threads would keep one hash's memory per thread.
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="argon2")
         self.admitted = 0
         self.peak_running = 0
         self._running = 0
@@ -87,7 +91,7 @@ class HashGate:
         async with self._slots:
             self._running += 1
             self.peak_running = max(self.peak_running, self._running)
-            work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            work = asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
             try:
                 return await asyncio.shield(work)
             finally:
