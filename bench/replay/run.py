@@ -42,6 +42,7 @@ from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, 
 from blametrail_common.kafka import EventProducer, create_producer, open_reader
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
+from blametrail_devstack.bench import BenchResult, write_result
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES
 from blametrail_replay import bulk
@@ -291,9 +292,24 @@ async def measure(bootstrap: str, server_dsn: str) -> None:
     table.add_row("rebuild peak RSS, MB", f"{statistics.median(rss):,.0f}", "<= 600 (1M events)")
     console.print(table)
     console.print(f"final rows: {rows}")
+    load = os.getloadavg()
     console.print(
-        f"load average (1, 5, 15 min) at the end: {os.getloadavg()}; {os.cpu_count()} cores"
+        f"load average (1, 5, 15 min) at the end: {load}; {os.cpu_count()} cores"
         " shared with the broker, Postgres and other work on this machine: compare the ratio."
+    )
+    peak = statistics.median(rss)
+    write_result(
+        BenchResult(
+            name="replay",
+            headline=f"rebuild of {N:,} events, s",
+            value=round(w, 1),
+            baseline_label="bare consume + bare COPY (same rows, indexes after)",
+            baseline=round(c + k, 1),
+            goal="<= 1.5x baseline; 1M events: < 40 s, peak RSS <= 600 MB",
+            ok=w <= 1.5 * (c + k) and (N < 1_000_000 or (w < 40 and peak <= 600)),
+            unit="s",
+            notes=f"{N / w:,.0f} events/s, peak RSS {peak:,.0f} MB, load {load[0]:.1f}",
+        )
     )
 
 
