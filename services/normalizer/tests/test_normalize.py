@@ -452,3 +452,21 @@ def test_an_invalid_metric_alert_action_severity_is_audited() -> None:
     assert [t for t, _ in out.events] == ["incident-events", "webhook-audit"]
     assert out.events[0][1].payload.severity == "sev1"
     assert out.events[1][1].payload.reason == "invalid_setting"
+
+
+def _retried(name: str, status: str) -> Envelope[WebhookReceivedV1]:
+    """``name``'s fixture as Sentry's retry re-serialises it after a later change of the issue."""
+    doc = json.loads(signed_fixture(name)[0])
+    doc["data"]["issue"]["status"] = status
+    return raw(name, body=json.dumps(doc).encode())
+
+
+def test_a_stale_state_retry_is_audited_not_taken_as_a_state_change() -> None:
+    """Issue 18 M6: a retried ``issue.resolved`` whose body (re-serialised at the retry) shows
+    the issue unresolved is dropped, audited ``stale``; so is the reverse. The body's status is
+    not followed: the later change has its own webhook."""
+    for name, status in (("issue.resolved", "unresolved"), ("issue.unresolved", "resolved")):
+        env = only(normalize(_retried(name, status), lookup()), WebhookAuditedV1)
+        assert env.payload.reason == "stale", name
+    fresh = normalize(_retried("issue.resolved", "resolved"), lookup())
+    assert only(fresh, IncidentResolvedV1)

@@ -227,6 +227,7 @@ def _issue(ctx: _Ctx, action: Any, data: dict[str, Any]) -> list[IncidentEvent]:
     )
     if action == "created":
         return [IncidentOpenedV1(**common)]
+    _fresh(action, issue, slug, pid)
     if action == "resolved":
         return [IncidentResolvedV1(**common, resolution_type=_str(data.get("resolution_type")))]
     if action == "unresolved":
@@ -245,6 +246,23 @@ def _issue(ctx: _Ctx, action: Any, data: dict[str, Any]) -> list[IncidentEvent]:
         }
         return [IncidentMutedV1(**common, details=details)]
     raise _Skip("unsupported", f"issue.{action} is not turned into incidents", slug, pid)
+
+
+_STATE_OF_ACTION = {"resolved": "resolved", "unresolved": "unresolved"}
+
+
+def _fresh(action: Any, issue: dict[str, Any], slug: str, pid: str | None) -> None:
+    """Skip (audited ``stale``) a state webhook whose ``data.issue.status`` is another state than
+    its action: Sentry re-serialises the body when it retries a delivery, so a retried
+    ``issue.resolved`` of an issue reopened since shows ``unresolved`` under a new hook timestamp.
+    The state change is dropped, not followed: the later change has its own webhook (and the
+    reconciler's sweep finds one that was lost); following the body would date it wrongly."""
+    expected = _STATE_OF_ACTION.get(action) if isinstance(action, str) else None
+    status = _str(issue.get("status"))
+    if expected is not None and status is not None and status != expected:
+        raise _Skip(
+            "stale", f"issue.{action} whose issue is {status[:40]} (a later retry)", slug, pid
+        )
 
 
 def _issue_ref(ctx: _Ctx, issue: dict[str, Any], slug: str, pid: str | None) -> SentryRef:

@@ -21,6 +21,7 @@ AuditReason = Literal[
     "invalid_payload",  # valid JSON, but not the shape Sentry documents
     "unknown_service",  # an alert-rule action named a service that is not the tenant's
     "invalid_setting",  # an alert-rule action setting was ignored (the incident was still made)
+    "stale",  # a state webhook whose body shows another state (a retry re-serialised later)
 ]
 
 
