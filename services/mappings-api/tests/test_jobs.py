@@ -107,6 +107,8 @@ async def test_a_second_job_for_the_same_project_while_one_is_live_is_a_409_nami
     assert first in again.json()["message"]
     assert again.json()["existing"]["job_id"] == first
     assert again.json()["existing"]["state"] == "queued"
+    shouted = {"connection_id": conn_id.upper(), "project_slug": "pay"}  # the same id, spelled so
+    assert (await client.post(REPROCESS, headers=admin, json=shouted)).status_code == 409
     other = await client.post(
         REPROCESS, headers=admin, json={"connection_id": conn_id, "project_slug": "web"}
     )

@@ -18,11 +18,15 @@ import pytest
 from argon2 import PasswordHasher
 from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_devstack.testkit import until
+from blametrail_mappings_api.api.deps import page_size
 from blametrail_mappings_api.app import ENDPOINTS, create_app
 from blametrail_mappings_api.auth import client_address
+from blametrail_mappings_api.errors import Invalid
 from blametrail_mappings_api.passwords import HashGate, Passwords
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
+from blametrail_mappings_api.schemas import ApiBase
 from blametrail_mappings_api.settings import ApiSettings
+from pydantic import TypeAdapter, ValidationError
 
 PASSWORD = "correct horse battery staple"
 
@@ -455,6 +459,10 @@ async def test_user_input_is_checked(env: Env) -> None:
         json={"email": user["email"].upper(), "name": "B", "password": PASSWORD, "role": "admin"},
     )
     assert dup.status_code == 409
+    # neutral words: nothing says the address is another organization's user
+    assert dup.json()["message"] == "this email cannot be used"
+    assert user["email"] not in dup.text
+    assert user["email"].upper() not in dup.text
     bad_role = await env.client.post(
         "/api/v1/api-keys", headers=admin, json={"name": "k", "role": "owner"}
     )
@@ -609,3 +617,44 @@ async def test_a_success_takes_its_attempt_back_from_the_address(pool: Pool) -> 
                 await _sign_in(proxy, f"nobody{i}@example.test", "nope", **xff)
             ).status_code == 401
         assert (await _sign_in(proxy, user["email"], **xff)).status_code == 429
+
+
+def test_page_size_refuses_digits_int_cannot_read() -> None:
+    for bad in ("²", "1²", "٣", "0", "201", "-1", "1.5", ""):
+        with pytest.raises(Invalid):
+            page_size(bad)
+    assert [page_size(n) for n in ("1", "50", "200")] == [1, 50, 200]
+
+
+async def test_a_superscript_limit_is_a_422_not_a_500(env: Env) -> None:
+    admin = await _org(env)
+    answer = await env.client.get("/api/v1/users?limit=²", headers=admin)
+    assert (answer.status_code, answer.json()["fields"][0]["field"]) == (422, "limit")
+
+
+def test_sentry_base_urls_are_no_internal_address_literals() -> None:
+    adapter = TypeAdapter(ApiBase)
+    for refused in (
+        "https://10.0.0.5",
+        "https://192.168.1.1",
+        "https://172.16.0.1",
+        "https://169.254.169.254",  # cloud metadata
+        "https://100.64.0.1",
+        "https://0.0.0.0",
+        "https://[fd00::1]",
+        "https://[fe80::1]",
+        "https://[::ffff:10.0.0.1]",
+        "https://224.0.0.1",
+        "https://127.0.0.2",
+    ):
+        with pytest.raises(ValidationError, match="private, loopback, link-local"):
+            adapter.validate_python(refused)
+    for allowed in (
+        "https://sentry.io",
+        "https://de.sentry.io/",
+        "https://sentry.internal.example",  # a name: resolved by whoever runs it
+        "https://8.8.8.8",
+        "http://127.0.0.1:8090",  # the local stand-in (development)
+        "http://localhost:9000",
+    ):
+        assert adapter.validate_python(allowed) == allowed.rstrip("/")

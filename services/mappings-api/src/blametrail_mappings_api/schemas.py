@@ -4,6 +4,7 @@ validate with them and ``/openapi.json`` is generated from them; the error bodie
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import urlparse
@@ -61,7 +62,24 @@ def _api_base(url: str) -> str:
         raise ValueError("must be an https URL (http only for a loopback host)")
     if not parsed.hostname or parsed.path not in ("", "/") or parsed.query:
         raise ValueError("must be a base URL such as https://sentry.io or https://de.sentry.io")
+    if not local and _internal_address(parsed.hostname):
+        raise ValueError(
+            "must not be a private, loopback, link-local or reserved address (use Sentry's name)"
+        )
     return url.rstrip("/")
+
+
+def _internal_address(host: str) -> bool:
+    """Whether ``host`` is an IP literal no Sentry is reached at from here: private (RFC 1918,
+    unique-local), loopback, link-local (cloud metadata), shared, reserved, multicast or
+    unspecified, also written as an IPv4-mapped IPv6 address."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a name
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
 
 
 ApiBase = Annotated[str, AfterValidator(_api_base)]

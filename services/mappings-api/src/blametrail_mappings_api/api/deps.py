@@ -75,6 +75,7 @@ Limit = Annotated[str, Query(description="Page size: an integer from 1 to 200")]
 
 def page_size(limit: str) -> int:
     """``limit`` as a number; :class:`Invalid` (422) unless it is an integer from 1 to 200."""
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+    # isdigit() alone admits "²" and other digits int() refuses (a 500, not a 422)
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 200:
         raise Invalid("limit", "limit must be an integer from 1 to 200")
     return int(limit)

@@ -41,6 +41,10 @@ class JobStore:
         """Queue a reprocessing of ``project_slug``'s ignored webhooks on ``org``'s connection
         ``connection_id``; :class:`NotFound` for another organization's (or no) connection,
         :class:`Conflict` while a job for the same project is queued or running."""
+        try:  # one spelling of the id, so that one live job per subject holds for every spelling
+            connection_id = str(uuid.UUID(connection_id))
+        except ValueError:
+            raise NotFound("connection") from None
         job_id = uuid.uuid4()
         subject = reprocess_subject(connection_id, project_slug)
         params = {"connection_id": connection_id, "project_slug": project_slug}

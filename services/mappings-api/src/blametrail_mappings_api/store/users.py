@@ -31,7 +31,11 @@ class UserStore:
         }
         async with db.transaction(self.pool) as conn:
             return await db.insert_unique(
-                conn, "users", values, f"a user with email {email!r} already exists"
+                # the same words whichever organization holds the address (no enumeration)
+                conn,
+                "users",
+                values,
+                "this email cannot be used",
             )
 
     async def list(self, org: str, cursor: str | None, limit: int) -> Page:
