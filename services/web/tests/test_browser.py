@@ -236,3 +236,44 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
     page.goto("/org/integrations/sentry/mappings")
     expect(page).to_have_url(re.compile(r"/signin"))
     ctx.close()
+
+
+@pytest.mark.timeout(600)
+def test_connect_with_sentry_installs_the_public_app_in_a_browser(
+    stack: WebStack, browser: Browser
+) -> None:
+    """Integrations > Sentry > "Connect with Sentry": the form posts to the web, which redirects
+    to the connect link (the edge: the API), then to the stand-in's install page, then back to
+    the API's callback and its "Connect?" page; confirmed, the connection is listed on the
+    Integrations page. The pages' CSP form-action must let every redirect of that chain go."""
+    ctx = browser.new_context(base_url=stack.url("web"), viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+
+    page.goto("/signin")
+    page.get_by_label("Email address").fill(stack.admin_email)
+    page.get_by_label("Password").fill(stack.admin_password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Incidents", level=1)).to_be_visible()
+
+    page.goto("/org/integrations/sentry")
+    csp = page.request.get("/org/integrations/sentry").headers["content-security-policy"]
+    assert f"form-action 'self' {stack.url('edge')} {stack.url('sentry-stub')}" in csp
+    page.get_by_role("button", name="Connect with Sentry").click()
+    # the API's page on the public host, after Sentry's install page: which organization
+    expect(page).to_have_url(re.compile(re.escape(stack.url("edge")) + "/integrations/sentry/"))
+    expect(page.get_by_role("heading", name="Connect Sentry")).to_be_visible()
+    expect(page.locator("body")).to_contain_text("globex")
+    shot(page, "connect-public-app")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.get_by_role("heading", name="Sentry connected")).to_be_visible()
+    expect(page.locator("body")).to_contain_text("globex")
+
+    page.goto(stack.url("web") + "/org/integrations/sentry")
+    listed = page.locator("main").filter(has_text="Public app (OAuth)")
+    expect(listed).to_contain_text("globex")
+    shot(page, "integrations-oauth")
+    assert refused == []
+    ctx.close()

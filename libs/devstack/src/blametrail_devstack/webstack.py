@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,10 @@ PARTS = (
     ("suspects", "blametrail_suspects", "BLAMETRAIL_SUSPECTS_PORT"),
     ("web", "blametrail_web", "BLAMETRAIL_WEB_PORT"),
     ("replay-jobs", "blametrail_replay.worker", "BLAMETRAIL_JOBS_PORT"),
+    # one public host, as make up's: the connect link and the OAuth callback go through it
+    ("edge", "blametrail_devstack.edge", "BLAMETRAIL_EDGE_PORT"),
 )
+PUBLIC_APP_CLIENT_ID = "webstack-public-app"
 # Consumer groups are not prefixed by BLAMETRAIL_TOPIC_PREFIX: on a shared broker each stack
 # names its own, or it would join (and rebalance, or fence) another stack's groups.
 GROUP_VARS = (
@@ -149,7 +153,12 @@ def running_web_stack(server_dsn: str, timeout_s: float = 180) -> Iterator[WebSt
         "BLAMETRAIL_TOPIC_PREFIX": f"w{tag}.",
         "BLAMETRAIL_SECRET_KEYS": generate_key(),
         "BLAMETRAIL_SENTRY_STUB_TOKEN": STUB_TOKEN,
-        "BLAMETRAIL_PUBLIC_INGEST_URL": f"http://127.0.0.1:{ports['ingest']}",
+        "BLAMETRAIL_PUBLIC_INGEST_URL": f"http://127.0.0.1:{ports['edge']}",
+        # the public (OAuth) app, played by the stand-in (its install page), as under make up
+        "BLAMETRAIL_SENTRY_URL": f"http://127.0.0.1:{ports['sentry-stub']}",
+        "BLAMETRAIL_SENTRY_CLIENT_ID": PUBLIC_APP_CLIENT_ID,
+        "BLAMETRAIL_SENTRY_APP_SLUG": "blametrail",
+        "BLAMETRAIL_INGEST_PUBLIC_CLIENT_SECRETS": f"webstack-{tag}-public-app-secret",
         "BLAMETRAIL_WEB_API_URL": f"http://127.0.0.1:{ports['mappings-api']}",
         "BLAMETRAIL_WEB_COOKIE_SECURE": "false",
         "BLAMETRAIL_WEB_POLL_INTERVAL_S": "1",
@@ -158,12 +167,24 @@ def running_web_stack(server_dsn: str, timeout_s: float = 180) -> Iterator[WebSt
         "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
         **{var: f"webstack-{tag}-{var.lower()}" for var in GROUP_VARS},
     }
+    own = {
+        # the web signs with a key of its own and is never given the master key
+        "web": {
+            "BLAMETRAIL_WEB_SECRET_KEY": secrets.token_urlsafe(32),
+            "BLAMETRAIL_SECRET_KEYS": "",
+        },
+        "edge": {
+            "BLAMETRAIL_INGEST_URL": f"http://127.0.0.1:{ports['ingest']}",
+            "BLAMETRAIL_API_URL": f"http://127.0.0.1:{ports['mappings-api']}",
+            "BLAMETRAIL_WEB_URL": f"http://127.0.0.1:{ports['web']}",
+        },
+    }
     specs = tuple(
         ServiceSpec(
             name,
             module,
             None if name == "sentry-stub" else ports[name],
-            env={var: str(ports[name])},
+            env={var: str(ports[name]), **own.get(name, {})},
         )
         for name, module, var in PARTS
     )
