@@ -169,7 +169,10 @@ async def pipeline(
     spool: Path,
     *,
     scopes: frozenset[str] = ALL_SCOPES,
+    worker_key: str | None = None,
 ) -> AsyncIterator[Pipeline]:
+    """``worker_key``: the worker decrypts tokens with this key instead of the API's (so it
+    cannot read them for now, as during a key rotation in flight)."""
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers,
         topic_prefix=f"s{uuid.uuid4().hex[:6]}.",
@@ -255,7 +258,10 @@ async def pipeline(
             await normalizer.app.start()
             fast = RetryPolicy(base_delay_s=0.05, max_attempts=3, max_rate_limit_wait_s=30)
             worker = WriteBacks(
-                HttpxSentryApi(http, fast), table, ConnectionCredentials(table, box), producer
+                HttpxSentryApi(http, fast),
+                table,
+                ConnectionCredentials(table, SecretBox(worker_key) if worker_key else box),
+                producer,
             )
             group = f"sync-{uuid.uuid4().hex[:6]}"
 

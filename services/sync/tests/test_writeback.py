@@ -6,6 +6,7 @@ import asyncio
 import random
 from typing import Any
 
+from blametrail_common.crypto import generate_key
 from blametrail_common.events.actions import sentry_status_for
 from blametrail_devstack.testkit import until
 from blametrail_sentry_stub.issue_update import ALL_SCOPES
@@ -155,6 +156,30 @@ async def test_refused_write_back_is_on_the_timeline_counted_and_not_retried(
         )
         assert payload[0][0]["http_status"] == 403
         assert WRITEBACKS.labels("refused")._value.get() == refused_before + 1
+
+
+async def test_a_token_unreadable_for_now_fails_and_is_dead_lettered_not_refused(
+    make_pipeline: Any,
+) -> None:
+    """An enabled connection whose token the worker cannot read at the moment (a key rotation or
+    a refresh in flight) is a transient failure: dead-lettered for a redrive, never "refused"."""
+    failed_before = WRITEBACKS.labels("failed")._value.get()
+    refused_before = WRITEBACKS.labels("refused")._value.get()
+    async with make_pipeline(worker_key=generate_key()) as p:
+        incident = await p.open_issue("7351")
+        assert (await p.act(incident, "resolve")).status_code == 202
+
+        async def failed() -> bool:
+            return "incident.writeback.failed" in await p.timeline(incident)
+
+        await until("the failure on the timeline", failed, timeout_s=120)
+        await until("the worker caught up", p.synced, timeout_s=60)
+        timeline = await p.timeline(incident)
+        assert "incident.writeback.refused" not in timeline
+        assert await p.status(incident) == "resolved"  # the BlameTrail action stands
+        assert p.app_updates("7351") == []
+        assert WRITEBACKS.labels("failed")._value.get() == failed_before + 1
+        assert WRITEBACKS.labels("refused")._value.get() == refused_before
 
 
 async def test_the_write_back_time_is_when_sentry_answered_not_when_it_was_sent(

@@ -13,9 +13,10 @@ redelivery is idempotent.
 Per write-back: ``incident.writeback.requested`` (acknowledged before the call, so the
 normalizer knows the pending write-back when Sentry's echo arrives), then the ``PUT`` through the
 shared client (its per-organization budget, retries and rate-limit holds), then one of
-``confirmed``; ``refused`` (Sentry answered no: 403 missing ``event:write``, 404, 400; or no
-usable credentials) - never retried, the BlameTrail action stands; ``failed`` (Sentry did not
-answer: :class:`~blametrail_common.sentry_api.GaveUp`; or a 401 for which a refresh was asked)
+``confirmed``; ``refused`` (Sentry answered no: 403 missing ``event:write``, 404, 400; or the
+connection is disabled or gone) - never retried, the BlameTrail action stands; ``failed`` (Sentry
+did not answer: :class:`~blametrail_common.sentry_api.GaveUp`; a 401 for which a refresh was
+asked; or an enabled connection whose token cannot be read now)
 with the winning event dead-lettered on ``incident-events-dlq``, so ``blametrail dlq redrive``
 tries it once more.
 """
@@ -149,7 +150,14 @@ class WriteBacks:
         }
         creds = self.credentials.credentials(t.connection_id)
         if creds is None:
-            await self._refused(common, "no usable credentials (connection disabled or no token)")
+            conn = self.connections.get(t.connection_id)
+            if conn is None or not conn.enabled:
+                await self._refused(common, "the connection is disabled or gone")
+                return t
+            # enabled, but its token is missing or unreadable for now (a refresh or a key
+            # rotation in flight): not a refusal, so the redrive of the dead letter retries it
+            reason = "the connection's token is not usable now"
+            await self._failed(common, record, reason, RuntimeError(reason))
             return t
         await self._publish(WriteBackRequestedV1(**common, at=self.clock()))
         body: dict[str, Any] = {"status": sentry[0]}
