@@ -123,3 +123,34 @@ def test_schedule_jitters_and_spreads_first_sweeps() -> None:
     assert s.due["c"] == 1270
     s.done("c", 1270)
     assert s.due["c"] == 1270 + 360
+
+
+def test_observation_ids_are_the_same_for_the_same_disagreement() -> None:
+    """Two sweeps that find the same disagreement (the first crashed before recording it, or
+    the projection had not folded it yet) publish it under the same id; a new state on either
+    side is a new observation."""
+    item = tracked("9")
+    resolved = {"id": "9", "status": "resolved", "lastSeen": "2026-03-16T07:00:00Z"}
+    first = plan.decide_status(item, resolved, now=NOW, settle=SETTLE)
+    again = plan.decide_status(item, resolved, now=NOW + timedelta(minutes=5), settle=SETTLE)
+    assert first is not None
+    assert again is not None
+    assert again.observed_at == NOW + timedelta(minutes=5)  # stamped when Sentry answered
+    assert plan.observation_id("c", first) == plan.observation_id("c", again)
+    assert plan.observation_id("c", first) != plan.observation_id("other", first)
+    later = plan.decide_status(
+        Tracked(item.issue_id, item.incident, NOW - timedelta(minutes=10)),
+        resolved,
+        now=NOW,
+        settle=SETTLE,
+    )  # reopened since, resolved again behind our back: a new repair
+    assert later is not None
+    assert plan.observation_id("c", later) != plan.observation_id("c", first)
+    seen_again = {**resolved, "lastSeen": "2026-03-16T07:30:00Z"}
+    regressed = plan.decide_status(item, seen_again, now=NOW, settle=SETTLE)
+    assert regressed is not None
+    assert plan.observation_id("c", regressed) != plan.observation_id("c", first)
+    created = plan.decide_created([{"id": "10", "project": {"slug": "a"}}], set(), {"a"}, str)
+    assert plan.observation_id("c", created[0]) == plan.observation_id(
+        "c", plan.decide_created([{"id": "10", "project": {"slug": "a"}}], set(), {"a"}, str)[0]
+    )

@@ -8,6 +8,7 @@ publishes nothing and a second sweep after a repair finds nothing to say.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ __all__ = [
     "decide_created",
     "id_search_path",
     "next_cursor",
+    "observation_id",
     "our_status",
     "repair_kind",
 ]
@@ -58,6 +60,36 @@ class Decision:
     issue: dict[str, Any]
     incident: KnownIncident | None
     repair: str  # resolved | reopened | muted | created | merged
+    observed_at: datetime | None = None
+    """When Sentry answered (the batch's or page's fetch), not when the sweep began."""
+    state_changed_at: datetime | None = None
+    """The read model's state the decision was made against (status repairs)."""
+
+
+_IDS = uuid.UUID("5b0c9f1e-7a43-4d7e-9c55-2f3a8e61b0d4")
+
+
+def observation_id(connection_id: str, d: Decision) -> uuid.UUID:
+    """The observation's event id, the same in every sweep that finds the same disagreement
+    (a crash between publish and record, or a projection behind by more than the interval,
+    republishes it under the same ids, which the fold and the timeline already hold): the
+    connection, issue, kind and Sentry's answer (status, its lastSeen, the primary of a merge)
+    and, for a status repair, the read model's state it disagreed with."""
+    issue = d.issue
+    parts = [
+        connection_id,
+        d.asked_issue_id,
+        d.kind,
+        str(issue.get("id") or ""),
+        str(issue.get("status") or ""),
+    ]
+    if d.kind == "status":
+        parts += [
+            str(issue.get("lastSeen") or ""),
+            d.incident.status if d.incident is not None else "",
+            d.state_changed_at.isoformat() if d.state_changed_at is not None else "",
+        ]
+    return uuid.uuid5(_IDS, "\x1f".join(parts))
 
 
 def our_status(status: str) -> str:
@@ -132,7 +164,7 @@ def decide_status(
     a merge), or None when they agree."""
     answered = str(issue.get("id") or "")
     if answered and answered != item.issue_id:
-        return Decision("merged", item.issue_id, issue, item.incident, "merged")
+        return Decision("merged", item.issue_id, issue, item.incident, "merged", now)
     if now - item.state_changed_at < settle:
         return None
     status = str(issue.get("status") or "")
@@ -143,11 +175,17 @@ def decide_status(
         # Sentry has not changed since it last told us: the difference is a BlameTrail action
         # that was never mirrored (write-back off, refused or failed), and it stands.
         return None
-    return Decision("status", item.issue_id, issue, item.incident, _REPAIR[theirs])
+    return Decision(
+        "status", item.issue_id, issue, item.incident, _REPAIR[theirs], now, item.state_changed_at
+    )
 
 
 def decide_created(
-    issues: Iterable[dict[str, Any]], known_incident: set[str], mapped_slugs: set[str], ids: Any
+    issues: Iterable[dict[str, Any]],
+    known_incident: set[str],
+    mapped_slugs: set[str],
+    ids: Any,
+    observed_at: datetime | None = None,
 ) -> list[Decision]:
     """Issues of mapped, active projects with no incident yet: missed ``issue.created``.
     ``ids(issue_id) -> incident id``; ``known_incident``: incident ids the read model has."""
@@ -161,5 +199,5 @@ def decide_created(
             continue
         seen.add(issue_id)
         if ids(issue_id) not in known_incident:
-            out.append(Decision("created", issue_id, issue, None, "created"))
+            out.append(Decision("created", issue_id, issue, None, "created", observed_at))
     return out

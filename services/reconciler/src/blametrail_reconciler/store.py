@@ -141,6 +141,21 @@ class Store:
         )
         return {r[0] for r in await cur.fetchall()}
 
+    async def published(self, observations: list[tuple[str | None, uuid.UUID]]) -> set[uuid.UUID]:
+        """Of ``(incident id, observation id)``, the observations an earlier sweep
+        published and recorded (a repair's ``detail.observation_id``)."""
+        if not observations:
+            return set()
+        ids = [str(o) for _, o in observations]
+        incidents = [i for i, _ in observations]
+        cur = await self.conn.execute(
+            "SELECT detail ->> 'observation_id' FROM reconcile_repairs"
+            " WHERE incident_id = ANY(%s::uuid[])"
+            " AND detail ->> 'observation_id' = ANY(%s)",
+            (incidents, ids),
+        )
+        return {uuid.UUID(r[0]) for r in await cur.fetchall()}
+
     async def mapped_slugs(self, connection_id: str) -> set[str]:
         cur = await self.conn.execute(
             "SELECT sentry_project_slug FROM project_mappings"

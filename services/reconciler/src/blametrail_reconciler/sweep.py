@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -157,8 +158,9 @@ class Sweeper:
         async def one(batch: list[Tracked]) -> list[Decision]:
             async with gate:
                 found = await call(plan.id_search_path(creds.org_slug, (t.issue_id for t in batch)))
+                at = self.clock()  # when Sentry answered: the observations' time
                 by_id = {str(i.get("id")): i for i in found if isinstance(i, dict)}
-                decisions, missing = plan.compare(batch, by_id, now=now, settle=settle)
+                decisions, missing = plan.compare(batch, by_id, now=at, settle=settle)
                 for item in missing:  # merged or deleted: the detail endpoint says which
                     try:
                         issue = await call(
@@ -167,7 +169,7 @@ class Sweeper:
                     except NotFound:
                         continue  # deleted in Sentry: nothing to fold
                     if isinstance(issue, dict):
-                        d = plan.decide_status(item, issue, now=now, settle=settle)
+                        d = plan.decide_status(item, issue, now=self.clock(), settle=settle)
                         if d is not None:
                             decisions.append(d)
             done[0] += len(batch)
@@ -190,12 +192,17 @@ class Sweeper:
         if not slugs:
             return []
         issues: list[dict[str, Any]] = []
+        fetched: dict[str, datetime] = {}
         cursor: str | None = None
         pages = 0
         while True:
             headers: dict[str, str] = {}
             page = await call(plan.creations_path(creds.org_slug, since, cursor), headers)
-            issues += [i for i in page if isinstance(i, dict)]
+            at = self.clock()
+            for i in page:
+                if isinstance(i, dict):
+                    issues.append(i)
+                    fetched.setdefault(str(i.get("id")), at)
             pages += 1
             progress("creations", pages, pages)
             cursor = plan.next_cursor(headers.get("link"))
@@ -206,7 +213,10 @@ class Sweeper:
             for i in issues
         }
         known = await store.existing(list(ids.values()))
-        return plan.decide_created(issues, known, slugs, lambda issue_id: ids[issue_id])
+        return [
+            dataclasses.replace(d, observed_at=fetched.get(d.asked_issue_id))
+            for d in plan.decide_created(issues, known, slugs, lambda issue_id: ids[issue_id])
+        ]
 
     async def _publish(
         self,
@@ -224,8 +234,14 @@ class Sweeper:
             if d.kind == "merged"
         ]
         known = await store.existing(primaries)
+        ids = {id(d): plan.observation_id(conn.connection_id, d) for d in decisions}
+        published = await store.published([(_incident_of(conn, d), ids[id(d)]) for d in decisions])
         out: list[tuple[str, Any]] = []
         for d in decisions:
+            event_id = ids[id(d)]
+            if event_id in published:  # an earlier sweep published and recorded it: not again
+                continue
+            observed = d.observed_at or now
             key = alias_key(conn.connection_id, d.asked_issue_id)
             primary_id = str(d.issue.get("id") or "")
             moved = []
@@ -236,12 +252,19 @@ class Sweeper:
                     tenant_id=conn.tenant_id,
                     issue_id=d.asked_issue_id,
                     primary_issue_id=primary_id,
-                    merged_at=now,
+                    merged_at=observed,
                 )
+                alias_id = uuid.uuid5(event_id, "alias")
                 out.append(
                     (
                         "sentry-issue-aliases",
-                        new_event(alias, key=key, tenant=conn.tenant_id, occurred_at=now),
+                        new_event(
+                            alias,
+                            key=key,
+                            tenant=conn.tenant_id,
+                            occurred_at=observed,
+                            event_id=alias_id,
+                        ),
                     )
                 )
             obs = IssueObservedV1(
@@ -250,37 +273,40 @@ class Sweeper:
                 kind=d.kind,
                 asked_issue_id=d.asked_issue_id,
                 issue=bounded_issue(d.issue),
-                observed_at=now,
+                observed_at=observed,
                 sweep_id=str(row.sweep_id),
                 incident=d.incident,
                 primary_known=incident_id_for(conn.tenant_id, "issue", primary_id) in known,
                 moved_links=moved,
             )
-            event_id = uuid.uuid5(row.sweep_id, f"{d.kind}:{d.asked_issue_id}")
             out.append(
                 (
                     "sentry-observations",
                     new_event(
-                        obs, key=key, tenant=conn.tenant_id, occurred_at=now, event_id=event_id
+                        obs, key=key, tenant=conn.tenant_id, occurred_at=observed, event_id=event_id
                     ),
                 )
-            )
-            incident = (
-                d.incident.incident_id
-                if d.incident is not None
-                else incident_id_for(conn.tenant_id, "issue", d.asked_issue_id)
             )
             row.repairs.append(
                 Repair(
                     d.repair,
                     d.asked_issue_id,
-                    incident,
-                    {"status": d.issue.get("status"), "primary_issue_id": primary_id}
-                    if d.kind == "merged"
-                    else {"status": d.issue.get("status")},
-                    now,
+                    _incident_of(conn, d),
+                    {
+                        "status": d.issue.get("status"),
+                        "observation_id": str(event_id),
+                        **({"primary_issue_id": primary_id} if d.kind == "merged" else {}),
+                    },
+                    observed,
                 )
             )
         for at in range(0, len(out), 500):  # acked by the broker before the sweep is recorded
             await self.producer.send_many(out[at : at + 500])
             progress("publish", min(at + 500, len(out)), len(out))
+
+
+def _incident_of(conn: ConnectionStateV1, d: Decision) -> str:
+    """The incident a decision is about (a missed creation's: the one it makes)."""
+    if d.incident is not None:
+        return d.incident.incident_id
+    return incident_id_for(conn.tenant_id, "issue", d.asked_issue_id)
