@@ -57,6 +57,7 @@ class Step:
     rate: int
     sent: int = 0
     non_2xx: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)  # non-2xx by status (0: no answer)
     spooled: int = 0
     acks: list[float] = field(default_factory=list)  # seconds, 2xx only
     acked_at: dict[str, float] = field(default_factory=dict)  # incident id -> wall time of 2xx
@@ -90,32 +91,41 @@ class Poster:
         )
         self.opened = 0
 
-    async def _conn(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.pool.empty() and self.opened < CONNECTIONS:
+    async def _conn(self, fresh: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """A pooled connection (reused: True) or a new one (always when ``fresh``)."""
+        if fresh or (self.pool.empty() and self.opened < CONNECTIONS):
             self.opened += 1
-            return await asyncio.open_connection(self.host, self.port)
-        return await self.pool.get()
+            return *await asyncio.open_connection(self.host, self.port), False
+        return *await self.pool.get(), True
 
     async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        reader, writer = await self._conn()
+        """Status and body of one webhook; 0 when the connection failed. A reused connection
+        the server closed while idle (uvicorn's keep-alive timeout, between rates) is not an
+        answer: the webhook is sent again once on a new connection."""
         head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         head.append(f"Content-Length: {len(body)}")
-        try:
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-            answer = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in answer.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-            payload = await reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, StopIteration):
-            writer.close()
-            self.opened -= 1
-            return 0, b""
-        self.pool.put_nowait((reader, writer))
-        return int(answer[9:12]), payload
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        for attempt in range(2):
+            reader, writer, reused = await self._conn(fresh=attempt > 0)
+            try:
+                writer.write(request)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in answer.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                payload = await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, StopIteration):
+                writer.close()
+                self.opened -= 1
+                if reused:
+                    continue
+                return 0, b""
+            self.pool.put_nowait((reader, writer))
+            return int(answer[9:12]), payload
+        return 0, b""
 
 
 async def drive(step: Step, poster: Poster, env: dict[str, str], tenant: str, base: int) -> None:
@@ -137,6 +147,7 @@ async def drive(step: Step, poster: Poster, env: dict[str, str], tenant: str, ba
         step.sent += 1
         if not 200 <= status < 300:
             step.non_2xx += 1
+            step.statuses[status] = step.statuses.get(status, 0) + 1
             return
         if b'"queued":true' in payload.replace(b" ", b""):
             step.spooled += 1
@@ -336,7 +347,9 @@ def report(
         table.add_row(
             f"{s.rate:,}" + ("" if s.send_s <= SECONDS * 1.1 else f" (sent in {s.send_s:.0f} s)"),
             f"{s.sent:,}",
-            f"{s.non_2xx:,}",
+            f"{s.non_2xx:,}"
+            + (" (" + ", ".join(f"{k or 'none'}: {v}" for k, v in s.statuses.items()) + ")")
+            * bool(s.statuses),
             f"{s.spooled:,}",
             f"{pct(acks, 0.5) * 1000:.0f} / {pct(acks, 0.99) * 1000:.0f}",
             f"{pct(lat, 0.5) * 1000:.0f} / {pct(lat, 0.99) * 1000:.0f}",
