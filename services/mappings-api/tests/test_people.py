@@ -50,8 +50,13 @@ class Env:
     app: Any
 
     def client_from(self, host: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=self.app, client=(host, 4242))
-        return httpx.AsyncClient(transport=transport, base_url="http://api")
+        return _client_from(self.app, host)
+
+
+def _client_from(app: Any, host: str) -> httpx.AsyncClient:
+    """A client calling from ``host`` (a test of its own throttle bucket)."""
+    transport = httpx.ASGITransport(app=app, client=(host, 4242))
+    return httpx.AsyncClient(transport=transport, base_url="http://api")
 
 
 @pytest.fixture
@@ -544,9 +549,7 @@ async def test_password_checks_are_bounded_and_one_too_many_is_503_at_once(pool:
     )
     app = create_app(config, repo, {}, clock=clock, passwords=held)
     gate: HashGate = app.state.identity.gate
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
-    ) as client:
+    async with _client_from(app, "198.51.100.71") as client:
         first = [
             asyncio.create_task(_sign_in(client, f"q{i}-{uuid.uuid4().hex[:6]}@example.test"))
             for i in range(5)
@@ -584,9 +587,7 @@ async def test_password_checks_are_bounded_and_one_too_many_is_503_at_once(pool:
 async def test_parallel_wrong_passwords_cannot_pass_the_throttle_together(pool: Pool) -> None:
     clock = Clock()
     app, repo = _app(pool, clock, login_account_failures=3, hash_queue=32)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
-    ) as client:
+    async with _client_from(app, "198.51.100.72") as client:
         env = Env(client, repo, clock, app)
         user = await _user(env, await _org(env))
         answers = await asyncio.gather(
@@ -658,3 +659,47 @@ def test_sentry_base_urls_are_no_internal_address_literals() -> None:
         "http://localhost:9000",
     ):
         assert adapter.validate_python(allowed) == allowed.rstrip("/")
+
+
+async def test_ended_throttle_windows_and_long_over_sessions_are_purged(
+    env: Env, pool: Pool
+) -> None:
+    user = await _user(env, await _org(env))
+    tokens = []
+    for _ in "abc":  # one a second: created_at orders them
+        tokens.append((await _sign_in(env.client, user["email"])).json()["token"])
+        env.clock.advance(seconds=1)
+    old_key, fresh_key = f"address:old-{uuid.uuid4().hex}", f"address:new-{uuid.uuid4().hex}"
+    now = env.clock.now
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO login_throttle (key, failures, window_start) VALUES (%s, 9, %s),"
+            " (%s, 9, %s)",
+            (old_key, now - timedelta(hours=2), fresh_key, now),
+        )
+        cur = await conn.execute(
+            "SELECT id FROM user_sessions WHERE user_id = %s ORDER BY created_at, id",
+            (user["id"],),
+        )
+        ids = [r["id"] for r in await cur.fetchall()]
+        await conn.execute(  # over two days ago (absolute), and revoked an hour ago
+            "UPDATE user_sessions SET expires_at = %s WHERE id = %s",
+            (now - timedelta(days=2), ids[0]),
+        )
+        await conn.execute(
+            "UPDATE user_sessions SET revoked_at = %s WHERE id = %s",
+            (now - timedelta(hours=1), ids[1]),
+        )
+    env.clock.advance(minutes=6)  # the purge runs at most every 5 minutes per process
+    assert (await _sign_in(env.client, user["email"])).status_code == 201
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT key FROM login_throttle WHERE key = ANY(%s)", ([old_key, fresh_key],)
+        )
+        assert [r["key"] for r in await cur.fetchall()] == [fresh_key]
+        cur = await conn.execute("SELECT id FROM user_sessions WHERE id = ANY(%s)", (ids,))
+        assert {r["id"] for r in await cur.fetchall()} == {ids[1], ids[2]}
+    # the revoked one is still told "Session expired"; the live one lives
+    gone = await env.client.get("/api/v1/me", headers=_bearer(tokens[1]))
+    assert (gone.status_code, gone.json()["message"]) == (401, "Session expired")
+    assert (await env.client.get("/api/v1/me", headers=_bearer(tokens[2]))).status_code == 200

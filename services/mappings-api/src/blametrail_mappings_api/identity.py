@@ -27,6 +27,8 @@ __all__ = ["Clock", "Identity", "Refused", "SignedIn", "Throttled", "utcnow"]
 
 Clock = Callable[[], datetime]
 
+PURGE_EVERY = timedelta(minutes=5)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -66,6 +68,7 @@ class Identity:
         self.settings, self.clock = settings, clock
         self.passwords = passwords or Passwords()
         self.gate = HashGate(settings.hash_concurrency, settings.hash_queue)
+        self._purged_at: datetime | None = None
         window = timedelta(seconds=settings.login_window_s)
         self._account = Limit("account", settings.login_account_failures, window)
         self._address = Limit("address", settings.login_address_failures, window)
@@ -88,6 +91,7 @@ class Identity:
         credential."""
         account_key = f"account:{email.strip().lower()}"
         keys = {account_key: self._account, f"address:{address}": self._address}
+        await self._purge_now_and_then(self.clock())
         async with self.gate.admit():
             now = self.clock()
             wait, windows = await self.throttle.attempt(keys, now)
@@ -104,6 +108,15 @@ class Identity:
                 await self.users.set_hash(str(user["id"]), rehashed)
         token, session = await self.sessions.issue(str(user["id"]), now)
         return SignedIn(token, session, user)
+
+    async def _purge_now_and_then(self, now: datetime) -> None:
+        """At most every :data:`PURGE_EVERY` (per process): delete throttle rows whose window
+        ended and sessions over for a day (both tables would otherwise only grow)."""
+        if self._purged_at is not None and now - self._purged_at < PURGE_EVERY:
+            return
+        self._purged_at = now
+        await self.throttle.purge(now, self._account.window)
+        await self.sessions.purge(now, timedelta(days=1))
 
     async def hash_password(self, password: str) -> str:
         """A new hash, in the same bound as sign-ins (:class:`~.passwords.Busy` when full)."""

@@ -53,6 +53,17 @@ class SessionStore:
         assert row is not None
         return token, row
 
+    async def purge(self, now: datetime, keep: timedelta) -> int:
+        """Delete sessions over (absolute, idle or revoked) for longer than ``keep`` (until
+        then a call with one is still told "Session expired")."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM user_sessions WHERE expires_at < %(gone)s"
+                " OR last_used_at + %(idle)s < %(gone)s OR revoked_at < %(gone)s",
+                {"gone": now - keep, "idle": self.limits.idle},
+            )
+            return cur.rowcount
+
     async def principal(self, cred: Credential, now: datetime) -> Principal | str | None:
         """The user a live session acts as; :data:`EXPIRED` for a session that is over (idle,
         absolute, revoked, or its user disabled); ``None`` for no session at all."""

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from blametrail_mappings_api.store.db import Pool
+from blametrail_mappings_api.store.db import Conn, Pool
 
 __all__ = ["Limit", "LoginThrottle"]
 
@@ -24,7 +24,7 @@ class Limit:
 class LoginThrottle:
     """An attempt is counted BEFORE its password is checked (:meth:`attempt`: one atomic
     increment-and-read per key), so parallel attempts cannot all pass a check made before any of
-    them failed; a success takes its attempt back (:meth:`succeeded`)."""
+    them failed; a refused attempt (429) and a success take their attempt back."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -55,6 +55,8 @@ class LoginThrottle:
                 windows[key] = row["window_start"]
                 if row["failures"] > limit.failures:
                     waits.append((row["window_start"] + limit.window - now).total_seconds())
+            if waits:  # refused: no password is checked, so it is no attempt; take it back
+                await _take_back(conn, windows)
         return (max(1, math.ceil(max(waits))) if waits else None), windows
 
     async def succeeded(self, reset: str, windows: dict[str, datetime]) -> None:
@@ -62,13 +64,7 @@ class LoginThrottle:
         of ``windows`` gets its attempt back (unless its window started again meanwhile)."""
         async with self.pool.connection() as conn:
             await conn.execute("DELETE FROM login_throttle WHERE key = %s", (reset,))
-            for key, started in windows.items():
-                if key != reset:
-                    await conn.execute(
-                        "UPDATE login_throttle SET failures = failures - 1"
-                        " WHERE key = %s AND window_start = %s AND failures > 0",
-                        (key, started),
-                    )
+            await _take_back(conn, {k: v for k, v in windows.items() if k != reset})
 
     async def purge(self, now: datetime, window: timedelta) -> int:
         """Delete the rows whose window ended before ``now`` (they count nothing any more)."""
@@ -77,3 +73,13 @@ class LoginThrottle:
                 "DELETE FROM login_throttle WHERE window_start + %s <= %s", (window, now)
             )
             return cur.rowcount
+
+
+async def _take_back(conn: Conn, windows: dict[str, datetime]) -> None:
+    """One attempt less on each key, unless its window started again meanwhile."""
+    for key in sorted(windows):
+        await conn.execute(
+            "UPDATE login_throttle SET failures = failures - 1"
+            " WHERE key = %s AND window_start = %s AND failures > 0",
+            (key, windows[key]),
+        )
