@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from blametrail_devstack.install import ensure_chromium
@@ -102,6 +103,24 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
         page.get_by_role("button", name=re.compile("Create")).click()
         expect(page.locator("main")).to_contain_text(service)
     shot(page, "services", narrow=True)
+    # A deploy of Payments API just before its incident: a suspect with its signals.
+    with stack.api() as api:
+        services = api.get("/api/v1/services", params={"limit": "200"}).json()["items"]
+        payments = next(s["id"] for s in services if s["name"] == "Payments API")
+        now = datetime.now(UTC)
+        made = api.post(
+            "/api/v1/deploys",
+            json={
+                "service_id": payments,
+                "version": "checkout-api@2.14.0",
+                "environment": "production",
+                "started_at": (now - timedelta(minutes=20)).isoformat(),
+                "finished_at": (now - timedelta(minutes=12)).isoformat(),
+                "changed_paths": ["checkout/pricing.py"],
+                "url": "javascript:alert(1)",  # attacker-controlled: shown as text, never a link
+            },
+        )
+        assert made.status_code == 201, made.text
     for project, service, active in DOCS_TABLE:
         page.goto("/org/integrations/sentry/mappings")
         page.get_by_role("link", name="Add Mapping").first.click()
@@ -160,7 +179,15 @@ def test_the_docs_walkthrough_in_a_browser(stack: WebStack, browser: Browser) ->
     expect(section("tags")).to_contain_text(re.compile("release", re.I))
     expect(section("user")).to_contain_text("zo\u00eb@customer.example")
     expect(section("bc").locator("tbody tr").first).to_be_visible()
+    for _ in range(60):  # scoring is asynchronous too
+        if "checkout-api@2.14.0" in (section("sus").text_content() or ""):
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    expect(section("sus").locator("li.suspect").first).to_contain_text("checkout-api@2.14.0")
+    expect(section("sus").locator("li.suspect").first.locator("tbody tr").first).to_be_visible()
     expect(section("sus")).to_contain_text("considered")
+    expect(section("sus").locator('a[href^="javascript"]')).to_have_count(0)
     # the actions the open incident allows, and only those
     expect(page.get_by_role("button", name="Acknowledge")).to_be_visible()
     expect(page.get_by_role("button", name="Resolve")).to_be_visible()
