@@ -20,8 +20,8 @@ from blametrail_common.crypto import SecretBox, generate_key
 from blametrail_devstack.testkit import until
 from blametrail_mappings_api.api.deps import page_size
 from blametrail_mappings_api.app import ENDPOINTS, create_app
-from blametrail_mappings_api.auth import client_address
-from blametrail_mappings_api.errors import Invalid
+from blametrail_mappings_api.auth import Principal, client_address
+from blametrail_mappings_api.errors import Conflict, Invalid
 from blametrail_mappings_api.passwords import HashGate, Passwords
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.schemas import ApiBase
@@ -703,3 +703,88 @@ async def test_ended_throttle_windows_and_long_over_sessions_are_purged(
     gone = await env.client.get("/api/v1/me", headers=_bearer(tokens[1]))
     assert (gone.status_code, gone.json()["message"]) == (401, "Session expired")
     assert (await env.client.get("/api/v1/me", headers=_bearer(tokens[2]))).status_code == 200
+
+
+async def test_disabling_a_user_revokes_the_api_keys_they_made_and_the_list_shows_who(
+    env: Env,
+) -> None:
+    """Issue 17 M5: a key does not outlive the admin who made it (nor a key made by that key);
+    another admin's key and the CLI's key stay."""
+    cli = await _org(env)
+    mallory = await _user(env, cli, "admin")
+    alice = await _user(env, cli, "admin")
+    as_mallory = _bearer((await _sign_in(env.client, mallory["email"])).json()["token"])
+    as_alice = _bearer((await _sign_in(env.client, alice["email"])).json()["token"])
+
+    async def made(by: dict[str, str], name: str) -> dict[str, Any]:
+        answer = await env.client.post(
+            "/api/v1/api-keys", headers=by, json={"name": name, "role": "admin"}
+        )
+        assert answer.status_code == 201, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    hers = await made(as_mallory, "mallory's")
+    chained = await made(_bearer(hers["key"]), "made by mallory's key")
+    alices = await made(as_alice, "alice's")
+    assert hers["created_by_user_id"] == mallory["id"]
+    assert chained["created_by_user_id"] == mallory["id"]
+    listed = {
+        k["id"]: k for k in (await env.client.get("/api/v1/api-keys", headers=cli)).json()["items"]
+    }
+    assert listed[alices["id"]]["created_by_user_id"] == alice["id"]
+    assert [k["created_by_user_id"] for k in listed.values() if k["name"] == ""] == [None]
+
+    off = await env.client.patch(
+        f"/api/v1/users/{mallory['id']}", headers=cli, json={"disabled": True}
+    )
+    assert off.status_code == 200
+    for key in (hers, chained):
+        assert (await env.client.get("/api/v1/me", headers=_bearer(key["key"]))).status_code == 401
+    for still in (alices["key"],):
+        assert (await env.client.get("/api/v1/me", headers=_bearer(still))).status_code == 200
+    assert (await env.client.get("/api/v1/me", headers=cli)).status_code == 200
+    listed = {
+        k["id"]: k for k in (await env.client.get("/api/v1/api-keys", headers=cli)).json()["items"]
+    }
+    assert listed[hers["id"]]["revoked_at"] is not None
+    assert listed[chained["id"]]["revoked_at"] is not None
+    assert listed[alices["id"]]["revoked_at"] is None
+    # enabled again, the revoked keys stay revoked
+    await env.client.patch(f"/api/v1/users/{mallory['id']}", headers=cli, json={"disabled": False})
+    assert (await env.client.get("/api/v1/me", headers=_bearer(hers["key"]))).status_code == 401
+
+
+async def test_a_key_is_not_made_for_a_user_disabled_since_the_call_was_authenticated(
+    env: Env, pool: Pool
+) -> None:
+    """The race of M5: the creator is read under a share lock in the key's transaction; a user
+    disabled after their call was authenticated is a 409, never a live key of a disabled user
+    (nor of one made by such a user's key)."""
+    cli = await _org(env)
+    mallory = await _user(env, cli, "admin")
+    as_mallory = _bearer((await _sign_in(env.client, mallory["email"])).json()["token"])
+    made = await env.client.post(
+        "/api/v1/api-keys", headers=as_mallory, json={"name": "k", "role": "admin"}
+    )
+    await _user(env, cli, "admin")  # so that mallory is not the last admin
+    off = await env.client.patch(
+        f"/api/v1/users/{mallory['id']}", headers=cli, json={"disabled": True}
+    )
+    assert off.status_code == 200, off.text
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT org_id FROM users WHERE id = %s", (mallory["id"],))
+        org = str(((await cur.fetchone()) or {})["org_id"])
+    keys = env.app.state.identity.keys
+    as_user = Principal("user", mallory["id"], "A Person", "admin", org)
+    as_key = Principal("api_key", made.json()["id"], "k", "admin", org)
+    for who in (as_user, as_key):
+        with pytest.raises(Conflict, match="disabled"):
+            await keys.create_in(org, "late", "admin", who)
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM api_keys WHERE created_by_user_id = %s"
+            " AND revoked_at IS NULL",
+            (mallory["id"],),
+        )
+        assert ((await cur.fetchone()) or {})["n"] == 0

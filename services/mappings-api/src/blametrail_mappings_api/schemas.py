@@ -433,6 +433,9 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    created_by_user_id: str | None
+    """The user this key was made by (a key made by a key: that key's user; ``None`` for a key
+    made by the CLI); disabling the user revokes the key."""
 
 
 class ApiKeyCreated(ApiKeyOut):

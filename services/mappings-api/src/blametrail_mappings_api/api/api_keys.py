@@ -1,5 +1,6 @@
 """``/api/v1/api-keys`` (admin): the organization's API keys: list, create (the key shown once),
-revoke (refused at once afterwards)."""
+revoke (refused at once afterwards). A key shows the user it was made by; disabling that user
+revokes it."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ async def list_api_keys(api: Admin, cursor: Cursor = None, limit: Limit = "50") 
 
 @router.post("", summary="Create an API key (shown once)", status_code=201, responses=answers(400))
 async def create_api_key(api: Admin, body: ApiKeyCreate) -> ApiKeyCreated:
-    key, row = await api.identity.keys.create_in(api.org, body.name, body.role)
+    key, row = await api.identity.keys.create_in(api.org, body.name, body.role, api.principal)
     return out(ApiKeyCreated, {**_shown(row), "key": key})
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from blametrail_mappings_api.errors import Conflict, NotFound
 from blametrail_mappings_api.store import db
+from blametrail_mappings_api.store.api_keys import revoke_made_by_in
 from blametrail_mappings_api.store.db import Page, Pool, Row
 from blametrail_mappings_api.store.sessions import revoke_all_in
 
@@ -58,7 +59,8 @@ class UserStore:
 
     async def update(self, org: str, user_id: str, changes: dict[str, Any], now: datetime) -> Row:
         """Apply ``changes`` (name, role, disabled); :class:`Conflict` (409) if it would leave
-        the organization without an enabled admin; disabling revokes every session."""
+        the organization without an enabled admin; disabling revokes every session and every API
+        key the user made (issue 17 M5), in the same transaction."""
         async with db.transaction(self.pool) as conn:
             admins = await conn.execute(
                 "SELECT id FROM users WHERE org_id = %s AND role = 'admin' AND NOT disabled"
@@ -78,6 +80,7 @@ class UserStore:
             row = await db.update(conn, "users", org, user_id, changes, "user", "")
             if disabled and not current["disabled"]:
                 await revoke_all_in(conn, str(current["id"]), now)
+                await revoke_made_by_in(conn, str(current["id"]), now)
             return row
 
     async def disable_by_email(self, email: str, now: datetime) -> Row:
