@@ -176,6 +176,37 @@ async def test_the_same_idempotency_key_is_one_state_change_and_answers_the_firs
     assert len(await _commands(pool, inc)) == 1
 
 
+async def test_an_idempotency_key_is_its_callers_own(client: httpx.AsyncClient, pool: Pool) -> None:
+    """Issue 17 L2: another caller's same Idempotency-Key neither replays the first caller's
+    answer (their action and name) nor blocks a different action; each caller's retry still
+    replays its own."""
+    admin, org = await _org(client)
+    member, member_id = await _member(client, admin)
+    inc = await _incident(pool, org)
+    shared = "deploy-42"
+    ack = await client.post(
+        f"/api/v1/incidents/{inc}/acknowledge", headers={"Idempotency-Key": shared, **member}
+    )
+    assert ack.status_code == 202, ack.text
+    resolve = await client.post(
+        f"/api/v1/incidents/{inc}/resolve", headers={"Idempotency-Key": shared, **admin}
+    )
+    assert resolve.status_code == 202, resolve.text
+    assert resolve.json()["replayed"] is False
+    assert resolve.json()["actor"]["kind"] == "api_key"
+    assert resolve.json()["status"] == "resolved"
+    again = await client.post(
+        f"/api/v1/incidents/{inc}/acknowledge", headers={"Idempotency-Key": shared, **member}
+    )
+    assert again.json() == {**ack.json(), "replayed": True}
+    assert again.json()["actor"]["id"] == member_id
+    mine = await client.post(
+        f"/api/v1/incidents/{inc}/resolve", headers={"Idempotency-Key": shared, **admin}
+    )
+    assert mine.json() == {**resolve.json(), "replayed": True}
+    assert [c.action for c in await _commands(pool, inc)] == ["acknowledge", "resolve"]
+
+
 async def test_concurrent_identical_actions_make_one_state_change(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:

@@ -9,7 +9,8 @@ through the outbox.
 The status checked is the newer of the projection's (``incidents.status`` as of
 ``state_changed_at``) and the last action accepted here (the projection shows an action only
 once the normalizer and the projector have folded it). Idempotency: a request with an
-``Idempotency-Key`` already used on this incident gets the first answer again and no new command;
+``Idempotency-Key`` its caller (the user or API key) already used on this incident gets the first
+answer again and no new command (another caller's same key is not theirs: migration 0036);
 without a key, the state check makes the same action twice one state change (the second is a 409).
 """
 
@@ -107,7 +108,7 @@ class IncidentActionStore:
             )
             incident = await _incident(conn, org, ident)
             if idempotency_key is not None:
-                earlier = await _by_key(conn, org, ident, idempotency_key)
+                earlier = await _by_key(conn, org, ident, actor, idempotency_key)
                 if earlier is not None:
                     if earlier["action"] != action:
                         raise Refused(
@@ -133,11 +134,13 @@ async def _incident(conn: Conn, org: str, ident: uuid.UUID) -> Row:
     return row
 
 
-async def _by_key(conn: Conn, org: str, ident: uuid.UUID, key: str) -> Row | None:
+async def _by_key(conn: Conn, org: str, ident: uuid.UUID, actor: Actor, key: str) -> Row | None:
+    """The action ``actor`` took on the incident with ``key``: a key is its caller's own (issue
+    17 L2), another caller's same key is no replay of theirs."""
     cur = await conn.execute(
         "SELECT * FROM incident_actions WHERE tenant_id = %s AND incident_id = %s"
-        " AND idempotency_key = %s",
-        (org, ident, key),
+        " AND actor_kind = %s AND actor_id = %s AND idempotency_key = %s",
+        (org, ident, actor.kind, actor.id, key),
     )
     found: Row | None = await cur.fetchone()
     return found
