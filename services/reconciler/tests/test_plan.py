@@ -110,8 +110,46 @@ def test_creations_only_for_mapped_projects_without_an_incident() -> None:
         {"id": "3", "project": {"slug": "b"}},
         {"id": "4", "project": "junk"},
     ]
-    out = plan.decide_created(issues, {"inc-1"}, {"a"}, lambda i: f"inc-{i}")
+    out = plan.decide_created(
+        issues, {"inc-1"}, {"a"}, lambda i: f"inc-{i}", now=NOW, settle=SETTLE
+    )
     assert [d.asked_issue_id for d in out] == ["2"]
+
+
+def test_an_issue_seconds_old_is_left_to_settle_and_found_by_the_next_sweep() -> None:
+    """Its issue.created webhook may be in flight: not a missed one yet (no false "webhooks
+    lost"). The next sweep's bound reaches back past the settle time, so it is found then."""
+
+    def issue(issue_id: str, first_seen: str) -> dict[str, Any]:
+        return {"id": issue_id, "project": {"slug": "a"}, "firstSeen": first_seen}
+
+    issues = [
+        issue("1", "2026-03-16T07:59:30Z"),  # 30 s old: settling
+        issue("2", "2026-03-16T07:57:59.000000Z"),  # 121 s old
+        issue("3", "2026-03-16T07:58:00+00:00"),  # exactly the settle time
+        issue("4", "not a time"),  # unreadable: not held back
+        {"id": "5", "project": {"slug": "a"}},  # none: not held back
+    ]
+    out = plan.decide_created(issues, set(), {"a"}, str, now=NOW, settle=SETTLE)
+    assert [d.asked_issue_id for d in out] == ["2", "3", "4", "5"]
+    later = plan.decide_created(
+        issues[:1], set(), {"a"}, str, now=NOW + timedelta(minutes=5), settle=SETTLE
+    )
+    assert [d.asked_issue_id for d in later] == ["1"]
+    bound = plan.creations_since(
+        NOW,
+        NOW + timedelta(minutes=5),
+        overlap=timedelta(seconds=60),
+        settle=SETTLE,
+        first_lookback=timedelta(hours=1),
+    )
+    assert bound == NOW - SETTLE  # a settle longer than the overlap still covers issue 1
+    assert plan.creations_since(
+        NOW, NOW, overlap=timedelta(minutes=10), settle=SETTLE, first_lookback=timedelta(hours=1)
+    ) == NOW - timedelta(minutes=10)
+    assert plan.creations_since(
+        None, NOW, overlap=timedelta(0), settle=SETTLE, first_lookback=timedelta(hours=1)
+    ) == NOW - timedelta(hours=1)
 
 
 def test_schedule_jitters_and_spreads_first_sweeps() -> None:
@@ -150,7 +188,8 @@ def test_observation_ids_are_the_same_for_the_same_disagreement() -> None:
     regressed = plan.decide_status(item, seen_again, now=NOW, settle=SETTLE)
     assert regressed is not None
     assert plan.observation_id("c", regressed) != plan.observation_id("c", first)
-    created = plan.decide_created([{"id": "10", "project": {"slug": "a"}}], set(), {"a"}, str)
+    fresh = [{"id": "10", "project": {"slug": "a"}}]
+    created = plan.decide_created(fresh, set(), {"a"}, str, now=NOW, settle=SETTLE)
     assert plan.observation_id("c", created[0]) == plan.observation_id(
-        "c", plan.decide_created([{"id": "10", "project": {"slug": "a"}}], set(), {"a"}, str)[0]
+        "c", plan.decide_created(fresh, set(), {"a"}, str, now=NOW, settle=SETTLE)[0]
     )

@@ -235,3 +235,36 @@ async def test_a_refused_write_back_does_not_get_the_action_reverted(make_pipeli
 
 async def _has_event(p: Any, issue_id: str, event_type: str) -> bool:
     return event_type in await _timeline(p, issue_id)
+
+
+async def test_a_deleted_issue_is_recorded_once_and_not_asked_about_again(
+    make_pipeline: Any,
+) -> None:
+    """Sentry answers 404 for a deleted issue's detail: no repair (no webhook was lost), one
+    ``deleted`` row, and no detail call on the sweeps after."""
+    async with make_pipeline() as p:
+        await p.open_issues(["9700001", "9700002"])
+        p.stub.issue_store.delete(ORG, "9700001")
+        first = await p.sweep()
+        assert first.counts() == {}
+        assert [(d.kind, d.sentry_issue_id) for d in first.deleted] == [("deleted", "9700001")]
+        assert first.api_calls == 3  # the id search, the 404 detail, the creations search
+        rows = await p.rows(
+            "SELECT kind, detail ->> 'note' FROM reconcile_repairs WHERE incident_id = %s::uuid",
+            p.incident_of("9700001"),
+        )
+        assert rows == [("deleted", "deleted in Sentry (404 on the issue's detail)")]
+        details_before = _details(p)
+        second = await p.sweep()
+        assert second.deleted == []
+        assert second.checked == 1
+        assert second.api_calls == 2  # no detail call for the deleted issue
+        assert _details(p) == details_before
+        (repairs,) = await p.rows(
+            "SELECT repairs FROM reconcile_sweeps WHERE sweep_id = %s", first.sweep_id
+        )
+        assert repairs == ({},)  # not counted as webhooks lost
+
+
+def _details(p: Any) -> int:
+    return sum(1 for r in p.stub.requests if r["route"] == "issue_detail")

@@ -104,6 +104,8 @@ async def run_sweep(connection_id: str, out: Console = console) -> int:
             summary.add_row(f"repaired: {kind}", str(n))
         if not row.repairs:
             summary.add_row("repairs", "0 (nothing missed)")
+        if row.deleted:
+            summary.add_row("deleted in Sentry (no longer swept)", str(len(row.deleted)))
         out.print(summary)
         for r in row.repairs[:50]:
             out.print(f"  {r.kind:9} issue {r.sentry_issue_id} -> incident {r.incident_id}")

@@ -24,6 +24,7 @@ __all__ = [
     "batches",
     "compare",
     "creations_path",
+    "creations_since",
     "decide_created",
     "id_search_path",
     "next_cursor",
@@ -180,15 +181,50 @@ def decide_status(
     )
 
 
+def creations_since(
+    last_success: datetime | None,
+    now: datetime,
+    *,
+    overlap: timedelta,
+    settle: timedelta,
+    first_lookback: timedelta,
+) -> datetime:
+    """The ``firstSeen`` bound of the creations search: the last successful sweep's start less
+    the overlap, never less than the settle time (an issue a sweep left to settle is found by
+    the next one), or ``first_lookback`` before now for a connection never swept."""
+    if last_success is None:
+        return now - first_lookback
+    return last_success - max(overlap, settle)
+
+
+def _first_seen(issue: dict[str, Any]) -> datetime | None:
+    raw = issue.get("firstSeen")
+    if not isinstance(raw, str):
+        return None
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
 def decide_created(
     issues: Iterable[dict[str, Any]],
     known_incident: set[str],
     mapped_slugs: set[str],
     ids: Any,
+    *,
+    now: datetime,
+    settle: timedelta,
     observed_at: datetime | None = None,
 ) -> list[Decision]:
     """Issues of mapped, active projects with no incident yet: missed ``issue.created``.
-    ``ids(issue_id) -> incident id``; ``known_incident``: incident ids the read model has."""
+    ``ids(issue_id) -> incident id``; ``known_incident``: incident ids the read model has.
+
+    An issue first seen within ``settle`` of ``now`` is left alone this time: its webhook may be
+    in flight, and taking it for a missed one would be a false "webhooks lost" (the next sweep's
+    overlap finds it, see :func:`creations_since`). An issue without a readable ``firstSeen``
+    is not left alone (the search only returns issues first seen since its bound)."""
     out: list[Decision] = []
     seen: set[str] = set()
     for issue in issues:
@@ -198,6 +234,9 @@ def decide_created(
         if not issue_id or issue_id in seen or slug not in mapped_slugs:
             continue
         seen.add(issue_id)
+        first = _first_seen(issue)
+        if first is not None and now - first < settle:
+            continue
         if ids(issue_id) not in known_incident:
             out.append(Decision("created", issue_id, issue, None, "created", observed_at))
     return out

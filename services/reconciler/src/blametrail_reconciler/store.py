@@ -46,7 +46,7 @@ WHERE i.tenant_id = %(tenant)s AND (i.sentry ->> 'connection_id') = %(conn)s
   AND (i.status IN ('open', 'acknowledged', 'muted')
        OR (i.status = 'resolved' AND i.state_changed_at >= %(resolved_since)s))
   AND NOT EXISTS (SELECT 1 FROM reconcile_repairs r
-                  WHERE r.incident_id = i.incident_id AND r.kind = 'merged')
+                  WHERE r.incident_id = i.incident_id AND r.kind IN ('merged', 'deleted'))
 ORDER BY i.incident_id
 """
 
@@ -72,6 +72,9 @@ class SweepRow:
     api_calls: int = 0
     created_since: datetime | None = None
     repairs: list[Repair] = field(default_factory=list)
+    deleted: list[Repair] = field(default_factory=list)
+    """Issues deleted in Sentry (kind ``deleted``): recorded in ``reconcile_repairs`` so they
+    are not swept again, but no repair (no webhook was lost) and not in :meth:`counts`."""
     error: str | None = None
 
     def counts(self) -> dict[str, int]:
@@ -216,7 +219,7 @@ class Store:
                     sweep.error[:1000] if sweep.error else None,
                 ),
             )
-            if sweep.repairs:
+            if sweep.repairs or sweep.deleted:
                 async with self.conn.cursor() as cur:
                     await cur.executemany(
                         "INSERT INTO reconcile_repairs (sweep_id, kind, sentry_issue_id,"
@@ -231,6 +234,6 @@ class Store:
                                 orjson.dumps(r.detail).decode(),
                                 r.observed_at,
                             )
-                            for r in sweep.repairs
+                            for r in [*sweep.repairs, *sweep.deleted]
                         ],
                     )

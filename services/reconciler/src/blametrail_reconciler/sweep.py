@@ -4,7 +4,10 @@
    resolved within ``resolved_window_s``: a missed ``issue.unresolved`` reopens one), in batches
    of 100: one issue search by id list each (``issue.id:[...]``, no status term).
 2. An issue the search does not return was merged (or deleted): one detail call; an answer for
-   another id is a merge.
+   another id is a merge. A 404 is a deletion: recorded once (a ``deleted`` row of
+   ``reconcile_repairs``, not a repair: no webhook was lost) and the incident is not swept
+   again, so a deleted issue costs one detail call, not one on every sweep. Its incident is
+   left as it is (Sentry sends no webhook for a deletion; a person closes it).
 3. Missed creations (connections whose app sends issue webhooks, see
    :meth:`Store.sends_issue_webhooks`): issues first seen since the last successful sweep, less
    ``overlap_s``, in mapped active projects, with no incident.
@@ -49,6 +52,10 @@ REPAIRS = Counter(
 )
 SWEEPS = Counter("blametrail_reconcile_sweeps_total", "Sweeps by outcome", ["outcome"])
 API_CALLS = Counter("blametrail_reconcile_api_calls_total", "Sentry API calls made by sweeps")
+DELETED = Counter(
+    "blametrail_reconcile_deleted_issues_total",
+    "Issues found deleted in Sentry (recorded once, no longer swept)",
+)
 LAST_SUCCESS = Gauge(
     "blametrail_reconcile_last_success_timestamp_seconds", "When the last successful sweep began"
 )
@@ -102,16 +109,17 @@ class Sweeper:
                 conn.tenant_id, conn.connection_id, now - timedelta(seconds=s.resolved_window_s)
             )
             row.checked = len(tracked)
-            decisions = await self._compare(tracked, creds, call, now, progress)
+            decisions, row.deleted = await self._compare(tracked, creds, call, now, progress)
             if s.creations == "always" or (
                 s.creations == "auto"
                 and await store.sends_issue_webhooks(conn.tenant_id, conn.connection_id)
             ):
-                last = await store.last_success(conn.connection_id)
-                since = (
-                    last - timedelta(seconds=s.overlap_s)
-                    if last is not None
-                    else now - timedelta(seconds=s.first_lookback_s)
+                since = plan.creations_since(
+                    await store.last_success(conn.connection_id),
+                    now,
+                    overlap=timedelta(seconds=s.overlap_s),
+                    settle=timedelta(seconds=s.settle_s),
+                    first_lookback=timedelta(seconds=s.first_lookback_s),
                 )
                 row.created_since = since
                 decisions += await self._creations(store, conn, creds, call, since, progress)
@@ -129,12 +137,14 @@ class Sweeper:
         counts = row.counts()
         for kind, n in counts.items():
             REPAIRS.labels(kind).inc(n)
+        DELETED.inc(len(row.deleted))
         extra = {
             "connection_id": conn.connection_id,
             "sweep_id": str(row.sweep_id),
             "checked": row.checked,
             "api_calls": row.api_calls,
             "repairs": counts,
+            "deleted_in_sentry": len(row.deleted),
         }
         if counts:
             log.warning("sweep repaired what webhooks missed", extra=extra)
@@ -149,10 +159,12 @@ class Sweeper:
         call: Callable[..., Any],
         now: datetime,
         progress: Progress,
-    ) -> list[Decision]:
+    ) -> tuple[list[Decision], list[Repair]]:
+        """The decisions, and the issues Sentry says are deleted (404 on the detail)."""
         settle = timedelta(seconds=self.settings.settle_s)
         gate = asyncio.Semaphore(self.settings.concurrency)
         done = [0]
+        deleted: list[Repair] = []
         progress("compare", 0, len(tracked))
 
         async def one(batch: list[Tracked]) -> list[Decision]:
@@ -166,8 +178,17 @@ class Sweeper:
                         issue = await call(
                             f"/api/0/organizations/{creds.org_slug}/issues/{item.issue_id}/"
                         )
-                    except NotFound:
-                        continue  # deleted in Sentry: nothing to fold
+                    except NotFound:  # deleted in Sentry: recorded, never asked about again
+                        deleted.append(
+                            Repair(
+                                "deleted",
+                                item.issue_id,
+                                item.incident.incident_id,
+                                {"note": "deleted in Sentry (404 on the issue's detail)"},
+                                self.clock(),
+                            )
+                        )
+                        continue
                     if isinstance(issue, dict):
                         d = plan.decide_status(item, issue, now=self.clock(), settle=settle)
                         if d is not None:
@@ -177,7 +198,7 @@ class Sweeper:
             return decisions
 
         results = await asyncio.gather(*(one(b) for b in plan.batches(tracked)))
-        return [d for r in results for d in r]
+        return [d for r in results for d in r], deleted
 
     async def _creations(
         self,
@@ -213,10 +234,15 @@ class Sweeper:
             for i in issues
         }
         known = await store.existing(list(ids.values()))
-        return [
-            dataclasses.replace(d, observed_at=fetched.get(d.asked_issue_id))
-            for d in plan.decide_created(issues, known, slugs, lambda issue_id: ids[issue_id])
-        ]
+        decided = plan.decide_created(
+            issues,
+            known,
+            slugs,
+            lambda issue_id: ids[issue_id],
+            now=self.clock(),
+            settle=timedelta(seconds=self.settings.settle_s),
+        )
+        return [dataclasses.replace(d, observed_at=fetched.get(d.asked_issue_id)) for d in decided]
 
     async def _publish(
         self,
