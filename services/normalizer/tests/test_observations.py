@@ -37,6 +37,7 @@ from blametrail_common.events.observations import (
     bounded_issue,
 )
 from blametrail_common.testing import FIXTURES, signed_fixture
+from blametrail_normalizer.lookup import MAX_ALIAS_HOPS, follow_aliases
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.observations import fold_observation
@@ -208,3 +209,43 @@ def test_sentry_strings_are_bounded_in_the_observation() -> None:
     kept = bounded_issue(issue)
     assert len(kept["title"]) == 1000
     assert "metadata" not in kept
+
+
+def test_aliases_are_followed_through_every_later_merge() -> None:
+    """A into B, then B into C: a late webhook about A lands on C's incident, not on B's
+    closed one; a cycle or an endless chain in the table stops, never hangs."""
+    mem = lookup()
+    mem.aliases[(CONN, "5912345678")] = "8888"
+    mem.aliases[(CONN, "8888")] = "9999"
+    p = normalize(raw("issue.resolved"), mem).events[0][1].payload
+    assert p.incident_id == incident_id_for(TENANT, "issue", "9999")
+    assert p.sentry.issue_id == "9999"
+    assert mem.primary_issue(CONN, "8888") == "9999"
+    assert mem.primary_issue(CONN, "9999") is None
+    assert mem.primary_issue("other-conn", "5912345678") is None
+    mem.aliases[(CONN, "9999")] = "5912345678"  # a cycle: stops before going round
+    assert mem.primary_issue(CONN, "5912345678") == "9999"
+    assert mem.primary_issue(CONN, "8888") == "5912345678"
+    chain = MemoryLookup()
+    for n in range(100):
+        chain.aliases[(CONN, str(n))] = str(n + 1)
+    assert chain.primary_issue(CONN, "0") == str(MAX_ALIAS_HOPS)  # the hop limit
+    assert follow_aliases(lambda i: i, "1") is None  # an id aliased to itself: not merged
+
+
+def test_a_merge_into_an_issue_merged_on_since_lands_on_the_last_primary() -> None:
+    """Sentry answered B for A, and B was merged into C before the fold: opened, absorbed and
+    into_incident_id all name C's incident (B's "already has an incident" says nothing of C)."""
+    mem = lookup()
+    mem.aliases[(CONN, "8888")] = "9999"
+    primary = {**ISSUE, "id": "8888", "status": "unresolved"}
+    env = observed("merged", primary, asked="5912345678", primary_known=True)
+    out = fold_observation(env, mem)
+    opened, absorbed, merged = (e.payload for _, e in out.events)
+    into = incident_id_for(TENANT, "issue", "9999")
+    assert isinstance(opened, IncidentOpenedV1)
+    assert opened.incident_id == into
+    assert absorbed.incident_id == into
+    assert merged.into_incident_id == into
+    assert merged.into_issue_id == "9999"
+    assert out.opened == [into]

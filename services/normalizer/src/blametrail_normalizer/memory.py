@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from blametrail_common.events import ConnectionStateV1, MappingStateV1, ServiceStateV1, mapping_key
 
+from blametrail_normalizer.lookup import follow_aliases
+
 __all__ = ["MemoryLookup"]
 
 
@@ -54,4 +56,4 @@ class MemoryLookup:
         return incident_id in self.incidents
 
     def primary_issue(self, connection_id: str, issue_id: str) -> str | None:
-        return self.aliases.get((connection_id, issue_id))
+        return follow_aliases(lambda i: self.aliases.get((connection_id, i)), issue_id)

@@ -509,7 +509,8 @@ def _common(
 
 
 def _primary(ctx: _Ctx, issue_id: str) -> str:
-    """A merged-away issue id files under the issue it was merged into (sentry-issue-aliases)."""
+    """A merged-away issue id files under the issue it now lives in (sentry-issue-aliases,
+    followed through later merges: :func:`~blametrail_normalizer.lookup.follow_aliases`)."""
     assert ctx.conn is not None
     return ctx.lookup.primary_issue(ctx.conn.connection_id, issue_id) or issue_id
 

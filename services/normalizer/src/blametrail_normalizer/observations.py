@@ -99,10 +99,15 @@ def fold_observation(env: Envelope[IssueObservedV1], lookup: Lookup) -> Normaliz
 
 def _merged(env: Envelope[IssueObservedV1], lookup: Lookup) -> Normalized:
     obs = env.payload
-    primary_id = str(obs.issue.get("id") or "")
+    answered = str(obs.issue.get("id") or "")
     known = obs.incident
-    if not primary_id or known is None:
+    if not answered or known is None:
         return Normalized()
+    # Sentry answered B for A; if B was merged on into C since, the merge lands on C (the
+    # opened/absorbed below go there through normalize's own alias lookup, and so does
+    # into_incident_id), and B's "already has an incident" says nothing about C's.
+    primary_id = lookup.primary_issue(obs.connection_id, answered) or answered
+    primary_known = obs.primary_known and primary_id == answered
     opened = normalize(_as_webhook(env, "created", obs.issue, "primary", lookup), lookup)
     into = incident_id_for(obs.tenant_id, "issue", primary_id)
     out: list[tuple[str, Envelope[Any]]] = []
@@ -110,7 +115,7 @@ def _merged(env: Envelope[IssueObservedV1], lookup: Lookup) -> Normalized:
     for topic, event in opened.events:
         if isinstance(event.payload, IncidentOpenedV1):
             primary = event.payload
-            if not obs.primary_known:
+            if not primary_known:
                 out.append((topic, event))
         else:
             out.append((topic, event))  # an audit record: B's project is not mapped
@@ -143,7 +148,7 @@ def _merged(env: Envelope[IssueObservedV1], lookup: Lookup) -> Normalized:
         into_issue_id=primary_id,
     )
     out.append(("incident-events", _wrap(env, merged, "merged")))
-    return Normalized(out, opened.learned_projects, opened.opened if not obs.primary_known else [])
+    return Normalized(out, opened.learned_projects, opened.opened if not primary_known else [])
 
 
 def _wrap(env: Envelope[IssueObservedV1], payload: IncidentEvent, part: str) -> Envelope[Any]:

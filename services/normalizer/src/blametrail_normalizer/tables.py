@@ -26,6 +26,8 @@ from blametrail_common.events.observations import IssueAliasV1, alias_key
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 
+from blametrail_normalizer.lookup import follow_aliases
+
 __all__ = ["ControlPlaneTables", "LruDict", "TableLookup"]
 
 K = TypeVar("K")
@@ -124,5 +126,8 @@ class TableLookup:
         return bool(self.incidents.get(incident_id))
 
     def primary_issue(self, connection_id: str, issue_id: str) -> str | None:
-        alias = self.cp.aliases.get(alias_key(connection_id, issue_id))
-        return alias.primary_issue_id if alias is not None else None
+        def step(merged: str) -> str | None:
+            alias = self.cp.aliases.get(alias_key(connection_id, merged))
+            return alias.primary_issue_id if alias is not None else None
+
+        return follow_aliases(step, issue_id)
