@@ -5,6 +5,7 @@ and HTML escaping of every Sentry-provided string."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from blametrail_devstack.web_testing import Env, csrf_of, new_org, post_form, seed_incident, sign_in
@@ -225,3 +226,19 @@ async def test_every_sentry_provided_string_is_escaped(env: Env) -> None:
         assert "crashed here" in detail
         assert "1 library frame" in detail
         assert "Content-Security-Policy".lower() in (await b.get("/incidents")).headers
+
+
+async def test_a_page_tells_its_server_time_in_server_timing(env: Env) -> None:
+    """bench/web's figure: ``Server-Timing: app;dur=<ms>``, the web's own time for the page (its
+    API calls and the rendering), never more than the client waited for the whole answer."""
+    org = await new_org(env.repo, env.api_app)
+    email = await org.user("admin")
+    async with env.browser() as b:
+        await sign_in(b, email)
+        for url in ("/incidents", "/org/integrations/sentry/mappings", "/no/such/page"):
+            began = time.perf_counter()
+            got = await b.get(url)
+            waited_ms = (time.perf_counter() - began) * 1000
+            found = re.fullmatch(r"app;dur=([0-9]+\.[0-9])", got.headers["server-timing"])
+            assert found, (url, got.headers["server-timing"])
+            assert 0 < float(found.group(1)) <= waited_ms + 0.1, (url, found.group(1), waited_ms)

@@ -58,7 +58,8 @@ UNCACHED = ("/static",)
 class Headers:
     """Security headers on every answer, ``Cache-Control: no-store`` on every page (they show
     an organization's data, a new API key, CSRF tokens), a bounded form body (413 before it is
-    parsed), and the page timings."""
+    parsed), and the page timings (the histogram, and ``Server-Timing: app;dur=`` in ms up to the
+    answer's start, which for a page is after it is rendered)."""
 
     def __init__(
         self,
@@ -81,6 +82,9 @@ class Headers:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), *self.headers]
+                # the page's own server time (the bench's figure; a browser's devtools show it)
+                spent = (time.perf_counter() - began) * 1000
+                headers.append((b"server-timing", b"app;dur=%.1f" % spent))
                 if not cached and not any(k.lower() == b"cache-control" for k, _ in headers):
                     headers.append(NO_STORE)
                 message["headers"] = headers

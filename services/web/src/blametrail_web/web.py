@@ -60,6 +60,8 @@ class Web:
             autoescape=select_autoescape(default=True, default_for_string=True),
             trim_blocks=True,
             lstrip_blocks=True,
+            # templates ship with the code: compiled once, never a stat of each file per page
+            auto_reload=False,
         )
         env.filters.update(present.FILTERS)
         env.filters["safe_url"] = safe_url
