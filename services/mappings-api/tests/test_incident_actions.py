@@ -324,3 +324,52 @@ async def test_write_back_is_on_by_default_and_a_connection_can_turn_it_off(
     states = [decode(bytes(r["value"])).payload for r in rows]
     assert all(isinstance(s, ConnectionStateV1) for s in states)
     assert [s.writeback for s in states] == [True, False]
+
+
+async def _merge(pool: Pool, org: str, incident_id: str, into: str) -> None:
+    """The projection's record of a merge: the merged-away incident closed (resolved) with
+    ``incident.merged`` on its timeline naming the incident it went into."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE incidents SET status = 'resolved' WHERE incident_id = %s", (incident_id,)
+        )
+        await conn.execute(
+            "INSERT INTO incident_timeline (event_id, incident_id, tenant_id, event_type,"
+            " occurred_at, log_partition, log_offset, payload)"
+            " VALUES (%s, %s, %s, 'incident.merged', now(), 0, 1, %s::jsonb)",
+            (
+                uuid.uuid4(),
+                incident_id,
+                org,
+                orjson.dumps({"into_incident_id": into, "into_issue_id": "43"}).decode(),
+            ),
+        )
+
+
+async def test_a_merged_incident_takes_no_action_and_names_where_it_went(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    """Sentry merged its issue into another: reopening it (it shows resolved) would PUT the
+    merged-away issue id; every action is a 409 naming the incident it was merged into, and
+    nothing is recorded or sent. The incident it went into takes actions as before."""
+    admin, org = await _org(client)
+    merged, into = await _incident(pool, org), await _incident(pool, org)
+    await _merge(pool, org, merged, into)
+    for action, body in [
+        ("reopen", None),
+        ("resolve", None),
+        ("acknowledge", None),
+        ("assign", {"name": "Oncall Olga"}),
+    ]:
+        answer = await client.post(f"/api/v1/incidents/{merged}/{action}", headers=admin, json=body)
+        assert answer.status_code == 409, (action, answer.text)
+        assert answer.json()["message"] == f"the incident was merged into {into}"
+        assert answer.json()["existing"] == {"status": "resolved", "merged_into": into}
+    assert await _commands(pool, merged) == []
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM incident_actions WHERE incident_id = %s", (merged,)
+        )
+        assert (await cur.fetchone()) == {"n": 0}
+    ok = await client.post(f"/api/v1/incidents/{into}/resolve", headers=admin)
+    assert ok.status_code == 202, ok.text

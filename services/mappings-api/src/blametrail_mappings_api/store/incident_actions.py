@@ -6,6 +6,11 @@ per-incident advisory lock, so two concurrent actions on one incident are checke
 other; it writes the action row and the command (``incident-commands``) in one transaction
 through the outbox.
 
+An incident Sentry merged into another (``incident.merged`` on its timeline: the reconciler
+found its issue answered for by another) takes no action: it is closed, its issue lives on in
+the other incident, and an action here would be mirrored onto the merged-away issue id (a 409
+naming the incident it was merged into).
+
 The status checked is the newer of the projection's (``incidents.status`` as of
 ``state_changed_at``) and the last action accepted here (the projection shows an action only
 once the normalizer and the projector have folded it). Idempotency: a request with an
@@ -39,8 +44,11 @@ _LOCK_SPACE = 0x6274_6163  # "btac": advisory locks of incident actions
 class Refused(Conflict):
     """The action is not allowed in the incident's current state (a 409 naming the status)."""
 
-    def __init__(self, message: str, status: str) -> None:
-        super().__init__(message, {"status": status})
+    def __init__(self, message: str, status: str, merged_into: str | None = None) -> None:
+        existing = {"status": status}
+        if merged_into is not None:
+            existing["merged_into"] = merged_into
+        super().__init__(message, existing)
         self.status = status
 
 
@@ -116,6 +124,9 @@ class IncidentActionStore:
                             incident["status"],
                         )
                     return _accepted(earlier, replayed=True)
+            into = await _merged_into(conn, ident)
+            if into is not None:
+                raise Refused(f"the incident was merged into {into}", incident["status"], into)
             status, assignee = await _current(conn, incident)
             after = decide(action, status, assignee, to)
             now = datetime.now(UTC)
@@ -132,6 +143,18 @@ async def _incident(conn: Conn, org: str, ident: uuid.UUID) -> Row:
     if row is None:
         raise NotFound("incident")
     return row
+
+
+async def _merged_into(conn: Conn, ident: uuid.UUID) -> str | None:
+    """The incident this one was merged into (its ``incident.merged``), None if never merged."""
+    cur = await conn.execute(
+        "SELECT payload ->> 'into_incident_id' AS merged_into FROM incident_timeline"
+        " WHERE incident_id = %s AND event_type = 'incident.merged'"
+        " ORDER BY occurred_at DESC, log_partition DESC, log_offset DESC LIMIT 1",
+        (ident,),
+    )
+    row: Row | None = await cur.fetchone()
+    return str(row["merged_into"]) if row is not None and row["merged_into"] else None
 
 
 async def _by_key(conn: Conn, org: str, ident: uuid.UUID, actor: Actor, key: str) -> Row | None:
