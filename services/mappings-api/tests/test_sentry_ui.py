@@ -26,6 +26,7 @@ from blametrail_mappings_api.app import create_app
 from blametrail_mappings_api.repository import Pool, Repository, create_pool
 from blametrail_mappings_api.sentry.binding import InstallationLearner, record_installation
 from blametrail_mappings_api.sentry.ui_components import SEVERITIES, ui_routes
+from blametrail_mappings_api.sentry.ui_guard import AddressWindow, SecretCache
 from blametrail_mappings_api.settings import ApiSettings, SentryUiSettings
 from blametrail_mappings_api.store.outbox import Relay
 from blametrail_projector.projection import Projection
@@ -541,17 +542,19 @@ async def test_an_internal_connection_answers_only_for_its_own_installation(
             )
         ).fetchone()
     assert told == {"n": 1}
-    # From now on a random installation id is refused, signed or not, GET or POST.
+    # From now on a random installation id is refused, signed or not, GET or POST (a 401: its
+    # secret is no longer even tried for an installation it is not bound to, issue 17 M3).
     stranger = {**doc, "installationId": str(uuid.uuid4())}
     refused = await _post(client, "/sentry/alert-rule-action", stranger, t.secret)
-    assert refused.status_code == 403, refused.text
+    assert refused.status_code == 401, refused.text
     assert "not the one" in refused.json()["message"]
+    assert await _installation_of(pool, t.connection) == t.installation
     got = await client.get(
         "/sentry/options/services",
         params={"installationId": str(uuid.uuid4())},
         headers={"Sentry-App-Signature": sign(b"", t.secret)},
     )
-    assert got.status_code == 403
+    assert (got.status_code, "not the one" in got.json()["message"]) == (401, True)
     # Its own installation with a wrong signature (a secret rotated in Sentry only): 401.
     rotated = await _post(client, "/sentry/alert-rule-action", doc, "rotated-in-sentry")
     assert (rotated.status_code, "signature" in rotated.json()["message"].lower()) == (401, True)
@@ -680,7 +683,7 @@ async def test_the_installation_a_webhook_names_is_recorded_and_then_required(
     doc = _action(t, severity="sev2", service=t.services[0])
     assert (await _post(client, "/sentry/alert-rule-action", doc, t.secret)).status_code == 200
     other = {**doc, "installationId": str(uuid.uuid4())}
-    assert (await _post(client, "/sentry/alert-rule-action", other, t.secret)).status_code == 403
+    assert (await _post(client, "/sentry/alert-rule-action", other, t.secret)).status_code == 401
     # The integration made anew in Sentry: its webhooks name a new installation, which wins.
     anew = str(uuid.uuid4())
     await learner.handle([_seen(t.connection, anew, 2)])
@@ -689,3 +692,120 @@ async def test_the_installation_a_webhook_names_is_recorded_and_then_required(
         await _post(client, "/sentry/alert-rule-action", other | {"installationId": anew}, t.secret)
     ).status_code == 200
     assert learner.recorded == 3
+
+
+class CountingBox(SecretBox):
+    """A real SecretBox that counts what it decrypts (the cost M3 is about)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.decrypted: list[str] = []
+
+    def decrypt(self, token: str) -> str:
+        self.decrypted.append(token)
+        return super().decrypt(token)
+
+
+async def test_an_unknown_installation_costs_no_bound_secret_and_is_limited_per_address(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17 M3: a call naming an installation no connection is bound to tries only the
+    internal connections still waiting for theirs (a bound one's secret is not decrypted, nor
+    HMACed), each secret is decrypted once (a rotation decrypts the new ones), and such calls
+    are limited per client address (429 with Retry-After; another address and bound calls go
+    on)."""
+    monkeypatch.setenv("BLAMETRAIL_INGEST_PUBLIC_CLIENT_SECRETS", PUBLIC_SECRET)
+    monkeypatch.setenv("BLAMETRAIL_API_SENTRY_UI_UNBOUND_PER_MINUTE", "4")
+    box = CountingBox(generate_key())
+    repo = Repository(pool, box)
+    app = create_app(ApiSettings(public_ingest_url=HOST), repo, {})
+
+    def client_from(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, 4242))
+        return httpx.AsyncClient(transport=transport, base_url="http://api")
+
+    async with client_from("203.0.113.7") as a, client_from("203.0.113.8") as b:
+        bound = await _tenant((a, repo), pool)
+        waiting = await _tenant((a, repo), pool)  # no installation yet
+        doc = _action(bound, severity="sev2", service=bound.services[0])
+        box.decrypted.clear()
+        assert (await _post(a, "/sentry/alert-rule-action", doc, bound.secret)).status_code == 200
+        learning = list(box.decrypted)  # bound was unbound then: every candidate was tried
+        assert await _installation_of(pool, bound.connection) == bound.installation
+        async with pool.connection() as c:
+            rows = await (
+                await c.execute(
+                    "SELECT id, client_secrets_enc FROM sentry_connections WHERE id = ANY(%s)",
+                    ([bound.connection, waiting.connection],),
+                )
+            ).fetchall()
+        enc = {str(r["id"]): list(r["client_secrets_enc"]) for r in rows}
+        assert set(enc[waiting.connection]) | set(enc[bound.connection]) <= set(learning)
+        mine = enc[waiting.connection] + enc[bound.connection]
+        assert [learning.count(e) for e in mine] == [1] * len(mine)  # each decrypted once
+        stranger = {**doc, "installationId": str(uuid.uuid4())}
+        box.decrypted.clear()
+        first = await _post(a, "/sentry/alert-rule-action", stranger, bound.secret)
+        assert (first.status_code, "not the one" in first.json()["message"]) == (401, True)
+        again = await _post(a, "/sentry/alert-rule-action", stranger, bound.secret)
+        assert again.status_code == 401
+        assert box.decrypted == []  # the bound secret is not tried, the candidates' are cached
+        # 4 a minute from one address, the learning POST (unbound then) the 1st: this the 4th
+        more = await _post(a, "/sentry/alert-rule-action", stranger, bound.secret)
+        assert more.status_code == 401
+        limited = await _post(a, "/sentry/alert-rule-action", stranger, bound.secret)
+        assert limited.status_code == 429, limited.text
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert "Too many calls" in limited.json()["message"]
+        assert (
+            await _post(b, "/sentry/alert-rule-action", stranger, bound.secret)
+        ).status_code == 401
+        # bound calls are not limited; the waiting connection still learns its installation
+        assert (await _post(a, "/sentry/alert-rule-action", doc, bound.secret)).status_code == 200
+        learn = _action(waiting, severity="sev1", service=waiting.services[0])
+        assert (
+            await _post(b, "/sentry/alert-rule-action", learn, waiting.secret)
+        ).status_code == 200
+        # a rotation stores a new ciphertext: the new secret is decrypted and verifies at once
+        rotated = await a.patch(
+            f"/api/v1/integrations/sentry/connections/{bound.connection}",
+            headers=bound.auth,
+            json={"client_secret": "rotated-secret"},
+        )
+        assert rotated.status_code == 200, rotated.text
+        box.decrypted.clear()
+        assert (
+            await _post(a, "/sentry/alert-rule-action", doc, "rotated-secret")
+        ).status_code == 200
+        assert box.decrypted  # the rotated ciphertexts were not in the cache
+
+
+def test_the_secret_cache_and_the_address_window_are_bounded() -> None:
+    cache = SecretCache(size=2)
+    calls: list[str] = []
+
+    def decrypt(enc: str) -> str | None:
+        calls.append(enc)
+        return None if enc == "bad" else enc.upper()
+
+    assert cache.get("c1", ["x", "bad"], decrypt) == ["X"]
+    assert cache.get("c1", ["x", "bad"], decrypt) == ["X"]
+    assert calls == ["x", "bad"]
+    cache.get("c2", ["y"], decrypt)
+    cache.get("c1", ["z", "x"], decrypt)  # rotated: a new entry, the oldest (c1 as was) out
+    assert len(cache) == 2
+    cache.get("c1", ["x", "bad"], decrypt)
+    assert calls[-2:] == ["x", "bad"]
+
+    now = [0.0]
+    window = AddressWindow(limit=2, window_s=60, addresses=2, clock=lambda: now[0])
+    assert [window.take("a"), window.take("a")] == [None, None]
+    assert window.take("a") == 60.0
+    now[0] = 59.5
+    assert window.take("a") == 0.5
+    now[0] = 60.0
+    assert window.take("a") is None  # a new window
+    window.take("b")
+    window.take("c")  # over 2 addresses: the oldest forgotten
+    assert len(window) == 2
+    assert AddressWindow(limit=0).take("a") is None

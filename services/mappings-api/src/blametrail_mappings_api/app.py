@@ -107,7 +107,7 @@ def create_app(
         routes=[
             docs_route(),
             *health_routes(checks),
-            *ui_routes(repo.pool, repo.box, settings.public_ingest_url),
+            *ui_routes(repo.pool, repo.box, settings.public_ingest_url, None, settings.proxies()),
             *oauth_routes(oauth, states, settings.public_ingest_url),
         ],
     )

@@ -101,6 +101,12 @@ class SentryUiSettings(BaseBlametrailSettings):
     """Link target shown in Sentry, ``{incident_id}`` replaced; default: the API's incident URL
     on ``BLAMETRAIL_PUBLIC_INGEST_URL``."""
     deadline_s: float = Field(default=0.8, validation_alias=f"{PREFIX}API_SENTRY_UI_DEADLINE_S")
+    unbound_calls_per_minute: int = Field(
+        default=60, ge=0, validation_alias=f"{PREFIX}API_SENTRY_UI_UNBOUND_PER_MINUTE"
+    )
+    """UI calls per client address per minute that name an installation no connection is bound
+    to (each costs an HMAC per internal connection still waiting for its installation); over it:
+    429. 0: no limit."""
     installations_group: str = Field(
         default="blametrail-api-installations",
         validation_alias=f"{PREFIX}API_INSTALLATIONS_GROUP",

@@ -21,9 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from blametrail_mappings_api.auth import Network
+from blametrail_mappings_api.sentry.ui_guard import AddressWindow, SecretCache
 from blametrail_mappings_api.sentry.ui_verify import (
     SEVERITIES,
     Call,
+    Guard,
     Refused,
     alert_settings,
     issue,
@@ -43,11 +46,17 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 def ui_routes(
-    pool: Pool, box: SecretBox, public_base_url: str, settings: SentryUiSettings | None = None
+    pool: Pool,
+    box: SecretBox,
+    public_base_url: str,
+    settings: SentryUiSettings | None = None,
+    proxies: tuple[Network, ...] = (),
 ) -> list[BaseRoute]:
-    """The ``/sentry/...`` routes; ``public_base_url`` is where Sentry and people reach us."""
+    """The ``/sentry/...`` routes; ``public_base_url`` is where Sentry and people reach us;
+    ``proxies`` the trusted proxies (the client address of the unbound calls' limit)."""
     cfg = settings or SentryUiSettings()
     repo = UiRepository(pool)
+    guard = Guard(AddressWindow(cfg.unbound_calls_per_minute), SecretCache(), proxies)
     url = cfg.incident_url or f"{public_base_url.rstrip('/')}/api/v1/incidents/{{incident_id}}"
 
     def link_answer(linked: Linked) -> Response:
@@ -119,10 +128,10 @@ def ui_routes(
         async def endpoint(request: Request) -> Response:
             try:
                 async with asyncio.timeout(cfg.deadline_s):
-                    call = await verified(request, repo, box, cfg.public_secrets())
+                    call = await verified(request, repo, box, cfg.public_secrets(), guard)
                     return await handler(call)
             except Refused as r:
-                return JSONResponse({"message": r.message}, r.status)
+                return JSONResponse({"message": r.message}, r.status, headers=r.headers)
             except psycopg.Error as exc:  # PoolTimeout is one too
                 log.warning(
                     "sentry ui call failed on Postgres", extra={"error": type(exc).__name__}

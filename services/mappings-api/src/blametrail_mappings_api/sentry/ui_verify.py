@@ -5,12 +5,17 @@
 - a connection that knows its installation uuid (OAuth installs bind one; an internal one learns
   it from its webhooks, :func:`~.binding.record_installation`) is checked with its own secrets
   plus, for OAuth, the public app's: a bad signature is a 401;
-- otherwise the internal connections whose secret signed are the candidates: none is a 401 (a
-  call the public app signed for an installation not connected yet is a 404); one that knows
-  another installation is never meant (403); of those that know none, exactly one must be left
-  (two that share the secret: 409, the message naming why). A signed POST then teaches that
+- otherwise (an installation no connection is bound to) a call the public app signed is a 404
+  (not connected yet); else only the enabled internal connections that know no installation yet
+  are candidates (a connection bound to another installation is never meant, and its secret is
+  not even tried: issue 17 M3), and calls of this kind are limited per client address (429: each
+  costs an HMAC per candidate); of the candidates exactly one must have signed (none, or no
+  candidate: 401 naming both causes; two that share the secret: 409, the message naming why). A signed POST then teaches that
   connection its installation (the body, ``installationId`` included, is what was signed; a
   GET's query is not, so a GET never teaches).
+
+Decrypted client secrets are cached (:class:`~.ui_guard.SecretCache`, by connection and
+ciphertexts, so a rotation is a new entry), so no call decrypts a secret twice.
 
 Also the request shapes (PROTOCOL §4.1, §4.2). Every refusal is a :class:`Refused`: a 4xx
 ``{"message": ...}``, which Sentry shows.
@@ -28,7 +33,9 @@ from blametrail_common.crypto import SecretBox, SecretBoxError
 from blametrail_common.events.incidents import Severity
 from starlette.requests import Request
 
+from blametrail_mappings_api.auth import Network, client_address
 from blametrail_mappings_api.sentry.binding import MAX_INSTALLATION_ID, record_installation
+from blametrail_mappings_api.sentry.ui_guard import AddressWindow, SecretCache
 from blametrail_mappings_api.store.db import Row
 from blametrail_mappings_api.store.ui import IssueRef, UiRepository
 
@@ -36,6 +43,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "SEVERITIES",
     "Call",
+    "Guard",
     "Refused",
     "alert_settings",
     "issue",
@@ -54,9 +62,18 @@ MAX_BODY_BYTES = 64 * 1024
 class Refused(Exception):
     """An answer Sentry shows: ``status`` with ``{"message": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
+
+
+@dataclass
+class Guard:
+    """One per process: the secrets cache and the per-address limit of unbound calls."""
+
+    unbound: AddressWindow
+    secrets: SecretCache
+    proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,9 @@ class Call:
         return str(self.connection["org_id"])
 
 
-async def verified(request: Request, repo: UiRepository, box: SecretBox, public: list[str]) -> Call:
+async def verified(
+    request: Request, repo: UiRepository, box: SecretBox, public: list[str], guard: Guard
+) -> Call:
     """The request's JSON and the connection whose secret signed it; :class:`Refused` else."""
     values = [v for h in SIGNATURE_HEADERS for v in request.headers.getlist(h)]
     if not values:
@@ -86,8 +105,13 @@ async def verified(request: Request, repo: UiRepository, box: SecretBox, public:
         raise Refused(400, "installationId missing")
     if len(installation) > MAX_INSTALLATION_ID:
         raise Refused(400, f"installationId over {MAX_INSTALLATION_ID} characters")
-    signed = _Signed(body, values[0], installation, learns=request.method == "POST")
-    connection = await _connection(repo, box, public, signed)
+    address = client_address(
+        request.client.host if request.client else None,
+        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+        guard.proxies,
+    )
+    signed = _Signed(body, values[0], installation, request.method == "POST", address)
+    connection = await _connection(repo, box, public, signed, guard)
     return Call(request, doc, connection)
 
 
@@ -97,28 +121,37 @@ class _Signed:
     sig: str
     installation: str
     learns: bool  # the installation id is inside the signed body
+    address: str  # the client's (the per-address limit of unbound calls)
 
 
-async def _connection(repo: UiRepository, box: SecretBox, public: list[str], s: _Signed) -> Row:
+async def _connection(
+    repo: UiRepository, box: SecretBox, public: list[str], s: _Signed, guard: Guard
+) -> Row:
     if not signature.is_well_formed(s.sig):
         raise Refused(401, "Sentry-App-Signature is not a hex HMAC-SHA256")
     bound = await repo.connection_for_installation(s.installation)
     if bound is not None:
-        secrets = _secrets(box, bound) + (public if bound["mode"] == "oauth" else [])
+        secrets = _secrets(box, bound, guard) + (public if bound["mode"] == "oauth" else [])
         if not signature.verify(s.body, s.sig, secrets):
             raise Refused(401, "Sentry-App-Signature does not match the body")
         return bound
+    if public and signature.verify(s.body, s.sig, public):
+        raise Refused(404, f"Unknown installation {short(s.installation)}")
+    wait = guard.unbound.take(s.address)
+    if wait is not None:
+        seconds = max(1, int(wait + 0.999))
+        raise Refused(
+            429,
+            f"Too many calls naming an unknown installation; try again in {seconds} s",
+            {"Retry-After": str(seconds)},
+        )
     # Internal integrations: the webhook URL names the connection, UI calls only the
     # installation; the client secret is the app's own, so the one that verifies names it.
-    signers = [
-        c
-        for c in await repo.internal_connections()
-        if signature.verify(s.body, s.sig, _secrets(box, c))
-    ]
+    # Only a connection that knows no installation yet can be meant.
+    candidates = await repo.unbound_internal_connections()
+    signers = [c for c in candidates if signature.verify(s.body, s.sig, _secrets(box, c, guard))]
     if not signers:
-        if public and signature.verify(s.body, s.sig, public):
-            raise Refused(404, f"Unknown installation {short(s.installation)}")
-        raise Refused(401, "Sentry-App-Signature does not match the body")
+        raise Refused(401, _UNKNOWN.format(short(s.installation)))
     chosen = _one_unbound(signers, s.installation)
     if not s.learns:
         return chosen
@@ -130,16 +163,19 @@ async def _connection(repo: UiRepository, box: SecretBox, public: list[str], s: 
     return row
 
 
+_NOT_THE_ONE = "Installation {} is not the one this BlameTrail connection receives webhooks from"
+_UNKNOWN = (
+    "Installation {} is not the one a BlameTrail connection receives webhooks from,"
+    " or Sentry-App-Signature does not match the body"
+)
+
+
 def _one_unbound(signers: list[Row], installation: str) -> Row:
     """The connection meant, among the internal ones whose secret signed a call naming an
     installation none of them is bound to."""
     unbound = [c for c in signers if c["installation_uuid"] is None]
-    if not unbound:
-        raise Refused(
-            403,
-            f"Installation {short(installation)} is not the one this BlameTrail connection"
-            " receives webhooks from",
-        )
+    if not unbound:  # bound since the candidates were read
+        raise Refused(403, _NOT_THE_ONE.format(short(installation)))
     if len(unbound) == 1:
         return unbound[0]
     if len({str(c["org_id"]) for c in unbound}) > 1:
@@ -154,16 +190,19 @@ def _one_unbound(signers: list[Row], installation: str) -> Row:
     )
 
 
-def _secrets(box: SecretBox, connection: Row) -> list[str]:
-    out = []
-    for enc in connection["client_secrets_enc"]:
+def _secrets(box: SecretBox, connection: Row, guard: Guard) -> list[str]:
+    """The connection's client secrets, decrypted once (cached by connection and ciphertexts)."""
+
+    def decrypt(enc: str) -> str | None:
         try:
-            out.append(box.decrypt(enc))
+            return box.decrypt(enc)
         except SecretBoxError:
             log.error(
                 "connection secret undecryptable", extra={"connection_id": str(connection["id"])}
             )
-    return out
+            return None
+
+    return guard.secrets.get(str(connection["id"]), connection["client_secrets_enc"], decrypt)
 
 
 async def _body(request: Request) -> bytes:

@@ -74,11 +74,13 @@ class UiRepository:
             row: Row | None = await cur.fetchone()
         return row
 
-    async def internal_connections(self) -> list[Row]:
-        """Enabled internal connections, whether they know their installation id or not."""
+    async def unbound_internal_connections(self) -> list[Row]:
+        """Enabled internal connections that know no installation id yet (the only ones a UI
+        call naming an unknown installation can be meant for)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM sentry_connections WHERE mode = 'internal' AND enabled ORDER BY id"
+                "SELECT * FROM sentry_connections WHERE mode = 'internal' AND enabled"
+                " AND installation_uuid IS NULL ORDER BY id"
             )
             rows: list[Row] = await cur.fetchall()
         return rows
