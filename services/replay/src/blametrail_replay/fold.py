@@ -98,7 +98,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "suspects",
     ),
 }
-_STATE = ("status", "severity", "title", "culprit", "resolved_at", "state_changed_at")
 _HEAD_COLUMNS = ("incident_id", "tenant_id", "service_id", "source")
 _NULL = b"\\N"
 
@@ -235,13 +234,15 @@ def _merge_refs(older: bytes, newer: bytes) -> bytes:
 
 
 # An incident's state, compact (a list, values pre-encoded where they only ever move together):
-_HEAD, _STATE_TEXT, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _COUNT, _OPENED = (
-    range(10)
-)
-# ... and the status change shown (its key, its columns) and the latest facts: the two parts of
-# the state text that move apart (``rows.STATUS_COLUMNS`` by ``status_order``, ``STATE_COLUMNS``
-# by ``state_order``)
-_STATUS_ORDER, _STATUS, _FACTS = range(10, 13)
+_HEAD, _FACTS, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _COUNT, _OPENED = range(10)
+# ... and the status change shown: its key, the status and its times (``rows.STATUS_COLUMNS``,
+# by ``status_order``); _FACTS are ``rows.STATE_COLUMNS`` (by ``state_order``). As COPY text:
+_STATUS_ORDER, _STATUS, _STATUS_TAIL = range(10, 13)
+if (STATUS_COLUMNS, STATE_COLUMNS) != (
+    ("status", "resolved_at", "state_changed_at"),
+    ("severity", "title", "culprit"),
+):  # the incidents' line below puts them in COLUMNS order by hand
+    raise ImportError("fold.incident_line is out of date with rows.STATUS_COLUMNS/STATE_COLUMNS")
 
 
 def _new_incident(row: dict[str, Any]) -> list[Any]:
@@ -250,9 +251,10 @@ def _new_incident(row: dict[str, Any]) -> list[Any]:
         head_text = head.encode()
     else:
         head_text = b"\t".join([copy_field(row[c]) for c in _HEAD_COLUMNS])
+    status, status_tail = _status_text(row)
     return [
         head_text,
-        _state_text(row),
+        _facts_text(row),
         row["state_order"],
         _own(row["assignee"].encoded) if row["assignee"] is not None else None,
         row["assignee_order"],
@@ -262,47 +264,40 @@ def _new_incident(row: dict[str, Any]) -> list[Any]:
         row["event_count"],
         row["opened_at"],
         row["status_order"],
-        tuple(row[c] for c in STATUS_COLUMNS),
-        tuple(row[c] for c in STATE_COLUMNS),
+        status,
+        status_tail,
     ]
 
 
-def _state_text(row: dict[str, Any]) -> bytes:
-    # updated_at is the shown state's own time, as the live upsert writes it
-    title, culprit, resolved, changed = (
-        row["title"],
-        row["culprit"],
-        row["resolved_at"],
-        _at(row["state_changed_at"]),
-    )
-    nulls = (title is None) + (culprit is None) + (resolved is None)
-    line = (
-        f"{row['status']}\t{row['severity']}\t{_n(title)}\t{_n(culprit)}\t{_ts(resolved)}\t"
-        f"{changed}\t{changed}"
-    )
-    if _plain(line, 6, nulls):
+def _facts_text(row: dict[str, Any]) -> bytes:
+    """``severity, title, culprit`` (``rows.STATE_COLUMNS``: they move by ``state_order``)."""
+    title, culprit = row["title"], row["culprit"]
+    line = f"{row['severity']}\t{_n(title)}\t{_n(culprit)}"
+    if _plain(line, 2, (title is None) + (culprit is None)):
         return line.encode()
-    return b"\t".join([copy_field(row[c]) for c in (*_STATE, "state_changed_at")])
+    return b"\t".join([copy_field(row[c]) for c in STATE_COLUMNS])
+
+
+def _status_text(row: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``status`` and ``resolved_at, state_changed_at, updated_at`` (``rows.STATUS_COLUMNS``:
+    they move by ``status_order``; updated_at is the shown status's own time, as the live
+    upsert writes it). Times only in the second part: nothing to escape there."""
+    changed = _at(row["state_changed_at"])
+    return copy_field(row["status"]), f"{_ts(row['resolved_at'])}\t{changed}\t{changed}".encode()
 
 
 def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
     """The incident's state after one more event's row (``rows._incident``): what
-    ``rows.merge_incident`` (and so the live upsert) computes, in compact form."""
+    ``rows.merge_incident`` (and so the live upsert) computes, in compact form (the status
+    and the facts apart, as bytes: they move by different orders)."""
     if cur is None:
         return _new_incident(row)
     newer = cur[_ORDER] < row["state_order"]
-    status_newer = cur[_STATUS_ORDER] < row["status_order"]
     if newer:
-        cur[_ORDER], cur[_FACTS] = row["state_order"], tuple(row[c] for c in STATE_COLUMNS)
-    if status_newer:
+        cur[_ORDER], cur[_FACTS] = row["state_order"], _facts_text(row)
+    if cur[_STATUS_ORDER] < row["status_order"]:
         cur[_STATUS_ORDER] = row["status_order"]
-        cur[_STATUS] = tuple(row[c] for c in STATUS_COLUMNS)
-    if newer and status_newer:
-        cur[_STATE_TEXT] = _state_text(row)
-    elif newer or status_newer:
-        shown = dict(zip(STATUS_COLUMNS, cur[_STATUS], strict=True))
-        shown.update(zip(STATE_COLUMNS, cur[_FACTS], strict=True))
-        cur[_STATE_TEXT] = _state_text(shown)
+        cur[_STATUS], cur[_STATUS_TAIL] = _status_text(row)
     if row["sets_assignee"] and (
         cur[_ASSIGNEE_ORDER] is None or cur[_ASSIGNEE_ORDER] < row["assignee_order"]
     ):
@@ -335,7 +330,8 @@ def incident_line(state: list[Any]) -> bytes:
         assignee_order and "\\" in assignee_order
     ):
         return _incident_line_slow(state)
-    return b"".join((state[_HEAD], b"\t", state[_STATE_TEXT], middle, *tail))
+    shown = (state[_STATUS], state[_FACTS], state[_STATUS_TAIL])
+    return b"".join((state[_HEAD], b"\t", b"\t".join(shown), middle, *tail))
 
 
 def _incident_line_slow(state: list[Any]) -> bytes:
@@ -347,7 +343,8 @@ def _incident_line_slow(state: list[Any]) -> bytes:
         _escape(state[_REFS]),
         *(copy_field(state[i]) for i in (_FIRST, _LAST, _COUNT, _OPENED, _STATUS_ORDER)),
     ]
-    return b"\t".join([state[_HEAD], state[_STATE_TEXT], *tail]) + b"\n"
+    shown = [state[_STATUS], state[_FACTS], state[_STATUS_TAIL]]
+    return b"\t".join([state[_HEAD], *shown, *tail]) + b"\n"
 
 
 @dataclass
