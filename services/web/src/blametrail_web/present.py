@@ -8,13 +8,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from markupsafe import Markup
+
 __all__ = [
     "FILTERS",
     "GLOBALS",
     "FrameGroup",
     "frame_groups",
     "parse_time",
+    "severity_badge",
     "since_param",
+    "status_badge",
+    "time_tag",
     "utc_text",
 ]
 
@@ -132,6 +137,34 @@ def short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+TIME_TAG = Markup('<time datetime="%s" title="%s">%s</time>')
+NO_TIME = Markup('<span class="muted">—</span>')
+STATUS_BADGE = Markup('<span class="badge status-%s">%s</span>')
+SEVERITY_BADGE = Markup('<span class="badge sev sev-%s">%s</span>')
+
+
+def time_tag(value: Any) -> Markup:
+    """``<time datetime=ISO title=UTC>UTC</time>`` (the script shows it in local time), or a
+    muted dash for no time. A filter, not a macro: it is shown on every row of a list. The
+    values are escaped by ``Markup``'s ``%`` (it escapes every argument)."""
+    if not value:
+        return NO_TIME
+    at = parse_time(value)
+    if at is None:
+        return TIME_TAG % ("", value, value)
+    at = at.astimezone(UTC)
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return TIME_TAG % (at.isoformat().replace("+00:00", "Z"), stamp, stamp)
+
+
+def status_badge(value: Any) -> Markup:
+    return STATUS_BADGE % (value, status_word(value))
+
+
+def severity_badge(value: Any) -> Markup:
+    return SEVERITY_BADGE % (value, str(value).upper())
+
+
 FILTERS = {
     "utc": utc_text,
     "iso": iso,
@@ -141,5 +174,8 @@ FILTERS = {
     "status_word": status_word,
     "reason_word": reason_word,
     "short": short,
+    "time_tag": time_tag,
+    "status_badge": status_badge,
+    "severity_badge": severity_badge,
 }
 GLOBALS = {"since_choices": SINCE_CHOICES, "frame_groups": frame_groups}
