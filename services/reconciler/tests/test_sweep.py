@@ -268,3 +268,51 @@ async def test_a_deleted_issue_is_recorded_once_and_not_asked_about_again(
 
 def _details(p: Any) -> int:
     return sum(1 for r in p.stub.requests if r["route"] == "issue_detail")
+
+
+async def test_a_sweep_whose_lock_connection_was_terminated_stops_before_publishing(
+    make_pipeline: Any,
+) -> None:
+    """The session advisory lock lives on an idle connection: terminated (pg_terminate_backend)
+    while Sentry is asked, the lock is gone and another replica may sweep; this sweep publishes
+    nothing, is recorded failed, and the next one repairs."""
+    import psycopg
+    import pytest
+    from blametrail_reconciler.sweep import LockLost
+
+    async with make_pipeline() as p:
+        await p.open_issues(["9800001"])
+        p.stub.issue_store.set_status(ORG, "9800001", "resolved")
+        conn = p.connections.get(p.connection_id)
+        creds = p.connections.credentials(conn)
+        killed: list[int] = []
+
+        def terminate_lock_holder(stage: str, done: int, total: int) -> None:
+            if stage != "publish" or killed:
+                return
+            with psycopg.connect(p.dsn, autocommit=True) as c:
+                rows = c.execute(
+                    "SELECT pid, pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                    " AND ((classid::bigint << 32) | objid::bigint)"
+                    "   = hashtextextended('blametrail-reconcile:' || %s, 0)",
+                    (p.connection_id,),
+                ).fetchall()
+            killed.extend(r[0] for r in rows if r[1])
+
+        before = await _observations(p)
+        with pytest.raises(LockLost, match="advisory lock"):
+            await p.sweeper.sweep(conn, creds, terminate_lock_holder)
+        assert len(killed) == 1
+        ((outcome, error),) = await p.rows(
+            "SELECT outcome, error FROM reconcile_sweeps WHERE connection_id = %s",
+            p.connection_id,
+        )
+        assert outcome == "failed"
+        assert error.startswith("LockLost")
+        await asyncio.sleep(1)  # anything it published would have had time to land
+        assert await _observations(p) == before
+        assert await _status(p, "9800001") == "open"
+        again = await p.sweep()  # the lock went with the connection: free for the next sweep
+        assert again.counts() == {"resolved": 1}
+        await until("resolved", lambda: _eq(_status(p, "9800001"), "resolved"), timeout_s=60)

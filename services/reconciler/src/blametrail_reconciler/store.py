@@ -15,7 +15,13 @@ from blametrail_common.events.observations import KnownIncident, MovedLink
 
 from blametrail_reconciler.plan import Tracked
 
-__all__ = ["Repair", "Store", "SweepRow"]
+__all__ = ["LockLost", "Repair", "Store", "SweepRow"]
+
+
+class LockLost(Exception):
+    """The connection holding the sweep's advisory lock is gone (terminated, network): the lock
+    went with it, another replica may be sweeping the connection now, so this sweep stops."""
+
 
 _TRACKED = """
 SELECT i.incident_id::text, i.sentry ->> 'issue_id', coalesce(i.service_id, ''), i.severity,
@@ -102,6 +108,22 @@ class Store:
         )
         row = await cur.fetchone()
         return bool(row and row[0])
+
+    @property
+    def usable(self) -> bool:
+        return not (self.conn.closed or self.conn.broken)
+
+    async def ensure_locked(self, connection_id: str) -> None:
+        """:class:`LockLost` unless the lock's connection still answers. A session advisory
+        lock lives as long as its backend; an idle connection dropped (pg_terminate_backend,
+        a restart, the network) loses it without a word until it is next used."""
+        try:
+            await self.conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise LockLost(
+                f"the advisory lock of connection {connection_id} was lost with its database"
+                f" connection ({type(exc).__name__}); the sweep stops"
+            ) from exc
 
     async def unlock(self, connection_id: str) -> None:
         await self.conn.execute(

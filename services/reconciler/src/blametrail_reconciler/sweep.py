@@ -12,7 +12,9 @@
    :meth:`Store.sends_issue_webhooks`): issues first seen since the last successful sweep, less
    ``overlap_s``, in mapped active projects, with no incident.
 4. Every disagreement is published (merges: the alias first) and acked by the broker; then the
-   sweep and its repairs are recorded. A crash in between is harmless: the next sweep sees the
+   sweep and its repairs are recorded. Before each publish the lock's connection is asked
+   ``SELECT 1``: a lock lost with its connection stops the sweep (:class:`LockLost`, recorded
+   failed on a new connection) before another replica's sweep and this one both publish. A crash in between is harmless: the next sweep sees the
    same disagreement (or, once folded, none) and the fold is idempotent.
 """
 
@@ -42,9 +44,9 @@ from prometheus_client import Counter, Gauge
 from blametrail_reconciler import plan
 from blametrail_reconciler.plan import Decision, Tracked
 from blametrail_reconciler.settings import ReconcilerSettings
-from blametrail_reconciler.store import Repair, Store, SweepRow
+from blametrail_reconciler.store import LockLost, Repair, Store, SweepRow
 
-__all__ = ["Progress", "Sweeper"]
+__all__ = ["LockLost", "Progress", "Sweeper"]
 
 log = logging.getLogger(__name__)
 REPAIRS = Counter(
@@ -89,7 +91,8 @@ class Sweeper:
             try:
                 return await self._sweep(store, conn, creds, progress or (lambda *_: None))
             finally:
-                await store.unlock(conn.connection_id)
+                if store.usable:  # a lost connection took its lock with it
+                    await store.unlock(conn.connection_id)
 
     async def _sweep(
         self, store: Store, conn: ConnectionStateV1, creds: SentryCredentials, progress: Progress
@@ -128,10 +131,10 @@ class Sweeper:
             row.outcome, row.error = "failed", f"{type(exc).__name__}: {exc}"
             row.api_calls, row.finished_at = calls[0], self.clock()
             SWEEPS.labels("failed").inc()
-            await store.record(row)
+            await self._record(store, row)
             raise
         row.api_calls, row.finished_at = calls[0], self.clock()
-        await store.record(row)
+        await self._record(store, row)
         SWEEPS.labels("ok").inc()
         LAST_SUCCESS.set(now.timestamp())
         counts = row.counts()
@@ -151,6 +154,13 @@ class Sweeper:
         else:
             log.info("sweep found nothing to repair", extra=extra)
         return row
+
+    async def _record(self, store: Store, row: SweepRow) -> None:
+        if store.usable:
+            await store.record(row)
+        else:  # the lock's connection is gone: the sweep is recorded on a new one
+            async with Store.open(self.dsn) as fresh:
+                await fresh.record(row)
 
     async def _compare(
         self,
@@ -254,6 +264,8 @@ class Sweeper:
         progress: Progress,
     ) -> None:
         progress("publish", 0, len(decisions))
+        if decisions:  # idle while Sentry was asked: is the lock still ours?
+            await store.ensure_locked(conn.connection_id)
         primaries = [
             incident_id_for(conn.tenant_id, "issue", str(d.issue.get("id")))
             for d in decisions
@@ -327,6 +339,7 @@ class Sweeper:
                 )
             )
         for at in range(0, len(out), 500):  # acked by the broker before the sweep is recorded
+            await store.ensure_locked(conn.connection_id)
             await self.producer.send_many(out[at : at + 500])
             progress("publish", min(at + 500, len(out)), len(out))
 
