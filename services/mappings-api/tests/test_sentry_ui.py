@@ -809,3 +809,56 @@ def test_the_secret_cache_and_the_address_window_are_bounded() -> None:
     window.take("c")  # over 2 addresses: the oldest forgotten
     assert len(window) == 2
     assert AddressWindow(limit=0).take("a") is None
+
+
+async def test_a_webhook_takes_an_installation_a_ui_call_claimed_for_another_connection(
+    api: Any, pool: Pool
+) -> None:
+    """Issue 17 L1: another tenant's connection claims the victim's installation with a UI call
+    signed by its own secret; the victim's webhook naming it then takes it (the claimer's is
+    cleared and told on cp-connections), and UI calls for it are the victim's. A webhook's
+    binding is not taken by another webhook's, nor by a UI call."""
+    client = api[0]
+    victim, mallory = await _tenant(api, pool), await _tenant(api, pool)
+    claim = {**_action(mallory, severity="sev2", service=mallory.services[0])}
+    claim["installationId"] = victim.installation
+    assert (
+        await _post(client, "/sentry/alert-rule-action", claim, mallory.secret)
+    ).status_code == 200
+    assert await _installation_of(pool, mallory.connection) == victim.installation
+    learner = InstallationLearner(pool)
+    await learner.handle([_seen(victim.connection, victim.installation, 1)])
+    assert await _installation_of(pool, victim.connection) == victim.installation
+    assert await _installation_of(pool, mallory.connection) is None
+    async with pool.connection() as c:  # created, claimed, released: the last names none
+        told = await (
+            await c.execute(
+                "SELECT position(%s in convert_from(value, 'UTF8')) > 0 AS names FROM outbox"
+                " WHERE topic = 'cp-connections' AND key = %s ORDER BY id",
+                (victim.installation, mallory.connection.encode()),
+            )
+        ).fetchall()
+    assert [r["names"] for r in told] == [False, True, False]
+    doc = _action(victim, severity="sev2", service=victim.services[0])
+    assert (await _post(client, "/sentry/alert-rule-action", doc, victim.secret)).status_code == 200
+    assert (
+        await _post(client, "/sentry/alert-rule-action", claim, mallory.secret)
+    ).status_code == 401
+    # a webhook-proven binding stays: another connection's webhook naming it does not take it
+    await learner.handle([_seen(mallory.connection, victim.installation, 2)])
+    assert await _installation_of(pool, victim.connection) == victim.installation
+    assert await _installation_of(pool, mallory.connection) is None
+
+
+async def test_a_ui_learned_binding_proven_by_its_own_webhook_is_kept(api: Any, pool: Pool) -> None:
+    """A UI call's binding that its own connection's webhook then names becomes a webhook's:
+    another connection's webhook cannot take it afterwards."""
+    client = api[0]
+    t, other = await _tenant(api, pool), await _tenant(api, pool)
+    doc = _action(t, severity="sev2", service=t.services[0])
+    assert (await _post(client, "/sentry/alert-rule-action", doc, t.secret)).status_code == 200
+    learner = InstallationLearner(pool)
+    await learner.handle([_seen(t.connection, t.installation, 1)])
+    await learner.handle([_seen(other.connection, t.installation, 2)])
+    assert await _installation_of(pool, t.connection) == t.installation
+    assert await _installation_of(pool, other.connection) is None

@@ -8,7 +8,9 @@ An internal connection has no install flow: it learns its installation uuid
 come to its own URL (the normalizer reports each installation a webhook names that the
 connection does not know yet: ``sentry.installation_seen`` on ``sentry-installations``) and,
 until one came, the first signed UI-component POST (its body, ``installationId`` included, is
-covered by the signature; a GET's query is not, so a GET never teaches)."""
+covered by the signature; a GET's query is not, so a GET never teaches). How it was learned is
+recorded (``installation_source``): a webhook's binding replaces another connection's that came
+from a UI call (issue 17 L1: a UI call cannot claim an installation for good)."""
 
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ class Binding:
             if existing is not None:  # a reinstall: same connection, so its mappings resume
                 row = await one(
                     conn,
-                    "UPDATE sentry_connections SET installation_uuid = %s, auth_token_enc = %s,"
+                    "UPDATE sentry_connections SET installation_uuid = %s,"
+                    " installation_source = 'oauth', auth_token_enc = %s,"
                     " refresh_token_enc = %s, token_expires_at = %s, enabled = true,"
                     " refresh_started_at = NULL, refresh_requested_at = NULL, updated_at = now()"
                     " WHERE id = %s RETURNING *",
@@ -84,8 +87,9 @@ class Binding:
                 row = await one(
                     conn,
                     "INSERT INTO sentry_connections (id, org_id, mode, sentry_org_slug,"
-                    " api_base_url, installation_uuid, auth_token_enc, refresh_token_enc,"
-                    " token_expires_at) VALUES (%s, %s, 'oauth', %s, %s, %s, %s, %s, %s)"
+                    " api_base_url, installation_uuid, installation_source, auth_token_enc,"
+                    " refresh_token_enc, token_expires_at)"
+                    " VALUES (%s, %s, 'oauth', %s, %s, %s, 'oauth', %s, %s, %s)"
                     " RETURNING *",
                     uuid.uuid4(),
                     org,
@@ -144,7 +148,8 @@ async def record_installation(
     is afterwards (``None``: no such enabled internal connection). ``replace``: a webhook signed
     for this connection names it, so it wins over an older uuid (the integration was made anew);
     else (a UI call) only an unknown uuid is filled in. An installation another connection holds
-    is never taken from it (logged; the row is returned unchanged)."""
+    is not taken from it (logged; the row is returned unchanged), unless ``replace`` and that
+    connection learned it from a UI call: then it is cleared there (and told on cp-connections)."""
     ident = as_uuid(connection_id)
     if ident is None:
         return None
@@ -167,24 +172,53 @@ async def _record(pool: Pool, ident: uuid.UUID, installation: str, replace: bool
             " FOR UPDATE",
             ident,
         )
-        if row is None or row["installation_uuid"] == installation:
+        source = "webhook" if replace else "ui_call"
+        if row is None:
+            return row
+        if row["installation_uuid"] == installation:
+            if replace and row["installation_source"] == "ui_call":  # now proven by a webhook
+                await conn.execute(
+                    "UPDATE sentry_connections SET installation_source = 'webhook' WHERE id = %s",
+                    (ident,),
+                )
             return row
         if row["installation_uuid"] is not None and not replace:
             return row
         holder = await one(
-            conn, "SELECT id FROM sentry_connections WHERE installation_uuid = %s", installation
+            conn,
+            "SELECT id, installation_source FROM sentry_connections WHERE installation_uuid = %s"
+            " FOR UPDATE",
+            installation,
         )
-        if holder is not None:
+        if holder is not None and not (replace and holder["installation_source"] == "ui_call"):
             log.warning(
                 "installation already held by another connection; not recorded",
                 extra={"installation": installation, "connection_id": str(ident)},
             )
             return row
+        if holder is not None:
+            released = await one(
+                conn,
+                "UPDATE sentry_connections SET installation_uuid = NULL,"
+                " installation_source = NULL, updated_at = now() WHERE id = %s RETURNING *",
+                holder["id"],
+            )
+            assert released is not None
+            await publish_connection(conn, released)
+            log.warning(
+                "installation taken by a webhook from a connection that learned it from a UI call",
+                extra={
+                    "installation": installation,
+                    "connection_id": str(ident),
+                    "released_connection_id": str(holder["id"]),
+                },
+            )
         row = await one(
             conn,
-            "UPDATE sentry_connections SET installation_uuid = %s, updated_at = now()"
-            " WHERE id = %s RETURNING *",
+            "UPDATE sentry_connections SET installation_uuid = %s, installation_source = %s,"
+            " updated_at = now() WHERE id = %s RETURNING *",
             installation,
+            source,
             ident,
         )
         assert row is not None
