@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from blametrail_common.events import (
     ConnectionStateV1,
@@ -31,9 +32,11 @@ from blametrail_common.events.incidents import (
 from blametrail_common.events.observations import (
     IncidentAbsorbedV1,
     IncidentMergedV1,
+    IssueAliasV1,
     IssueObservedV1,
     KnownIncident,
     MovedLink,
+    alias_key,
     bounded_issue,
 )
 from blametrail_common.testing import FIXTURES, signed_fixture
@@ -41,6 +44,7 @@ from blametrail_normalizer.lookup import MAX_ALIAS_HOPS, follow_aliases
 from blametrail_normalizer.memory import MemoryLookup
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.observations import fold_observation
+from blametrail_normalizer.tables import ControlPlaneTables, TableLookup
 
 NOW = datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
 CONN, TENANT, SERVICE = "conn-1", "tenant-1", "svc-checkout"
@@ -249,3 +253,23 @@ def test_a_merge_into_an_issue_merged_on_since_lands_on_the_last_primary() -> No
     assert merged.into_incident_id == into
     assert merged.into_issue_id == "9999"
     assert out.opened == [into]
+
+
+def test_the_app_lookup_follows_aliases_like_the_memory_one() -> None:
+    """TableLookup (the app's, over sentry-issue-aliases) follows the same chain."""
+
+    def alias(merged: str, primary: str) -> IssueAliasV1:
+        return IssueAliasV1(
+            connection_id=CONN,
+            tenant_id=TENANT,
+            issue_id=merged,
+            primary_issue_id=primary,
+            merged_at=NOW,
+        )
+
+    rows = {alias_key(CONN, "1"): alias("1", "2"), alias_key(CONN, "2"): alias("2", "3")}
+    cp = cast(ControlPlaneTables, SimpleNamespace(aliases=rows))
+    tables = TableLookup(cp, {}, {})
+    assert tables.primary_issue(CONN, "1") == "3"
+    assert tables.primary_issue(CONN, "2") == "3"
+    assert tables.primary_issue(CONN, "3") is None
