@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 from prometheus_client import Histogram
 
 __all__ = ["API_SECONDS", "Api", "ApiProblem", "ApiUnavailable"]
@@ -77,13 +78,13 @@ class Api:
             return None
         if resp.status_code >= 400:
             try:
-                body = resp.json()
+                body = orjson.loads(resp.content)
             except ValueError:
                 body = {}
             if not isinstance(body, dict):
                 body = {}
             raise ApiProblem(resp.status_code, body, resp.headers.get("retry-after"))
-        return resp.json()
+        return orjson.loads(resp.content)  # a page's whole list: orjson, not httpx's json
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.call("GET", path, params=params)
