@@ -163,6 +163,14 @@ def test_schedule_jitters_and_spreads_first_sweeps() -> None:
     assert s.due["c"] == 1270 + 360
 
 
+def test_the_first_sweeps_wait_the_start_delay_then_their_spread() -> None:
+    s = Schedule(300, 0.2, lambda: 0.5, start_delay_s=3600)
+    assert s.due_now(["c"], 1000) == []
+    assert s.due["c"] == 1000 + 3600 + 30
+    assert s.due_now(["c"], 4629) == []
+    assert s.due_now(["c"], 4630) == ["c"]
+
+
 def test_observation_ids_are_the_same_for_the_same_disagreement() -> None:
     """Two sweeps that find the same disagreement (the first crashed before recording it, or
     the projection had not folded it yet) publish it under the same id; a new state on either

@@ -47,6 +47,7 @@ CORE = (
     ("projector", "blametrail_projector", "BLAMETRAIL_PROJECTION_PORT"),
     ("suspects", "blametrail_suspects", "BLAMETRAIL_SUSPECTS_PORT"),
     ("sync", "blametrail_sync", "BLAMETRAIL_SYNC_PORT"),
+    ("reconciler", "blametrail_reconciler", "BLAMETRAIL_RECONCILER_PORT"),
 )
 
 
@@ -150,6 +151,10 @@ def running_stack() -> Iterator[Stack]:
         "BLAMETRAIL_API_VERIFY_CONNECTIONS": "false",
         "BLAMETRAIL_PUBLIC_INGEST_URL": f"http://127.0.0.1:{ports['ingest']}",
         "BLAMETRAIL_SHUTDOWN_GRACE_S": "10",
+        # the reconciler runs (its readiness and metrics are checked) but sweeps no connection
+        # during the suite: a sweep would repair the webhooks the faults refused, and the fault
+        # tests count exactly what the webhooks made
+        "BLAMETRAIL_RECONCILER_START_DELAY_S": "3600",
         "BLAMETRAIL_TOPIC_PREFIX": "",
     }
     st = Stack(home, kafka, pg, env, _specs(ports, home / "spool"), run, ports)

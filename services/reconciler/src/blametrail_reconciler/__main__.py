@@ -49,7 +49,11 @@ async def serve() -> None:
     producer = EventProducer(create_producer(kafka), kafka)
     connections = Connections(table, box, producer)
     schedule = Schedule(
-        settings.interval_s, settings.jitter, random.random, settings.failure_backoff_s
+        settings.interval_s,
+        settings.jitter,
+        random.random,
+        settings.failure_backoff_s,
+        settings.start_delay_s,
     )
     async with httpx.AsyncClient() as http:
         sweeper = Sweeper(HttpxSentryApi(http, policy_of(settings)), producer, dsn, settings)

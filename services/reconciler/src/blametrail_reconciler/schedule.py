@@ -15,8 +15,10 @@ class Schedule:
         jitter: float,
         rng: Callable[[], float],
         backoff_s: float | None = None,
+        start_delay_s: float = 0.0,
     ) -> None:
         self.interval_s, self.jitter, self.rng = interval_s, jitter, rng
+        self.start_delay_s = start_delay_s
         self.backoff_s = interval_s if backoff_s is None else min(backoff_s, interval_s)
         self.due: dict[str, float] = {}
         self.failures: dict[str, int] = {}
@@ -26,12 +28,14 @@ class Schedule:
         return now + wait_s - spread + 2 * spread * self.rng()
 
     def due_now(self, connections: Iterable[str], now: float) -> list[str]:
-        """Connections due at ``now``; a connection seen for the first time is due within one
-        jittered interval's spread (replicas started together do not sweep in step)."""
+        """Connections due at ``now``; a connection seen for the first time is due
+        ``start_delay_s`` on, within one jittered interval's spread (replicas started together
+        do not sweep in step)."""
         out = []
         for c in connections:
             if c not in self.due:
-                self.due[c] = now + self.interval_s * self.jitter * self.rng()
+                spread = self.interval_s * self.jitter * self.rng()
+                self.due[c] = now + self.start_delay_s + spread
             if self.due[c] <= now:
                 out.append(c)
         return out

@@ -17,6 +17,10 @@ class ReconcilerSettings(BaseBlametrailSettings):
         default=300.0, gt=0, validation_alias=f"{PREFIX}RECONCILER_INTERVAL_S"
     )
     jitter: float = Field(default=0.2, ge=0, le=1, validation_alias=f"{PREFIX}RECONCILER_JITTER")
+    start_delay_s: float = Field(
+        default=0.0, ge=0, validation_alias=f"{PREFIX}RECONCILER_START_DELAY_S"
+    )
+    """How long after start a connection's first sweep waits (then its jittered spread)."""
     overlap_s: float = Field(default=600.0, ge=0, validation_alias=f"{PREFIX}RECONCILER_OVERLAP_S")
     first_lookback_s: float = Field(
         default=3600.0, ge=0, validation_alias=f"{PREFIX}RECONCILER_FIRST_LOOKBACK_S"
