@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -18,7 +17,6 @@ __all__ = [
     "ROLES",
     "Credential",
     "Principal",
-    "client_address",
     "key_hash",
     "key_matches",
     "new_key",
@@ -102,51 +100,3 @@ def key_hash(key: str) -> str:
 
 def key_matches(key: str, stored_hash: str) -> bool:
     return hmac.compare_digest(key_hash(key), stored_hash)
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def client_address(
-    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
-) -> str:
-    """The client's address, as the nearest untrusted party says it is.
-
-    From a peer that is not a trusted proxy: the peer (its ``X-Forwarded-For`` is ignored).
-    From a trusted proxy: the RIGHTMOST hop of ``X-Forwarded-For`` that is not itself a trusted
-    proxy; hops left of it were written by the client and prove nothing. Every proxy appends the
-    address it was called from, so walking from the right over trusted proxies ends at the first
-    address a trusted proxy saw (if every hop is trusted, the leftmost). A hop that is not an
-    address ends the walk: the address nearest to its right is the client's."""
-    nearest = peer or "unknown"
-    if not forwarded_for or not _inside(nearest, trusted):
-        return nearest
-    for hop in reversed(forwarded_for.split(",")):
-        address = _address(hop)
-        if address is None:
-            return nearest
-        nearest = address
-        if not _inside(address, trusted):
-            return address
-    return nearest
-
-
-def _address(hop: str) -> str | None:
-    """The address of one ``X-Forwarded-For`` hop (``[v6]:port`` and ``v4:port`` too)."""
-    hop = hop.strip()
-    if hop.startswith("[") and "]" in hop:
-        hop = hop[1 : hop.index("]")]
-    elif hop.count(":") == 1:
-        hop = hop.split(":", 1)[0]
-    try:
-        return str(ipaddress.ip_address(hop))
-    except ValueError:
-        return None
-
-
-def _inside(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)

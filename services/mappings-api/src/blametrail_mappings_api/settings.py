@@ -3,8 +3,7 @@ unless noted). The composition root (:mod:`~blametrail_mappings_api.__main__`) b
 
 from __future__ import annotations
 
-import ipaddress
-
+from blametrail_common.forwarded import Network, parse_networks
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field, SecretStr, field_validator
 
@@ -60,15 +59,11 @@ class ApiSettings(BaseBlametrailSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        cls.parse_networks(value)
+        parse_networks(value)
         return value
 
-    @staticmethod
-    def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(n.strip()) for n in value.split(",") if n.strip())
-
-    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return self.parse_networks(self.trusted_proxies)
+    def proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
 
 class OAuthSettings(BaseBlametrailSettings):

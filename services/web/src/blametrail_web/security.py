@@ -13,24 +13,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Iterable
 from typing import Any
 
+from blametrail_common.forwarded import Network, client_address, is_trusted
+
 __all__ = [
-    "Network",
-    "client_address",
     "csrf_token",
     "csrf_valid",
     "forward_for",
-    "parse_networks",
     "safe_url",
     "sign_value",
     "unsign_value",
 ]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _mac(key: bytes, purpose: str, value: str) -> str:
@@ -66,60 +62,13 @@ def unsign_value(key: bytes, purpose: str, signed: str | None) -> Any:
         return None
 
 
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """``"127.0.0.1/32, ::1"`` as networks (a bad one raises ``ValueError``)."""
-    return tuple(ipaddress.ip_network(n.strip()) for n in value.split(",") if n.strip())
-
-
-def _address(hop: str) -> str | None:
-    """The address of one ``X-Forwarded-For`` hop (``[v6]:port`` and ``v4:port`` too)."""
-    hop = hop.strip()
-    if hop.startswith("[") and "]" in hop:
-        hop = hop[1 : hop.index("]")]
-    elif hop.count(":") == 1:
-        hop = hop.split(":", 1)[0]
-    try:
-        return str(ipaddress.ip_address(hop))
-    except ValueError:
-        return None
-
-
-def _inside(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in n for n in networks)
-
-
-def client_address(peer: str | None, received: Iterable[str], trusted: tuple[Network, ...]) -> str:
-    """The browser's address as this web sees it (the same rule as the API's).
-
-    From a peer that is not one of our trusted proxies: the peer (its ``X-Forwarded-For`` proves
-    nothing). From a trusted proxy: the RIGHTMOST hop of the ``X-Forwarded-For`` headers (one
-    list, in order) that is not itself a trusted proxy; a hop that is not an address ends the
-    walk at the address right of it; if every hop is trusted, the leftmost."""
-    nearest = peer or "unknown"
-    chain = ",".join(received)
-    if not chain.strip() or not _inside(nearest, trusted):
-        return nearest
-    for hop in reversed(chain.split(",")):
-        address = _address(hop)
-        if address is None:
-            return nearest
-        nearest = address
-        if not _inside(address, trusted):
-            return address
-    return nearest
-
-
 def forward_for(peer: str | None, received: Iterable[str], trusted: tuple[Network, ...]) -> str:
     """The ``X-Forwarded-For`` to send the API (README, "Sign-in: whose address the throttle
     counts"): ``<received>, <client>`` when the peer is a proxy we trust, else just ``<client>``
     (the peer). Never the browser's header as is; never our own peer when a proxy is in front."""
     hops = [h.strip() for h in ",".join(received).split(",") if h.strip()]
     client = client_address(peer, hops, trusted)
-    if hops and _inside(peer or "", trusted):
+    if hops and is_trusted(peer or "", trusted):
         return ", ".join([*hops, client])
     return client
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult, urlsplit
 
+from blametrail_common.forwarded import Network, parse_networks
 from blametrail_common.settings import PREFIX, BaseBlametrailSettings
 from pydantic import Field, SecretStr, field_validator
-
-from blametrail_web.security import Network, parse_networks
 
 __all__ = ["WebSettings"]
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from blametrail_common.forwarded import Network
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -23,7 +24,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from blametrail_web import present
 from blametrail_web.api import Api, ApiProblem, ApiUnavailable
 from blametrail_web.security import (
-    Network,
     csrf_token,
     csrf_valid,
     forward_for,

@@ -3,6 +3,7 @@ session, or every session of the caller); ``/api/v1/me``: who calls."""
 
 from __future__ import annotations
 
+from blametrail_common.forwarded import client_address
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -10,7 +11,6 @@ from starlette.responses import Response
 from blametrail_mappings_api.api.deps import Api
 from blametrail_mappings_api.api.problems import ApiError, answers, busy
 from blametrail_mappings_api.api.route import ApiRoute, PublicApiRoute
-from blametrail_mappings_api.auth import client_address
 from blametrail_mappings_api.identity import Identity, Refused, Throttled
 from blametrail_mappings_api.passwords import Busy
 from blametrail_mappings_api.schemas import MeOut, SessionCreate, SessionOut, UserBrief
@@ -35,7 +35,7 @@ async def sign_in(request: Request, body: SessionCreate) -> SessionOut:
     identity: Identity = state.identity
     address = client_address(
         request.client.host if request.client else None,
-        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+        request.headers.getlist("x-forwarded-for"),
         state.settings.proxies(),
     )
     try:

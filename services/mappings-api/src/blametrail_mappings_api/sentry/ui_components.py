@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 from blametrail_common.crypto import SecretBox
+from blametrail_common.forwarded import Network
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from blametrail_mappings_api.auth import Network
 from blametrail_mappings_api.sentry.ui_guard import AddressWindow, SecretCache
 from blametrail_mappings_api.sentry.ui_verify import (
     SEVERITIES,

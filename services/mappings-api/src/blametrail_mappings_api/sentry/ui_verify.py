@@ -31,9 +31,9 @@ import orjson
 from blametrail_common import signature
 from blametrail_common.crypto import SecretBox, SecretBoxError
 from blametrail_common.events.incidents import Severity
+from blametrail_common.forwarded import Network, client_address
 from starlette.requests import Request
 
-from blametrail_mappings_api.auth import Network, client_address
 from blametrail_mappings_api.sentry.binding import MAX_INSTALLATION_ID, record_installation
 from blametrail_mappings_api.sentry.ui_guard import AddressWindow, SecretCache
 from blametrail_mappings_api.store.db import Row
@@ -107,7 +107,7 @@ async def verified(
         raise Refused(400, f"installationId over {MAX_INSTALLATION_ID} characters")
     address = client_address(
         request.client.host if request.client else None,
-        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+        request.headers.getlist("x-forwarded-for"),
         guard.proxies,
     )
     signed = _Signed(body, values[0], installation, request.method == "POST", address)
