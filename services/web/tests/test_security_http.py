@@ -54,7 +54,11 @@ class Recorder:
 @pytest.fixture
 async def rec_env(pool: Pool, database_url: str) -> AsyncIterator[tuple[Env, Recorder]]:
     """The web (its peer to the API is pod 10.1.2.3, trusted by the API) before the real API,
-    which locks out an address after 3 failed sign-ins (any accounts)."""
+    which locks out an address after 3 failed sign-ins (any accounts). The session's database
+    is shared with earlier tests whose failed sign-ins count against the same addresses (the
+    loopback peer above all): these tests start from none."""
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM login_throttle")
     clock = Clock()
     repo = Repository(pool, SecretBox(generate_key()))
     api_app = create_api(
