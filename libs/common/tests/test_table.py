@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from blametrail_common.events import ConnectionStateV1, new_event
 from blametrail_common.kafka import EventProducer, create_producer
+from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 
@@ -57,3 +58,29 @@ async def test_table_loads_latest_state_then_follows(kafka_settings: KafkaSettin
     finally:
         await table.stop()
         await producer.stop()
+
+
+async def test_caught_up_returns_once_everything_written_before_is_applied(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A record acknowledged before ``caught_up()`` is in the table when it returns (no wait on a
+    poll interval), whichever partition it went to."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        topic_prefix=f"cu{uuid.uuid4().hex[:6]}.",
+    )
+    await ensure_topics(kafka)
+    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    try:
+        await table.start()
+        await table.caught_up()  # nothing written: at once
+        for n in range(8):
+            cid = f"cu-{n}-{uuid.uuid4().hex[:6]}"
+            await producer.send("cp-connections", new_event(_conn(cid, f"org{n}"), key=cid))
+            await table.caught_up()
+            assert table.get(cid) is not None, n
+    finally:
+        await producer.stop()
+        await table.stop()

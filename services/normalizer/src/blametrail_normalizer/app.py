@@ -25,7 +25,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from prometheus_client import Counter
 
-from blametrail_normalizer.commands import WriteBacks, install
+from blametrail_normalizer.commands import WriteBacks, install, may_echo
 from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.observed import handle_observation
 from blametrail_normalizer.settings import NormalizerSettings
@@ -194,6 +194,7 @@ async def _handle_batch(n: Normalizer, messages: Sequence[Any]) -> None:
         await n.echoes.wait_ready()  # nor before our own recent write-backs are known (echoes)
     outputs: list[tuple[str, Envelope[Any]]] = []
     outcomes: list[str] = []
+    caught_up = False
     try:
         for message in messages:
             try:
@@ -206,6 +207,10 @@ async def _handle_batch(n: Normalizer, messages: Sequence[Any]) -> None:
                 continue
             out = normalize(raw, n.lookup)
             if n.echoes is not None:
+                if not caught_up and may_echo(raw, out):
+                    # everything published before this batch was read (an echoed write-back's
+                    # `requested` among it) is known; once a batch is enough
+                    caught_up = await n.echoes.caught_up()
                 cid = raw.payload.connection_id
                 conn = n.lookup.connection(cid) if cid else None
                 out = n.echoes.recognise(raw, out, conn.sentry_app_uuid if conn else None)

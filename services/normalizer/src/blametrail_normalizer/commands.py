@@ -62,6 +62,7 @@ __all__ = [
     "WriteBacks",
     "fold",
     "install",
+    "may_echo",
     "recognise_echoes",
 ]
 
@@ -147,6 +148,17 @@ def _echoed(
     return best.event if best is not None else None
 
 
+def may_echo(raw: Envelope[WebhookReceivedV1], out: Normalized) -> bool:
+    """Pure: could this webhook be Sentry's echo of one of our write-backs (a state change made
+    by an application other than Sentry itself)? Only then must the write-backs be current."""
+    if not any(
+        isinstance(e.payload, IncidentResolvedV1 | IncidentReopenedV1) for _, e in out.events
+    ):
+        return False
+    kind, actor_id = _actor(raw.payload)
+    return kind == "application" and actor_id not in (None, "sentry")
+
+
 def recognise_echoes(
     raw: Envelope[WebhookReceivedV1],
     out: Normalized,
@@ -157,13 +169,9 @@ def recognise_echoes(
     confirmations. The webhook's actor must be an application other than Sentry itself, and our
     own app (``app_uuid``) where the connection knows it. Anything else passes untouched (a
     user's change, Sentry's own, another integration's, one that matches no write-back)."""
-    if not any(
-        isinstance(e.payload, IncidentResolvedV1 | IncidentReopenedV1) for _, e in out.events
-    ):
+    if not may_echo(raw, out):
         return out
-    kind, actor_id = _actor(raw.payload)
-    if kind != "application" or actor_id in (None, "sentry"):
-        return out
+    _, actor_id = _actor(raw.payload)
     if app_uuid is not None and not hmac.compare_digest(str(actor_id), app_uuid):
         return out
     raw_id = str(raw.id)
@@ -228,6 +236,20 @@ class WriteBacks:
 
     async def wait_ready(self) -> None:
         await self.table.ready.wait()
+
+    async def caught_up(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every write-back published so far is known: the worker's ``requested`` is
+        acknowledged before its PUT, so an echo of that PUT is read only after it, and this
+        closes the race of an echo handled before its write-back was read (it would be taken as
+        a change, and set off another write-back). ``False`` (logged) when the table lags."""
+        try:
+            await self.table.caught_up(timeout_s)
+        except TimeoutError as exc:
+            log.warning(
+                "write-backs not caught up; echoes may be missed", extra={"error": str(exc)}
+            )
+            return False
+        return True
 
     def recognise(
         self, raw: Envelope[WebhookReceivedV1], out: Normalized, app_uuid: str | None = None

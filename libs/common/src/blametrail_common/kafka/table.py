@@ -58,6 +58,7 @@ class CompactedTable(Generic[P]):
         )
         self._on_change = on_change
         self._since, self._keep = since, keep
+        self._since_ms: int | None = None  # records older than this are not applied (``since``)
         self._rows: dict[str, Envelope[P]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +85,8 @@ class CompactedTable(Generic[P]):
             await self._seek_start(self._consumer, partitions)
             starts = {tp: await self._consumer.position(tp) for tp in partitions}
             ends = await self._consumer.end_offsets(partitions)
+            for tp, at in starts.items():
+                self._next.setdefault(tp, at)
             self._task = asyncio.create_task(
                 supervise(f"table {self._topic}", self._follow(starts, ends), self._stop)
             )
@@ -91,6 +94,19 @@ class CompactedTable(Generic[P]):
         except BaseException:
             await self.stop()
             raise
+
+    async def caught_up(self, timeout_s: float = 5.0) -> None:
+        """Return once every record written before this call is applied (the topic's end
+        offsets as of now reached); raises :class:`TimeoutError` when the table lags longer."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError(f"table {self._topic} is not started")
+        ends = await consumer.end_offsets(sorted(consumer.assignment()))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(self._next.get(tp, 0) < end for tp, end in ends.items()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"table {self._topic} did not catch up in {timeout_s}s")
+            await asyncio.sleep(0.005)
 
     async def _seek_start(
         self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
@@ -101,6 +117,7 @@ class CompactedTable(Generic[P]):
             await consumer.seek_to_beginning(*partitions)
             return
         ms = int(self._since().timestamp() * 1000)
+        self._since_ms = ms
         found = await consumer.offsets_for_times(dict.fromkeys(partitions, ms))
         for tp in partitions:
             at = found.get(tp)
@@ -184,6 +201,9 @@ class CompactedTable(Generic[P]):
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is None:
+            return
+        if self._since_ms is not None and record.timestamp < self._since_ms:
+            # positioned past them, but a fetch started before the seek can still hand some over
             return
         key = record.key.decode("utf-8", "replace")
         if record.value is None:
