@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +10,28 @@ from pathlib import Path
 from blametrail_devstack.kafka import KafkaNode
 from blametrail_devstack.postgres import PgCluster
 
+# Ports are picked below Linux's ephemeral range (32768-60999 by default), never from it: an
+# outgoing connection takes its source port from that range and could take a picked port before
+# its service binds it (a fresh-clone run lost its fault stack to "address already in use").
+PORTS = range(20000, 32768)
+_handed: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, below the ephemeral range, not handed out before by this
+    process."""
+    for _ in range(1000):
+        port = random.choice(PORTS)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @dataclass(frozen=True)
