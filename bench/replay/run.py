@@ -95,8 +95,10 @@ def _record(i: int, incident: dict[str, Any], audit: dict[str, Any]) -> tuple[st
         audit["id"], audit["occurred_at"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"a{i}")), at
         audit["payload"]["raw_event_id"], audit["payload"]["received_at"] = f"r{i}", at
         return "webhook-audit", b"t", orjson.dumps(audit)
-    target = i if kind < 12 else i - 1000  # 25% resolve an incident opened 1,000 records earlier
-    incident_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"i{max(target, 0)}"))
+    # 25% resolve an incident opened about 1,000 records earlier: record i - 1012 is of kind
+    # 0..4 (an opening) when i is of kind 12..16 (i - 1000 would be a resolution itself)
+    target = i if kind < 12 else max(i - 1012, 0)
+    incident_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"i{target}"))
     incident["id"], incident["occurred_at"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"e{i}")), at
     incident["type"] = "incident.opened" if kind < 12 else "incident.resolved"
     p = incident["payload"]
