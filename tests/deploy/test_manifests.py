@@ -17,9 +17,11 @@ import json
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -34,7 +36,8 @@ from blametrail_common.settings import (
     SecretsSettings,
 )
 from blametrail_common.topics import TOPICS
-from blametrail_devstack.services import SERVICES
+from blametrail_devstack.edge import upstream_for
+from blametrail_devstack.services import EDGE_URL, SERVICES
 from blametrail_enricher.settings import EnricherSettings
 from blametrail_ingest.settings import IngestSettings
 from blametrail_mappings_api.settings import ApiSettings, OAuthSettings, SentryUiSettings
@@ -44,8 +47,10 @@ from blametrail_reconciler.settings import ReconcilerSettings
 from blametrail_replay.worker_settings import JobWorkerSettings
 from blametrail_suspects.settings import SuspectsSettings
 from blametrail_sync.settings import SyncSettings
+from blametrail_web.app import page_routes
 from blametrail_web.settings import WebSettings
 from pydantic import AliasChoices, SecretStr
+from starlette.routing import Match
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / ".local" / "bin" / "kustomize"
@@ -696,6 +701,70 @@ def test_the_web_lets_connect_with_sentry_redirect_where_the_api_sends_it(
         assert var not in services["web"].get("environment", {}), var
         assert var not in services["mappings-api"].get("environment", {}), var
     assert services["web"]["env_file"] == services["mappings-api"]["env_file"]
+
+
+def incident_links(api: Mapping[str, str], enricher: Mapping[str, str]) -> dict[str, str]:
+    """The link a Sentry issue shows for its incident, as each side builds it from its
+    environment: the API's issue-link answer (``BLAMETRAIL_API_INCIDENT_URL``, else the page on
+    the public URL: ``ui_components.ui_routes``) and the external issue the enricher makes."""
+    public = api.get(
+        "BLAMETRAIL_PUBLIC_INGEST_URL", ApiSettings.model_fields["public_ingest_url"].default
+    )
+    return {
+        "api": api.get("BLAMETRAIL_API_INCIDENT_URL")
+        or f"{public.rstrip('/')}/incidents/{{incident_id}}",
+        "enricher": enricher.get(
+            "BLAMETRAIL_ENRICHER_INCIDENT_URL",
+            EnricherSettings.model_fields["incident_url"].default,
+        ),
+    }
+
+
+def web_page(link: str) -> str | None:
+    """The web's route (its path) that ``link``, an incident's filled in, opens; None: no page."""
+    path = urlsplit(link.replace("{incident_id}", str(uuid.uuid4()))).path
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    for route in page_routes():
+        if route.matches(scope)[0] is Match.FULL:
+            return str(getattr(route, "path", None))
+    return None
+
+
+def test_the_link_on_a_sentry_issue_opens_the_incident_page(objs: list[Obj]) -> None:
+    """A person follows it from Sentry: in every deployment it must reach the web's incident
+    page (not the API's JSON), on the host the person reaches."""
+    page = "/incidents/{id}"
+
+    def k8s_env(name: str) -> dict[str, str]:
+        (container, *_) = pod_spec(deployment(objs, name))["containers"]
+        return {k: e["value"] for k, e in container_env(objs, container).items() if "value" in e}
+
+    (ingress,) = of_kind(objs, "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    prefixes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    links = incident_links(k8s_env("blametrail-mappings-api"), k8s_env("blametrail-enricher"))
+    for side, link in links.items():
+        url = urlsplit(link)
+        served_by = prefixes[max((p for p in prefixes if url.path.startswith(p)), key=len)]
+        assert (url.scheme, url.netloc, served_by) == ("https", rule["host"], "blametrail-web")
+        assert web_page(link) == page, side
+
+    specs = {s.module: s.env for s in SERVICES}  # make up: through the edge
+    links = incident_links(specs["blametrail_mappings_api"], specs["blametrail_enricher"])
+    for side, link in links.items():
+        url = urlsplit(link)
+        assert url.netloc == urlsplit(EDGE_URL).netloc, side
+        assert upstream_for(url.path, "ingest", "api", "web") == "web", side
+        assert web_page(link) == page, side
+
+    example, services = _dotenv(ROOT / ".env.example"), our_services()  # compose: no edge
+    env = {n: {**example, **services[n].get("environment", {})} for n in services}
+    (web_port,) = services["web"]["ports"]
+    for side, link in incident_links(env["mappings-api"], env["enricher"]).items():
+        assert web_port.startswith(f"{urlsplit(link).netloc}:"), side
+        assert web_page(link) == page, side
+
+    assert web_page("http://127.0.0.1:8082/api/v1/incidents/{incident_id}") is None  # the JSON
 
 
 def test_compose_ports_healthchecks_and_start_order_match_make_up() -> None:

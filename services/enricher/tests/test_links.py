@@ -3,6 +3,7 @@ whose links Sentry refuses is reported once and not tried per incident; fixed, i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -19,10 +20,12 @@ from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCred
 from blametrail_common.settings import KafkaSettings
 from blametrail_enricher.links import BrokenLinks, link_cause
 from blametrail_enricher.pipeline import Enricher
+from blametrail_enricher.settings import EnricherSettings
 from blametrail_sentry_stub import StubState, serve
 from prometheus_client import REGISTRY
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+PAGE = "http://127.0.0.1:8080/incidents/{incident_id}"  # the web's page via `make up`'s edge
 
 
 class Creds:
@@ -143,6 +146,16 @@ async def test_a_refused_installation_is_reported_once_then_links_once_fixed(
     linked = [p for p in outputs if isinstance(p, IncidentLinkedV1)]
     assert sorted(p.sentry_issue_id for p in linked) == ["5101", "6001"]
     assert len([p for p in outputs if isinstance(p, IncidentEnrichedV1)]) == 31
+    # The link a person follows from the Sentry issue opens the incident's page (by default).
+    pages = sorted(PAGE.format(incident_id=p.incident_id) for p in linked)
+    assert sorted(p.incident_url for p in linked) == pages
+    assert sorted(i["webUrl"] for i in stub.external_issues.values()) == pages
+
+
+def test_the_settings_and_the_pipeline_default_to_the_incident_page() -> None:
+    default = EnricherSettings.model_fields["incident_url"].default
+    (field,) = (f for f in dataclasses.fields(Enricher) if f.name == "incident_url")
+    assert default == field.default == PAGE
 
 
 def test_link_causes() -> None:

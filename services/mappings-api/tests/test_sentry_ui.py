@@ -314,7 +314,7 @@ async def test_issue_link_create_opens_an_incident_through_the_outbox(
     assert created.status_code == 201, created.text
     incident = incident_id_for(t.org, "issue", "5912345678")
     assert created.json() == {
-        "webUrl": f"{HOST}/api/v1/incidents/{incident}",
+        "webUrl": f"{HOST}/incidents/{incident}",
         "project": "payments",
         "identifier": incident[:8],
     }  # the shape of fixtures/ui-components/issue-link.create.response.json

@@ -146,7 +146,7 @@ class Enricher:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     refresh_wait_s: float = 10.0
     links: ExternalIssues | None = None
-    incident_url: str = "http://127.0.0.1:8082/api/v1/incidents/{incident_id}"
+    incident_url: str = "http://127.0.0.1:8080/incidents/{incident_id}"  # the web's page
     lot: ParkingLot | None = None
     park_policy: ParkPolicy = field(default_factory=ParkPolicy)
     batch_budget_s: float = 120.0

@@ -18,9 +18,11 @@ class EnricherSettings(BaseBlametrailSettings):
     )
     max_attempts: int = Field(default=5, validation_alias=f"{PREFIX}ENRICHER_MAX_ATTEMPTS")
     incident_url: str = Field(
-        default="http://127.0.0.1:8082/api/v1/incidents/{incident_id}",
+        default="http://127.0.0.1:8080/incidents/{incident_id}",
         validation_alias=f"{PREFIX}ENRICHER_INCIDENT_URL",
     )
+    """What the link put on a Sentry issue opens, ``{incident_id}`` replaced: the web's incident
+    page on the public host (the default: ``make up``'s edge)."""
     concurrency_per_org: int = Field(
         default=4, ge=1, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY_PER_ORG"
     )

@@ -93,8 +93,8 @@ class SentryUiSettings(BaseBlametrailSettings):
     )
     """The public (OAuth) app's client secret(s), the very variable ingest reads."""
     incident_url: str = Field(default="", validation_alias=f"{PREFIX}API_INCIDENT_URL")
-    """Link target shown in Sentry, ``{incident_id}`` replaced; default: the API's incident URL
-    on ``BLAMETRAIL_PUBLIC_INGEST_URL``."""
+    """Link target shown in Sentry, ``{incident_id}`` replaced; default: the web's incident page
+    on ``BLAMETRAIL_PUBLIC_INGEST_URL`` (the public host, whose other paths are the web's)."""
     deadline_s: float = Field(default=0.8, validation_alias=f"{PREFIX}API_SENTRY_UI_DEADLINE_S")
     unbound_calls_per_minute: int = Field(
         default=60, ge=0, validation_alias=f"{PREFIX}API_SENTRY_UI_UNBOUND_PER_MINUTE"

@@ -57,7 +57,7 @@ def ui_routes(
     cfg = settings or SentryUiSettings()
     repo = UiRepository(pool)
     guard = Guard(AddressWindow(cfg.unbound_calls_per_minute), SecretCache(), proxies)
-    url = cfg.incident_url or f"{public_base_url.rstrip('/')}/api/v1/incidents/{{incident_id}}"
+    url = cfg.incident_url or f"{public_base_url.rstrip('/')}/incidents/{{incident_id}}"  # the web
 
     def link_answer(linked: Linked) -> Response:
         return JSONResponse(
