@@ -9,6 +9,7 @@ rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,81 +139,122 @@ def rows_for(records: list[Any]) -> Rows:
             out.undecodable.append((record, str(exc)))
             continue
         p = env.payload
-        if isinstance(p, IncidentEvent):
-            out.incidents.append(_incident(p))
-            if isinstance(p, IncidentAbsorbedV1):  # the merged issue's links move here
-                out.links.extend(_moved_links(p))
-            payload, changed = _safe_model(p)
-            out.timeline.append(
-                {
-                    "event_id": env.id,
-                    "incident_id": p.incident_id,
-                    "tenant_id": p.tenant_id,
-                    "event_type": env.type,
-                    "occurred_at": p.status_at,
-                    "log_partition": record.partition,
-                    "log_offset": record.offset,
-                    "payload": payload,
-                    "sanitized": changed,
-                }
-            )
-        elif isinstance(p, WriteBackEvent):
-            out.timeline.append(_writeback(env, p, record))
-        elif isinstance(p, IncidentEnrichedV1):
-            record_json, changed = _safe_model(p)
-            out.enriched.append(
-                {
-                    "incident_id": p.incident_id,
-                    "tenant_id": p.tenant_id,
-                    "event_id": env.id,
-                    "status": "enriched",
-                    "reason": None,
-                    "record": record_json,
-                    "fetched_at": p.fetched_at,
-                    "sanitized": changed,
-                }
-            )
-        elif isinstance(p, IncidentEnrichmentFailedV1):
-            out.failed.append(
-                {
-                    "incident_id": p.incident_id,
-                    "tenant_id": p.tenant_id,
-                    "event_id": env.id,
-                    "status": "failed",
-                    "reason": pg_text(p.reason),
-                    "record": None,
-                    "fetched_at": p.failed_at,
-                    "sanitized": False,
-                }
-            )
-        elif isinstance(p, WebhookAuditedV1):
-            out.audit.append(_audit(env.id, p))
-        elif isinstance(p, IncidentLinkedV1):
-            out.links.append(
-                {
-                    "incident_id": p.incident_id,
-                    "connection_id": p.connection_id,
-                    "sentry_issue_id": p.sentry_issue_id,
-                    "external_issue_id": p.external_issue_id,
-                    "web_url": pg_text(p.sentry_web_url),
-                    "linked_at": p.linked_at,
-                }
-            )
-        elif isinstance(p, IncidentSuspectsV1):
-            suspects, _ = _safe_jsonb([s.model_dump(mode="json") for s in p.suspects])
-            out.suspects.append(
-                {
-                    "incident_id": p.incident_id,
-                    "tenant_id": p.tenant_id,
-                    "event_id": env.id,
-                    "computed_at": p.computed_at,
-                    "candidates": p.candidates,
-                    "suspects": suspects,
-                }
-            )
-        else:
-            out.undecodable.append((record, f"event {env.type} is not for the projection"))
+        add = _ADD.get(type(p))
+        if add is None:  # the first of its type: by ``isinstance``, then kept
+            add = next((f for kind, f in _BY_BASE if isinstance(p, kind)), _not_projected)
+            _ADD[type(p)] = add
+        add(out, env, p, record)
     return out
+
+
+def _add_incident(out: Rows, env: Any, p: IncidentEvent, record: Any) -> None:
+    # one dump of the event: its order's digest and the timeline's payload (``pg_jsonb_model``)
+    dumped = p.__pydantic_serializer__.to_json(p)
+    out.incidents.append(_incident(p, dumped))
+    if isinstance(p, IncidentAbsorbedV1):  # the merged issue's links move here
+        out.links.extend(_moved_links(p))
+    if b"\\u0000" in dumped:
+        payload, changed = _safe_model(p)
+    else:
+        payload, changed = EncodedJson(dumped), False
+    out.timeline.append(
+        {
+            "event_id": env.id,
+            "incident_id": p.incident_id,
+            "tenant_id": p.tenant_id,
+            "event_type": env.type,
+            "occurred_at": p.status_at,
+            "log_partition": record.partition,
+            "log_offset": record.offset,
+            "payload": payload,
+            "sanitized": changed,
+        }
+    )
+
+
+def _add_writeback(out: Rows, env: Any, p: WriteBackEvent, record: Any) -> None:
+    out.timeline.append(_writeback(env, p, record))
+
+
+def _add_enriched(out: Rows, env: Any, p: IncidentEnrichedV1, _record: Any) -> None:
+    record_json, changed = _safe_model(p)
+    out.enriched.append(
+        {
+            "incident_id": p.incident_id,
+            "tenant_id": p.tenant_id,
+            "event_id": env.id,
+            "status": "enriched",
+            "reason": None,
+            "record": record_json,
+            "fetched_at": p.fetched_at,
+            "sanitized": changed,
+        }
+    )
+
+
+def _add_failed(out: Rows, env: Any, p: IncidentEnrichmentFailedV1, _record: Any) -> None:
+    out.failed.append(
+        {
+            "incident_id": p.incident_id,
+            "tenant_id": p.tenant_id,
+            "event_id": env.id,
+            "status": "failed",
+            "reason": pg_text(p.reason),
+            "record": None,
+            "fetched_at": p.failed_at,
+            "sanitized": False,
+        }
+    )
+
+
+def _add_audit(out: Rows, env: Any, p: WebhookAuditedV1, _record: Any) -> None:
+    out.audit.append(_audit(env.id, p))
+
+
+def _add_linked(out: Rows, _env: Any, p: IncidentLinkedV1, _record: Any) -> None:
+    out.links.append(
+        {
+            "incident_id": p.incident_id,
+            "connection_id": p.connection_id,
+            "sentry_issue_id": p.sentry_issue_id,
+            "external_issue_id": p.external_issue_id,
+            "web_url": pg_text(p.sentry_web_url),
+            "linked_at": p.linked_at,
+        }
+    )
+
+
+def _add_suspects(out: Rows, env: Any, p: IncidentSuspectsV1, _record: Any) -> None:
+    suspects, _ = _safe_jsonb([s.model_dump(mode="json") for s in p.suspects])
+    out.suspects.append(
+        {
+            "incident_id": p.incident_id,
+            "tenant_id": p.tenant_id,
+            "event_id": env.id,
+            "computed_at": p.computed_at,
+            "candidates": p.candidates,
+            "suspects": suspects,
+        }
+    )
+
+
+def _not_projected(out: Rows, env: Any, _p: Any, record: Any) -> None:
+    out.undecodable.append((record, f"event {env.type} is not for the projection"))
+
+
+_Add = Callable[[Rows, Any, Any, Any], None]
+# What each kind of payload adds: the first base class it is an instance of decides, once per
+# type (``_ADD`` keeps the answer: a batch looks its records' types up instead).
+_BY_BASE: tuple[tuple[type, _Add], ...] = (
+    (IncidentEvent, _add_incident),
+    (WriteBackEvent, _add_writeback),
+    (IncidentEnrichedV1, _add_enriched),
+    (IncidentEnrichmentFailedV1, _add_failed),
+    (WebhookAuditedV1, _add_audit),
+    (IncidentLinkedV1, _add_linked),
+    (IncidentSuspectsV1, _add_suspects),
+)
+_ADD: dict[type, _Add] = {}
 
 
 def _writeback(env: Any, p: WriteBackEvent, record: Any) -> dict[str, Any]:
@@ -237,7 +279,7 @@ def _sets_assignee(p: IncidentEvent) -> bool:
     )
 
 
-def _incident(p: IncidentEvent) -> dict[str, Any]:
+def _incident(p: IncidentEvent, dumped: bytes | None = None) -> dict[str, Any]:
     s = p.snapshot
     sentry, _ = _safe_model(p.sentry, exclude_none=True)
     assignee = None
@@ -245,7 +287,7 @@ def _incident(p: IncidentEvent) -> dict[str, Any]:
     if isinstance(p, IncidentAssignedV1 | IncidentActionV1) and p.assignee is not None:
         assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]
     status = status_for(p)
-    order = incident_order(p)
+    order = incident_order(p, dumped)
     return {
         "incident_id": p.incident_id,
         "tenant_id": p.tenant_id,

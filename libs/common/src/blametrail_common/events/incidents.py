@@ -209,7 +209,7 @@ _MICROSECOND, _MILLISECOND = timedelta(microseconds=1), timedelta(milliseconds=1
 _UNIT_MICROS = {_MICROSECOND: 1, _MILLISECOND: 1000}
 
 
-def incident_order(event: IncidentEvent) -> str:
+def incident_order(event: IncidentEvent, dumped: bytes | None = None) -> str:
     """Where ``event`` stands in its incident's history: of two events of one incident, the one
     with the greater key (compared as strings, byte by byte: ``COLLATE "C"`` in Postgres) is
     the later state. A strict total order: keys are equal only for the very same event.
@@ -228,6 +228,9 @@ def incident_order(event: IncidentEvent) -> str:
 
     Old events order by the same rule: everything it reads was always carried. Fixed width,
     so a longer key is never a prefix trick: ``PHASE-STATUS_AT-LAST_SEEN-COUNT-KIND-DIGEST``.
+
+    ``dumped``: the event's ``model_dump_json()`` bytes, when the caller has them already (the
+    projection stores them as the timeline's payload): not written a second time.
     """
     name = getattr(type(event), "EVENT_TYPE", "")
     kind = _KIND_RANK.get(name, 9)
@@ -235,8 +238,8 @@ def incident_order(event: IncidentEvent) -> str:
         kind = _ACTION_RANK[event.action]
     phase = 0 if kind == 0 and event.source == "sentry_issue" else 1
     snap = event.snapshot
-    # model_dump_json()'s own bytes, without the str in between
-    dumped = event.__pydantic_serializer__.to_json(event)
+    if dumped is None:  # model_dump_json()'s own bytes, without the str in between
+        dumped = event.__pydantic_serializer__.to_json(event)
     digest = hashlib.sha256(name.encode() + b":" + dumped).hexdigest()[:32]
     return (
         f"{phase}-{_micros(event.status_at, _MICROSECOND):017d}"
