@@ -8,36 +8,30 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
-import orjson
 import psycopg
 import pytest
 from blametrail_common.crypto import SecretBox, generate_key
-from blametrail_common.events import (
-    ConnectionStateV1,
-    WebhookReceivedV1,
-    body_sha256,
-    new_event,
-)
+from blametrail_common.events import new_event
 from blametrail_common.events.incidents import incident_id_for
-from blametrail_common.kafka import EventProducer, consume, create_consumer, create_producer
+from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.kafka.admin import ensure_topics
-from blametrail_common.kafka.pgsink import run_into_postgres
-from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.sentry_credentials import ConnectionCredentials as SyncCredentials
 from blametrail_common.settings import KafkaSettings
-from blametrail_common.testing import background
-from blametrail_common.topics import topic_name
+from blametrail_common.testing import Loop, background
+from blametrail_devstack.control_plane_testing import (
+    SentryOrg,
+    into_postgres,
+    issue_webhook,
+    running_control_plane,
+)
 from blametrail_devstack.testkit import until
 from blametrail_enricher.credentials import ConnectionCredentials
 from blametrail_enricher.pipeline import Enricher
-from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.repository import Repository, create_pool
-from blametrail_mappings_api.settings import ApiSettings
 from blametrail_mappings_api.store.outbox import Relay
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
@@ -125,22 +119,7 @@ class Pipeline:
 
     async def webhook(self, action: str, issue: dict[str, Any], at: datetime | None = None) -> None:
         """An issue webhook as ingest publishes it (verified, bytes untouched), sent at ``at``."""
-        body = orjson.dumps(
-            {"action": action, "installation": {"uuid": None}, "data": {"issue": issue}}
-        ).decode()
-        now = at or datetime.now(UTC)
-        raw = WebhookReceivedV1(
-            connection_id=self.connection_id,
-            resource="issue",
-            action=action,
-            installation_uuid=None,
-            signature_header="Sentry-Hook-Signature",
-            request_id=uuid.uuid4().hex,
-            hook_timestamp=str(int(now.timestamp())),
-            received_at=now,
-            body_sha256=body_sha256(body.encode()),
-            body=body,
-        )
+        raw = issue_webhook(self.connection_id, action, issue, at)
         await self.producer.send("sentry-webhooks-raw", new_event(raw, key=str(issue["id"])))
 
     async def open_issues(self, ids: list[str]) -> None:
@@ -188,146 +167,77 @@ async def pipeline(
     secret_key = generate_key()
     box = SecretBox(secret_key)
     stub = StubState()
-    pool = create_pool(database_url, 4)
-    await pool.open()
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
-    repo = Repository(pool, box)
-    api = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(ApiSettings(), repo, {})),
-        base_url="http://api",
-    )
-    key = await repo.create_api_key(f"rec-{uuid.uuid4().hex[:6]}")
-    auth = {"Authorization": f"Bearer {key}"}
     http = httpx.AsyncClient()
-    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     normalizer = None
     try:
         async with serve(stub) as stub_url:
             token = stub.add_internal_token(ORG)
-            made = await api.post(
-                "/api/v1/integrations/sentry/connections",
-                headers=auth,
-                json={
-                    "mode": "internal",
-                    "sentry_org_slug": ORG,
-                    "api_base_url": stub_url,
-                    "client_secret": "reconcile-secret",
-                    "auth_token": token,
-                },
-            )
-            conn_id = made.json()["id"]
-            svc = (
-                await api.post(
-                    "/api/v1/services",
-                    headers=auth,
-                    json={"name": "Checkout", "slug": f"checkout-{uuid.uuid4().hex[:4]}"},
+            org = SentryOrg(stub_url, ORG, token, "reconcile-secret", PROJECT)
+            async with running_control_plane(kafka, database_url, producer, box, org) as cp:
+                normalizer = create_normalizer(
+                    NormalizerSettings(app_id=f"rec-norm-{uuid.uuid4().hex[:6]}"), kafka
                 )
-            ).json()["id"]
-            mapped = await api.post(
-                "/api/v1/integrations/sentry/mappings",
-                headers=auth,
-                json={"connection_id": conn_id, "sentry_project_slug": PROJECT, "service_id": svc},
-            )
-            assert mapped.status_code == 201, mapped.text
-            async with pool.connection() as c:  # only this test's changes go to its topics
-                await c.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"
-                    " AND key NOT IN (%s, %s, %s)",
-                    (conn_id.encode(), svc.encode(), f"{conn_id}:{PROJECT}".encode()),
-                )
-            relay = Relay(pool, producer)
-            while await relay.relay_once():
-                pass
-            await table.start()
-            await until("the connection", lambda: _known(table, conn_id), timeout_s=30)
-            tenant = table.get(conn_id).tenant_id  # type: ignore[union-attr]
-            normalizer = create_normalizer(
-                NormalizerSettings(app_id=f"rec-norm-{uuid.uuid4().hex[:6]}"), kafka
-            )
-            normalizer.app.finalize()
-            await normalizer.app.start()
-            fast = RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=120)
-            enricher = Enricher(
-                HttpxSentryApi(http, fast),
-                ConnectionCredentials(table, box),
-                producer,
-                incident_url="https://blametrail.example/incidents/{incident_id}",
-            )
-
-            async def project(stop: asyncio.Event) -> None:
-                consumer = create_consumer(kafka, [], f"rec-projection-{uuid.uuid4().hex[:6]}")
-                await consumer.start()
-                try:
-                    topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
-                    await run_into_postgres(
-                        consumer,
-                        topics,
-                        database_url,
-                        "rec-projection",
-                        Projection(producer).apply,
-                        stop,
-                    )
-                finally:
-                    await consumer.stop()
-
-            async def enriching(stop: asyncio.Event) -> None:
-                group = f"rec-enricher-{uuid.uuid4().hex[:6]}"
-                await consume(kafka, ["incident-events"], group, enricher.handle, stop)
-
-            async def writing_back(stop: asyncio.Event) -> None:
-                group = f"rec-sync-{uuid.uuid4().hex[:6]}"
-                consumer = create_consumer(kafka, [], group)
-                await consumer.start()
-                worker = WriteBacks(
-                    HttpxSentryApi(http, fast), table, SyncCredentials(table, box), producer
-                )
-                try:
-                    topics = [topic_name("incident-events", kafka.topic_prefix)]
-                    await run_into_postgres(
-                        consumer, topics, database_url, group, worker.apply, stop
-                    )
-                finally:
-                    await consumer.stop()
-
-            loops: tuple[Any, ...] = (project, enriching) if enrich else (project,)
-            if write_back is not None:
-                app = stub.apps.install(
-                    ORG, "http://127.0.0.1:9/unused", "reconcile-secret", scopes=write_back
-                )
-                stub.tokens[token] = Token(token, ORG, installation=app.installation)
-                loops += (writing_back,)
-            settings = ReconcilerSettings(settle_s=0, **over)
-            sweeper = Sweeper(HttpxSentryApi(http, fast), producer, database_url, settings)
-            async with background(*loops):
-                yield Pipeline(
-                    kafka,
-                    database_url,
-                    stub,
+                normalizer.app.finalize()
+                await normalizer.app.start()
+                fast = RetryPolicy(base_delay_s=0.05, max_rate_limit_wait_s=120)
+                table = cp.table
+                enricher = Enricher(
+                    HttpxSentryApi(http, fast),
+                    ConnectionCredentials(table, box),
                     producer,
-                    conn_id,
-                    tenant,
-                    Connections(table, box, producer),
-                    sweeper,
-                    normalizer,
-                    box,
-                    secret_key,
-                    api,
-                    auth,
-                    relay,
+                    incident_url="https://blametrail.example/incidents/{incident_id}",
                 )
+
+                projection = f"rec-projection-{uuid.uuid4().hex[:6]}"
+                apply = Projection(producer).apply
+                loops: list[Loop] = [
+                    into_postgres(kafka, PROJECTED_TOPICS, database_url, projection, apply)
+                ]
+                if enrich:
+                    group = f"rec-enricher-{uuid.uuid4().hex[:6]}"
+
+                    async def enriching(stop: asyncio.Event) -> None:
+                        await consume(kafka, ["incident-events"], group, enricher.handle, stop)
+
+                    loops.append(enriching)
+                if write_back is not None:
+                    app = stub.apps.install(
+                        ORG, "http://127.0.0.1:9/unused", "reconcile-secret", scopes=write_back
+                    )
+                    stub.tokens[token] = Token(token, ORG, installation=app.installation)
+                    worker = WriteBacks(
+                        HttpxSentryApi(http, fast), table, SyncCredentials(table, box), producer
+                    )
+                    group = f"rec-sync-{uuid.uuid4().hex[:6]}"
+                    loops.append(
+                        into_postgres(kafka, ["incident-events"], database_url, group, worker.apply)
+                    )
+                settings = ReconcilerSettings(settle_s=0, **over)
+                sweeper = Sweeper(HttpxSentryApi(http, fast), producer, database_url, settings)
+                async with background(*loops):
+                    yield Pipeline(
+                        kafka,
+                        database_url,
+                        stub,
+                        producer,
+                        cp.connection_id,
+                        cp.tenant_id,
+                        Connections(table, box, producer),
+                        sweeper,
+                        normalizer,
+                        box,
+                        secret_key,
+                        cp.api,
+                        cp.auth,
+                        cp.relay,
+                    )
     finally:
         if normalizer is not None:
             await normalizer.close()
-        await table.stop()
         await http.aclose()
         await producer.stop()
-        await api.aclose()
-        await pool.close()
-
-
-async def _known(table: CompactedTable[ConnectionStateV1], conn_id: str) -> bool:
-    return table.get(conn_id) is not None
 
 
 @pytest.fixture

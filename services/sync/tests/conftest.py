@@ -9,33 +9,32 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import psycopg
 import pytest
 from aiokafka.structs import TopicPartition
 from blametrail_common.crypto import SecretBox, generate_key
-from blametrail_common.events import ConnectionStateV1, WebhookReceivedV1, body_sha256, new_event
+from blametrail_common.events import new_event
 from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
-from blametrail_common.kafka.pgsink import load_offsets, run_into_postgres
-from blametrail_common.kafka.table import CompactedTable
+from blametrail_common.kafka.pgsink import load_offsets
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.sentry_credentials import ConnectionCredentials
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import background
 from blametrail_common.topics import topic_name
+from blametrail_devstack.control_plane_testing import (
+    SentryOrg,
+    into_postgres,
+    issue_webhook,
+    running_control_plane,
+)
 from blametrail_devstack.ingest_testing import make_settings, running_ingest
 from blametrail_devstack.testkit import until
-from blametrail_mappings_api.app import create_app
-from blametrail_mappings_api.repository import Repository, create_pool
-from blametrail_mappings_api.settings import ApiSettings
-from blametrail_mappings_api.store.outbox import Relay
 from blametrail_normalizer.app import create_app as create_normalizer
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection
@@ -87,22 +86,7 @@ class Pipeline:
         return bool(await self.rows("SELECT 1 FROM incidents WHERE incident_id = %s", incident))
 
     async def webhook(self, action: str, issue: dict[str, Any]) -> None:
-        body = orjson.dumps(
-            {"action": action, "installation": {"uuid": None}, "data": {"issue": issue}}
-        ).decode()
-        now = datetime.now(UTC)
-        raw = WebhookReceivedV1(
-            connection_id=self.connection_id,
-            resource="issue",
-            action=action,
-            installation_uuid=None,
-            signature_header="Sentry-Hook-Signature",
-            request_id=uuid.uuid4().hex,
-            hook_timestamp=str(int(now.timestamp())),
-            received_at=now,
-            body_sha256=body_sha256(body.encode()),
-            body=body,
-        )
+        raw = issue_webhook(self.connection_id, action, issue)
         await self.producer.send("sentry-webhooks-raw", new_event(raw, key=str(issue["id"])))
 
     async def act(self, incident: str, action: str) -> httpx.Response:
@@ -180,19 +164,9 @@ async def pipeline(
     await ensure_topics(kafka)
     box = SecretBox(generate_key())
     stub = StubState()
-    pool = create_pool(database_url, 4)
-    await pool.open()
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
-    repo = Repository(pool, box)
-    api = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(ApiSettings(), repo, {})),
-        base_url="http://api",
-    )
-    key = await repo.create_api_key(f"sync-{uuid.uuid4().hex[:6]}")
-    auth = {"Authorization": f"Bearer {key}"}
     http = httpx.AsyncClient()
-    table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     secrets = _Secrets()
     normalizer = None
     try:
@@ -201,125 +175,66 @@ async def pipeline(
             running_ingest(kafka, make_settings(spool), secrets) as (ingest_url, _),
         ):
             token = stub.add_internal_token(ORG)
-            made = await api.post(
-                "/api/v1/integrations/sentry/connections",
-                headers=auth,
-                json={
-                    "mode": "internal",
-                    "sentry_org_slug": ORG,
-                    "api_base_url": stub_url,
-                    "client_secret": SECRET,
-                    "auth_token": token,
-                },
-            )
-            assert made.status_code == 201, made.text
-            conn_id = made.json()["id"]
-            secrets.known[conn_id] = [SECRET]
-            installed = await http.post(
-                f"{stub_url}/_stub/apps",
-                json={
-                    "org": ORG,
-                    "webhook_url": f"{ingest_url}/webhooks/sentry/{conn_id}",
-                    "client_secret": SECRET,
-                    "token": token,
-                    "scopes": sorted(scopes),
-                },
-            )
-            assert installed.status_code == 201, installed.text
-            svc = (
-                await api.post(
-                    "/api/v1/services",
-                    headers=auth,
-                    json={"name": "Checkout", "slug": f"checkout-{uuid.uuid4().hex[:4]}"},
+            org = SentryOrg(stub_url, ORG, token, SECRET, PROJECT)
+            async with running_control_plane(kafka, database_url, producer, box, org) as cp:
+                secrets.known[cp.connection_id] = [SECRET]
+                installed = await http.post(
+                    f"{stub_url}/_stub/apps",
+                    json={
+                        "org": ORG,
+                        "webhook_url": f"{ingest_url}/webhooks/sentry/{cp.connection_id}",
+                        "client_secret": SECRET,
+                        "token": token,
+                        "scopes": sorted(scopes),
+                    },
                 )
-            ).json()["id"]
-            mapped = await api.post(
-                "/api/v1/integrations/sentry/mappings",
-                headers=auth,
-                json={"connection_id": conn_id, "sentry_project_slug": PROJECT, "service_id": svc},
-            )
-            assert mapped.status_code == 201, mapped.text
-            async with pool.connection() as c:  # only this test's changes go to its topics
-                await c.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"
-                    " AND key NOT IN (%s, %s, %s)",
-                    (conn_id.encode(), svc.encode(), f"{conn_id}:{PROJECT}".encode()),
+                assert installed.status_code == 201, installed.text
+                normalizer = create_normalizer(
+                    NormalizerSettings(app_id=f"sync-norm-{uuid.uuid4().hex[:6]}"), kafka
                 )
-            relay = Relay(pool, producer)
-            while await relay.relay_once():
-                pass
-            await table.start()
-            await until("the connection", lambda: _known(table, conn_id), timeout_s=30)
-            tenant = table.get(conn_id).tenant_id  # type: ignore[union-attr]
-            normalizer = create_normalizer(
-                NormalizerSettings(app_id=f"sync-norm-{uuid.uuid4().hex[:6]}"), kafka
-            )
-            normalizer.app.finalize()
-            await normalizer.app.start()
-            fast = RetryPolicy(base_delay_s=0.05, max_attempts=3, max_rate_limit_wait_s=30)
-            worker = WriteBacks(
-                HttpxSentryApi(http, fast),
-                table,
-                ConnectionCredentials(table, SecretBox(worker_key) if worker_key else box),
-                producer,
-            )
-            group = f"sync-{uuid.uuid4().hex[:6]}"
-
-            async def project(stop: asyncio.Event) -> None:
-                consumer = create_consumer(kafka, [], f"sync-projection-{uuid.uuid4().hex[:6]}")
-                await consumer.start()
-                try:
-                    topics = [topic_name(t, kafka.topic_prefix) for t in PROJECTED_TOPICS]
-                    await run_into_postgres(
-                        consumer,
-                        topics,
-                        database_url,
-                        f"sync-projection-{uuid.uuid4().hex[:6]}",
-                        Projection(producer).apply,
-                        stop,
-                    )
-                finally:
-                    await consumer.stop()
-
-            async def write_back(stop: asyncio.Event) -> None:
-                consumer = create_consumer(kafka, [], group)
-                await consumer.start()
-                try:
-                    topics = [topic_name("incident-events", kafka.topic_prefix)]
-                    await run_into_postgres(
-                        consumer, topics, database_url, group, worker.apply, stop
-                    )
-                finally:
-                    await consumer.stop()
-
-            async def relaying(stop: asyncio.Event) -> None:
-                await relay.run(stop, database_url)
-
-            async with background(project, write_back, relaying):
-                yield Pipeline(
-                    kafka,
-                    database_url,
-                    stub,
-                    stub_url,
+                normalizer.app.finalize()
+                await normalizer.app.start()
+                fast = RetryPolicy(base_delay_s=0.05, max_attempts=3, max_rate_limit_wait_s=30)
+                worker = WriteBacks(
+                    HttpxSentryApi(http, fast),
+                    cp.table,
+                    ConnectionCredentials(cp.table, SecretBox(worker_key) if worker_key else box),
                     producer,
-                    api,
-                    auth,
-                    conn_id,
-                    tenant,
-                    group,
                 )
+                projection = f"sync-projection-{uuid.uuid4().hex[:6]}"
+                group = f"sync-{uuid.uuid4().hex[:6]}"
+
+                async def relaying(stop: asyncio.Event) -> None:
+                    await cp.relay.run(stop, database_url)
+
+                async with background(
+                    into_postgres(
+                        kafka,
+                        PROJECTED_TOPICS,
+                        database_url,
+                        projection,
+                        Projection(producer).apply,
+                    ),
+                    into_postgres(kafka, ["incident-events"], database_url, group, worker.apply),
+                    relaying,
+                ):
+                    yield Pipeline(
+                        kafka,
+                        database_url,
+                        stub,
+                        stub_url,
+                        producer,
+                        cp.api,
+                        cp.auth,
+                        cp.connection_id,
+                        cp.tenant_id,
+                        group,
+                    )
     finally:
         if normalizer is not None:
             await normalizer.close()
-        await table.stop()
         await http.aclose()
         await producer.stop()
-        await api.aclose()
-        await pool.close()
-
-
-async def _known(table: CompactedTable[ConnectionStateV1], conn_id: str) -> bool:
-    return table.get(conn_id) is not None
 
 
 @pytest.fixture
