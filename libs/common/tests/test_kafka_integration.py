@@ -8,6 +8,7 @@ from aiokafka.structs import TopicPartition
 from blametrail_common.events import WebhookReceivedV1, decode, new_event
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, publish_to_dlq
 from blametrail_common.kafka.admin import admin_client, describe_topic_configs, ensure_topics
+from blametrail_common.kafka.consumer import poll_batch
 from blametrail_common.metrics import DEAD_LETTERS
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import TOPICS, topic_name
@@ -189,3 +190,37 @@ async def test_run_batches_commits_after_the_handler(
             assert await failing.committed(TopicPartition(p.topic, p.partition)) is None
     finally:
         await failing.stop()
+
+
+async def test_poll_batch_gathers_what_arrives_within_its_gather_in_log_order(
+    kafka_settings: KafkaSettings, producer: EventProducer
+) -> None:
+    """A loop that polled a few records takes what arrives within ``gather_ms`` too, in one
+    batch (its per-batch costs paid once), each partition in log order."""
+    spec = next(t for t in TOPICS if t.name == "sentry-webhooks-raw")
+    name = topic_name(spec.name, kafka_settings.topic_prefix)
+    consumer = create_consumer(kafka_settings, [], group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(name, p) for p in range(spec.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        key = f"gather-{uuid.uuid4()}".encode()
+        await producer.send_raw("sentry-webhooks-raw", key, b"first", [])
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            for i in range(4):
+                await producer.send_raw("sentry-webhooks-raw", key, f"next{i}".encode(), [])
+
+        sending = asyncio.create_task(later())
+        polled = await poll_batch(consumer, timeout_ms=10_000, gather_ms=3000)
+        await sending
+        mine = [r.value for records in polled.values() for r in records if r.key == key]
+        assert mine == [b"first", b"next0", b"next1", b"next2", b"next3"]
+        # a full batch is handed over at once, an idle poll waits no gather
+        assert await poll_batch(consumer, timeout_ms=100, gather_ms=60_000) == {}
+    finally:
+        await consumer.stop()

@@ -38,6 +38,13 @@ class KafkaSettings(BaseBlametrailSettings):
     topic_prefix: str = Field(default="", validation_alias=f"{PREFIX}TOPIC_PREFIX")
     client_id: str = Field(default="blametrail", validation_alias=f"{PREFIX}KAFKA_CLIENT_ID")
     linger_ms: int = Field(default=5, validation_alias=f"{PREFIX}KAFKA_LINGER_MS")
+    batch_gather_ms: int = Field(
+        default=20, ge=0, validation_alias=f"{PREFIX}KAFKA_BATCH_GATHER_MS"
+    )
+    """How long a consumer loop that polled some records, but fewer than a full batch, waits
+    for more before it handles them (:func:`~blametrail_common.kafka.consumer.poll_batch`): a
+    busy loop pays its per-batch costs (a transaction, a commit) once per gather, not once per
+    handful of records. An idle loop still waits in one long poll. 0: handle at once."""
     compression: Literal["none", "lz4", "zstd"] = Field(
         default="lz4", validation_alias=f"{PREFIX}KAFKA_COMPRESSION"
     )

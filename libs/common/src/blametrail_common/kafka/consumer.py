@@ -35,6 +35,7 @@ __all__ = [
     "consume",
     "create_consumer",
     "install_stop_signals",
+    "poll_batch",
     "run_batches",
     "stop_quietly",
 ]
@@ -75,6 +76,34 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+Polled = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+async def poll_batch(
+    consumer: AIOKafkaConsumer,
+    *,
+    timeout_ms: int = 500,
+    max_records: int | None = None,
+    gather_ms: int = 0,
+) -> Polled:
+    """One batch: what a poll of up to ``timeout_ms`` gives, then, if that was some records but
+    fewer than ``max_records``, what else arrives within ``gather_ms`` (polled until then: the
+    fetcher holds one fetched answer per partition). Each partition's records stay in log order."""
+    polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    count = sum(map(len, polled.values()))
+    if not count or gather_ms <= 0:
+        return polled
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + gather_ms / 1000
+    while (max_records is None or count < max_records) and (left := deadline - clock()) > 0:
+        room = None if max_records is None else max_records - count
+        more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=room)
+        for tp, records in more.items():
+            polled[tp] = [*polled.get(tp, ()), *records]
+            count += len(records)
+    return polled
+
+
 async def run_batches(
     consumer: AIOKafkaConsumer,
     handle: BatchHandler,
@@ -82,14 +111,18 @@ async def run_batches(
     *,
     timeout_ms: int = 500,
     max_records: int | None = None,
+    gather_ms: int = 0,
 ) -> None:
-    """Poll, hand each batch to ``handle``, then commit ``offset + 1`` per partition.
+    """Poll (:func:`poll_batch`), hand each batch to ``handle``, then commit ``offset + 1`` per
+    partition.
 
     Returns when ``stop`` is set (after committing the batch in hand). See module docstring.
     """
     watch = KafkaWatch(consumer)
     while not stop.is_set():
-        polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        polled = await poll_batch(
+            consumer, timeout_ms=timeout_ms, max_records=max_records, gather_ms=gather_ms
+        )
         records = [r for batch in polled.values() for r in batch]
         await watch.polled(bool(records))
         if not records:
@@ -147,7 +180,7 @@ async def consume(
         consumer = create_consumer(settings, topics, group_id)
         try:
             await consumer.start()
-            await run_batches(consumer, handle, stop)
+            await run_batches(consumer, handle, stop, gather_ms=settings.batch_gather_ms)
         finally:
             await stop_quietly(consumer)
 

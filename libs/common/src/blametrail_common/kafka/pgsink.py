@@ -24,7 +24,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from blametrail_common.kafka.consumer import KafkaWatch, create_consumer, stop_quietly
+from blametrail_common.kafka.consumer import KafkaWatch, create_consumer, poll_batch, stop_quietly
 from blametrail_common.resilience import DEPENDENCIES, POSTGRES, supervise
 from blametrail_common.settings import KafkaSettings
 
@@ -83,6 +83,7 @@ async def run_into_postgres(
     timeout_ms: int = 500,
     max_records: int | None = 2000,
     probe_s: float = 5.0,
+    gather_ms: int = 0,
 ) -> None:
     """Subscribe ``consumer`` (started, ``enable_auto_commit=False``) to broker-side ``topics`` and
     apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and
@@ -96,7 +97,9 @@ async def run_into_postgres(
         DEPENDENCIES.up(POSTGRES)
         checked = clock()
         while not stop.is_set():
-            polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            polled = await poll_batch(
+                consumer, timeout_ms=timeout_ms, max_records=max_records, gather_ms=gather_ms
+            )
             await watch.polled(any(polled.values()))
             if not polled and clock() - checked >= probe_s:
                 await conn.execute("SELECT 1")  # raises while the server is away
@@ -151,7 +154,14 @@ async def project_into_postgres(
         try:
             await consumer.start()
             await run_into_postgres(
-                consumer, topics, dsn, group_id, apply, stop, max_records=max_records
+                consumer,
+                topics,
+                dsn,
+                group_id,
+                apply,
+                stop,
+                max_records=max_records,
+                gather_ms=settings.batch_gather_ms,
             )
         finally:
             await stop_quietly(consumer)
