@@ -14,6 +14,7 @@ answer again (``"replayed": true``) and changes nothing; the same key for anothe
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from blametrail_common.events.incidents import ActionName, Actor, Assignee
@@ -29,7 +30,7 @@ from blametrail_mappings_api.errors import Invalid, NotFound
 from blametrail_mappings_api.schemas import _In
 from blametrail_mappings_api.store.incident_actions import Accepted, IncidentActionStore
 
-__all__ = ["ActionOut", "AssignBody", "router"]
+__all__ = ["STATE_ACTIONS", "ActionOut", "AssignBody", "router"]
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"], route_class=ApiRoute)
 IdempotencyKey = Annotated[
@@ -108,48 +109,35 @@ async def _act(
     return _answer(done)
 
 
-_ANSWERS = answers(404, 409, 422)
+_ROUTE: dict[str, Any] = {
+    "status_code": 202,
+    "response_model": ActionOut,
+    "responses": answers(404, 409, 422),
+}
+STATE_ACTIONS: dict[ActionName, str] = {
+    "acknowledge": "Acknowledge an open incident (mirrored to Sentry as the substatus 'ongoing')",
+    "resolve": "Resolve an incident (mirrored to Sentry when the connection writes back)",
+    "reopen": "Reopen a resolved or muted incident",
+}
+"""The actions that only change the status (no body), with their OpenAPI summaries."""
 
 
-@router.post(
-    "/{id}/acknowledge",
-    summary="Acknowledge an open incident (mirrored to Sentry as the substatus 'ongoing')",
-    status_code=202,
-    response_model=ActionOut,
-    responses=_ANSWERS,
-)
-async def acknowledge(api: Api, id: str, idempotency_key: IdempotencyKey = None) -> Response:
-    return await _act(api, id, "acknowledge", idempotency_key)
+def _state_action(action: ActionName) -> Callable[..., Awaitable[Response]]:
+    async def endpoint(api: Api, id: str, idempotency_key: IdempotencyKey = None) -> Response:
+        return await _act(api, id, action, idempotency_key)
+
+    endpoint.__name__ = endpoint.__qualname__ = action  # the route's name, in its operationId
+    return endpoint
 
 
-@router.post(
-    "/{id}/resolve",
-    summary="Resolve an incident (mirrored to Sentry when the connection writes back)",
-    status_code=202,
-    response_model=ActionOut,
-    responses=_ANSWERS,
-)
-async def resolve(api: Api, id: str, idempotency_key: IdempotencyKey = None) -> Response:
-    return await _act(api, id, "resolve", idempotency_key)
-
-
-@router.post(
-    "/{id}/reopen",
-    summary="Reopen a resolved or muted incident",
-    status_code=202,
-    response_model=ActionOut,
-    responses=_ANSWERS,
-)
-async def reopen(api: Api, id: str, idempotency_key: IdempotencyKey = None) -> Response:
-    return await _act(api, id, "reopen", idempotency_key)
+for _action, _summary in STATE_ACTIONS.items():
+    router.post(f"/{{id}}/{_action}", summary=_summary, **_ROUTE)(_state_action(_action))
 
 
 @router.post(
     "/{id}/assign",
     summary="Assign an incident to a BlameTrail user (user_id) or to free text (name)",
-    status_code=202,
-    response_model=ActionOut,
-    responses=_ANSWERS,
+    **_ROUTE,
 )
 async def assign(
     api: Api, id: str, body: AssignBody, idempotency_key: IdempotencyKey = None
