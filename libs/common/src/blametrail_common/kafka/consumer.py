@@ -89,7 +89,7 @@ async def poll_batch(
     """One batch: what a poll of up to ``timeout_ms`` gives, then, if that was some records but
     fewer than ``max_records``, what else arrives within ``gather_ms`` (polled until then: the
     fetcher holds one fetched answer per partition). Each partition's records stay in log order."""
-    polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    polled: Polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
     count = sum(map(len, polled.values()))
     if not count or gather_ms <= 0:
         return polled
