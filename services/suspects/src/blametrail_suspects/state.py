@@ -1,7 +1,9 @@
 """Pure: which incidents to score again when an event arrives, and the ``incident.suspects`` event.
 
 :class:`SuspectState` holds the deploys (every one: the compacted ``deploys`` topic is small)
-and the recent incidents (latest lifecycle event and enrichment, a bounded LRU). Each ``on_*``
+and the recent incidents (a bounded LRU), each as the facts scoring reads of its latest lifecycle
+event and enrichment (:mod:`blametrail_suspects.facts`) and that event's JSON: about 2 KB an
+incident, where the whole models were about 25 KB with a typical enrichment. Each ``on_*``
 method takes one decoded event and returns the suspects events to publish: an incident is scored
 when it opens or changes, when its enrichment arrives (release, environment and frames sharpen
 the signals), and when a deploy of one of its services arrives late, within the lookback before
@@ -32,7 +34,13 @@ from blametrail_common.events.deploys import (
 from blametrail_common.events.enrichment import IncidentEnrichedV1
 from blametrail_common.events.incidents import IncidentEvent, incident_order
 
-from blametrail_suspects.facts import facts_from_events
+from blametrail_suspects.facts import (
+    EnrichmentFacts,
+    EventFacts,
+    enrichment_facts,
+    event_facts,
+    incident_facts,
+)
 from blametrail_suspects.model import Deploy, Suspect
 from blametrail_suspects.scoring import DEFAULT_CLOCK_SKEW, DEFAULT_LOOKBACK, score
 
@@ -58,11 +66,27 @@ def deploy_of(p: DeployRecordedV1) -> Deploy:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Incident:
-    event: IncidentEvent
-    enrichment: IncidentEnrichedV1 | None = None
-    last: str | None = None  # fingerprint of the last ranking published
+    """A recent incident: its latest event's facts, ``incident_order`` and JSON, its latest
+    enrichment's facts, and the digest of the last ranking published for it."""
+
+    latest: EventFacts
+    order: str
+    kind: type[IncidentEvent]
+    dumped: bytes
+    enrichment: EnrichmentFacts | None = None
+    last: bytes | None = None
+
+    @classmethod
+    def of(cls, p: IncidentEvent) -> _Incident:
+        dumped = p.__pydantic_serializer__.to_json(p)  # model_dump_json()'s bytes
+        return cls(event_facts(p), incident_order(p, dumped), type(p), dumped)
+
+    @property
+    def event(self) -> IncidentEvent:
+        """The latest event, decoded again from its JSON (scoring never reads it)."""
+        return self.kind.model_validate_json(self.dumped)
 
 
 class SuspectState:
@@ -86,23 +110,23 @@ class SuspectState:
         deploy = self.remember(p)
         out = []
         for incident_id, known in list(self.incidents.items()):
-            first_seen = known.event.snapshot.first_seen or known.event.status_at
-            gap = first_seen.timestamp() - deploy.start_ts
-            if deploy.service in self._services(known.event) and (
+            gap = known.latest.first_seen.timestamp() - deploy.start_ts
+            if deploy.service in self._services(known.latest) and (
                 -SKEW <= gap <= self.lookback.total_seconds()
             ):
                 out += self._score(incident_id, known)
         return out
 
     def on_incident(self, p: IncidentEvent) -> list[Envelope[IncidentSuspectsV1]]:
+        fresh = _Incident.of(p)
         known = self.incidents.get(p.incident_id)
         if known is None:
-            known = _Incident(p)
-            self.incidents[p.incident_id] = known
+            known = self.incidents[p.incident_id] = fresh
             while len(self.incidents) > self.max_incidents:
                 self.incidents.popitem(last=False)
-        elif incident_order(p) > incident_order(known.event):  # the later state, ties broken
-            known.event = p
+        elif fresh.order > known.order:  # the later state, ties broken
+            fresh.enrichment, fresh.last = known.enrichment, known.last
+            known = self.incidents[p.incident_id] = fresh
         self.incidents.move_to_end(p.incident_id)
         return self._score(p.incident_id, known)
 
@@ -114,9 +138,9 @@ class SuspectState:
         if known is None:  # enrichment of an incident this process never saw (e.g. restarted)
             return []
         if known.enrichment is None or p.fetched_at >= known.enrichment.fetched_at:
-            known.enrichment = p
+            known.enrichment = enrichment_facts(p)
         out: list[Envelope[Any]] = []
-        imported = self._release_deploy(known.event, p)
+        imported = self._release_deploy(known.latest, p)
         if imported is not None:
             self.remember(imported)
             out.append(
@@ -132,7 +156,7 @@ class SuspectState:
         return out + self._score(p.incident_id, known)
 
     def _release_deploy(
-        self, incident: IncidentEvent, enrichment: IncidentEnrichedV1
+        self, incident: EventFacts, enrichment: IncidentEnrichedV1
     ) -> DeployRecordedV1 | None:
         release = enrichment.release
         if release is None or any(
@@ -161,10 +185,10 @@ class SuspectState:
             recorded_at=enrichment.fetched_at,
         )
 
-    def _services(self, event: IncidentEvent) -> tuple[str, ...]:
+    def _services(self, event: EventFacts) -> tuple[str, ...]:
         """The incident's service, and the one its Sentry project is mapped to if different."""
-        slug = event.sentry.project_slug
-        mapped = self.mapped_service(event.sentry.connection_id, slug) if slug else None
+        slug = event.project_slug
+        mapped = self.mapped_service(event.connection_id, slug) if slug else None
         return (
             (event.service_id,)
             if mapped in (None, event.service_id)
@@ -181,8 +205,8 @@ class SuspectState:
         )
 
     def _score(self, incident_id: str, known: _Incident) -> list[Envelope[IncidentSuspectsV1]]:
-        event = known.event
-        facts = facts_from_events(event, known.enrichment, mapped_from=self._services(event))
+        event = known.latest
+        facts = incident_facts(event, known.enrichment, mapped_from=self._services(event))
         ranked = score(
             facts, (d for d, _ in self.deploys.values()), lookback=self.lookback, limit=TOP
         )
@@ -191,12 +215,10 @@ class SuspectState:
             times.append(known.enrichment.fetched_at)
         times += [self.deploys[s.deploy.id][1].recorded_at for s in ranked]
         suspects = [_suspect(s) for s in ranked]
-        fingerprint = hashlib.sha256(
-            "|".join(s.model_dump_json() for s in suspects).encode()
-        ).hexdigest()
-        if fingerprint == known.last:
+        digest = hashlib.sha256("|".join(s.model_dump_json() for s in suspects).encode())
+        if digest.digest() == known.last:
             return []
-        known.last = fingerprint
+        known.last, fingerprint = digest.digest(), digest.hexdigest()
         payload = IncidentSuspectsV1(
             incident_id=incident_id,
             tenant_id=event.tenant_id,
