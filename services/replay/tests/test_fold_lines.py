@@ -1,5 +1,6 @@
 """The fold's fast ``COPY`` lines are the generic ones (``copy_line``) for any value: tabs,
-newlines, backslashes, ``\\N`` in text, NULLs, JSON with escapes; naive datetimes are refused."""
+newlines, backslashes, ``\\N`` in text, NULLs, JSON with escapes; naive datetimes are refused.
+The compact incident state folds an incident's rows as the live merge does."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
-from blametrail_projector.rows import EncodedJson
+from blametrail_projector.rows import EncodedJson, merge_incident
 from blametrail_replay.fold import (
     COLUMNS,
+    Shared,
     _incident_line_slow,
     audit_line,
     copy_line,
@@ -124,3 +127,66 @@ def test_a_naive_datetime_is_refused_not_written_in_the_sessions_zone() -> None:
     }
     with pytest.raises(TypeError, match="naive"):
         timeline_line(row)
+
+
+ORDERS = st.sampled_from(["1-0001-a", "1-0002-b", "1-0002-c", "0-0009-d", "1-0010-e"])
+REFS = st.sampled_from([{}, {"issue_id": "1"}, {"issue_id": "2", "web_url": "https://s/2"}])
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One incident's rows (``rows._incident``'s shape) in any order: status changes or not,
+    assignments or not, refs, counts and times that each merge their own way."""
+    out = []
+    for _ in range(draw(st.integers(1, 5))):
+        order = draw(ORDERS)
+        sets_status, sets_assignee = draw(st.booleans()), draw(st.booleans())
+        status = draw(st.sampled_from(["open", "resolved", "muted"]))
+        at = draw(AT)
+        assignee = draw(st.one_of(st.none(), JSON)) if sets_assignee else None
+        out.append(
+            {
+                "incident_id": "i",
+                "tenant_id": draw(st.sampled_from(["t", "u"])),
+                "service_id": "svc",
+                "source": "sentry_issue",
+                "status": status,
+                "severity": draw(st.sampled_from(["sev1", "sev2"])),
+                "title": draw(OPTIONAL),
+                "culprit": draw(OPTIONAL),
+                "assignee": assignee,
+                "sets_assignee": sets_assignee,
+                "sentry": draw(REFS),
+                "first_seen": draw(st.one_of(st.none(), AT)),
+                "last_seen": draw(st.one_of(st.none(), AT)),
+                "event_count": draw(st.one_of(st.none(), st.integers(-5, 2**62))),
+                "opened_at": at,
+                "resolved_at": at if status == "resolved" else None,
+                "state_changed_at": at,
+                "state_order": order,
+                "status_order": order if sets_status else "-" + order,
+                "assignee_order": order if sets_assignee else None,
+            }
+        )
+    return out
+
+
+@given(histories())
+def test_the_compact_fold_is_the_live_merge(history: list[dict[str, Any]]) -> None:
+    """``fold_incident`` over an incident's rows writes the row ``rows.merge_incident`` (the
+    live upsert's rule) makes of them, in any order of arrival."""
+    shared = Shared()
+    state, merged = None, None
+    for row in history:
+        encoded = {**row, "sentry": EncodedJson(orjson.dumps(row["sentry"]))}
+        state = fold_incident(state, encoded, shared)
+        merged = merge_incident(merged, row)
+    assert state is not None
+    assert merged is not None
+    merged = {
+        **merged,
+        "sentry": EncodedJson(orjson.dumps(merged["sentry"])),
+        "updated_at": merged["state_changed_at"],
+    }
+    assert incident_line(state) == copy_line(merged, COLUMNS["incidents"])
+    assert _incident_line_slow(state) == incident_line(state)

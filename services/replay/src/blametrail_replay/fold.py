@@ -19,10 +19,11 @@ bounds it with ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS`` (see ``rebuild.py``).
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import islice
 from typing import Any
 
@@ -100,6 +101,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 _HEAD_COLUMNS = ("incident_id", "tenant_id", "service_id", "source")
 _NULL = b"\\N"
+_NULL_TEXT = "\\N"
 
 
 def _escape(data: bytes) -> bytes:
@@ -168,10 +170,6 @@ def _plain(line: str, tabs: int, nulls: int = 0) -> bool:
     )
 
 
-def _ts(value: datetime | None) -> str:
-    return "\\N" if value is None else _at(value)
-
-
 def _at(value: datetime) -> str:
     if value.tzinfo is None:
         raise TypeError("a naive datetime has no single timestamptz")
@@ -214,18 +212,6 @@ def _n(value: str | None) -> str:
     return "\\N" if value is None else value
 
 
-def _int(value: int | None) -> str:
-    return "\\N" if value is None else str(value)
-
-
-def _least(a: Any, b: Any) -> Any:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _greatest(a: Any, b: Any) -> Any:
-    return b if a is None else a if b is None else max(a, b)
-
-
 def _merge_refs(older: bytes, newer: bytes) -> bytes:
     """``older || newer`` of two jsonb objects (the later event's value wins a shared key)."""
     if older == newer:
@@ -233,40 +219,129 @@ def _merge_refs(older: bytes, newer: bytes) -> bytes:
     return _own(orjson.dumps({**orjson.loads(older), **orjson.loads(newer)}))
 
 
-# An incident's state, compact (a list, values pre-encoded where they only ever move together):
-_HEAD, _FACTS, _ORDER, _ASSIGNEE, _ASSIGNEE_ORDER, _REFS, _FIRST, _LAST, _COUNT, _OPENED = range(10)
-# ... and the status change shown: its key, the status and its times (``rows.STATUS_COLUMNS``,
-# by ``status_order``); _FACTS are ``rows.STATE_COLUMNS`` (by ``state_order``). As COPY text:
-_STATUS_ORDER, _STATUS, _STATUS_TAIL = range(10, 13)
+# An incident's state, compact: one tuple of a few objects (a folded incident is ~0.4 KB, where
+# a list of 13 separate values was ~0.9), its pieces replaced as their own orders move:
+_KEY, _ORDER, _STATUS_ORDER, _REFS, _TIMES, _HEAD, _STATUS, _FACTS, _ASSIGNED = range(9)
+# _KEY: the incident id (the fold's dict key itself); _ORDER, _STATUS_ORDER: ``state_order``
+# and ``status_order`` (one object when equal); _REFS: the ``sentry`` jsonb; _TIMES: packed
+# below; _HEAD: ``tenant_id, service_id, source`` as COPY text, _STATUS: ``status`` (by
+# ``status_order``, ``rows.STATUS_COLUMNS``), _FACTS: ``severity, title, culprit`` (by
+# ``state_order``, ``rows.STATE_COLUMNS``), each shared between incidents with equal text;
+# _ASSIGNED: None, or (``assignee`` jsonb or None, ``assignee_order``).
 if (STATUS_COLUMNS, STATE_COLUMNS) != (
     ("status", "resolved_at", "state_changed_at"),
     ("severity", "title", "culprit"),
 ):  # the incidents' line below puts them in COLUMNS order by hand
     raise ImportError("fold.incident_line is out of date with rows.STATUS_COLUMNS/STATE_COLUMNS")
 
+# _TIMES: first_seen, last_seen, opened_at, resolved_at, state_changed_at (each as microseconds
+# since the epoch, UTC, and its zone's offset in microseconds), then event_count: 11 int64 in one
+# bytes. NULL is the int64 that loses the column's merge: the greatest for a least() column,
+# the least for a greatest() one (and for the shown status's times, which only move together).
+_PACK = struct.Struct("<11q")
+_LOW, _HIGH = -(2**63), 2**63 - 1
+_FIRST, _LAST, _OPENED, _RESOLVED, _CHANGED = 0, 2, 4, 6, 8
+_COUNT = 10
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ZONES: dict[int, timezone] = {0: UTC}
+_SHARED_MAX = 100_000  # distinct texts shared at most (beyond it each incident keeps its own)
 
-def _new_incident(row: dict[str, Any]) -> list[Any]:
-    head = f"{row['incident_id']}\t{row['tenant_id']}\t{row['service_id']}\t{row['source']}"
-    if _plain(head, 3):
+
+class Unfoldable(ValueError):
+    """A value the compact state cannot hold (a count beyond ``bigint``, a time out of range):
+    the caller rebuilds the live way, as for a row Postgres refuses."""
+
+
+def _micros(value: datetime | None, null: int) -> tuple[int, int]:
+    if value is None:
+        return null, 0
+    off = value.utcoffset()
+    if off is None:  # psycopg sends a naive datetime as timestamp: the session's zone
+        raise TypeError("a naive datetime has no single timestamptz")
+    d = value - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds, (
+        off.days * 86_400 + off.seconds
+    ) * 1_000_000 + off.microseconds
+
+
+def _time_text(utc: int, offset: int) -> str:
+    """The ``isoformat()`` of the datetime packed (its own zone), ``\\N`` for NULL."""
+    if utc in (_LOW, _HIGH):
+        return "\\N"
+    zone = _ZONES.get(offset)
+    if zone is None:
+        zone = _ZONES.setdefault(offset, timezone(timedelta(microseconds=offset)))
+    try:
+        return (_EPOCH + timedelta(microseconds=utc + offset)).replace(tzinfo=zone).isoformat()
+    except OverflowError as exc:
+        raise Unfoldable(f"time out of range: {utc} us") from exc
+
+
+def _count(value: int | None) -> int:
+    if value is None:
+        return _LOW
+    if not _LOW < value <= _HIGH:
+        raise Unfoldable(f"event_count {value} is no bigint")
+    return value
+
+
+def _times(row: dict[str, Any]) -> list[int]:
+    changed = row["state_changed_at"]
+    at = _micros(changed, _LOW)
+    same = changed is not None  # the event's own time is most of them: converted once
+
+    def time_of(value: datetime | None, null: int) -> tuple[int, int]:
+        return at if same and value is changed else _micros(value, null)
+
+    try:
+        return [
+            *_micros(row["first_seen"], _HIGH),
+            *_micros(row["last_seen"], _LOW),
+            *time_of(row["opened_at"], _HIGH),
+            *time_of(row["resolved_at"], _LOW),
+            *at,
+            _count(row["event_count"]),
+        ]
+    except OverflowError as exc:
+        raise Unfoldable(f"time out of range: {exc}") from exc
+
+
+class Shared(dict[bytes, bytes]):
+    """Equal COPY texts of different incidents as one object (tenant, service and source; the
+    status; severity, title and culprit), up to ``_SHARED_MAX`` distinct ones."""
+
+    def get_shared(self, text: bytes) -> bytes:
+        held = self.get(text)
+        if held is not None:
+            return held
+        if len(self) < _SHARED_MAX:
+            self[text] = text
+        return text
+
+
+def _new_incident(row: dict[str, Any], shared: Shared) -> tuple[Any, ...]:
+    head = f"{row['tenant_id']}\t{row['service_id']}\t{row['source']}"
+    if _plain(head, 2):
         head_text = head.encode()
     else:
-        head_text = b"\t".join([copy_field(row[c]) for c in _HEAD_COLUMNS])
-    status, status_tail = _status_text(row)
-    return [
-        head_text,
-        _facts_text(row),
-        row["state_order"],
-        _own(row["assignee"].encoded) if row["assignee"] is not None else None,
-        row["assignee_order"],
+        head_text = b"\t".join([copy_field(row[c]) for c in _HEAD_COLUMNS[1:]])
+    order, status_order = row["state_order"], row["status_order"]
+    assignee, assignee_order = row["assignee"], row["assignee_order"]
+    if assignee is None and assignee_order is None:
+        assigned = None
+    else:
+        assigned = (None if assignee is None else _own(assignee.encoded), assignee_order)
+    return (
+        row["incident_id"],
+        order,
+        order if status_order == order else status_order,
         _own(row["sentry"].encoded),
-        row["first_seen"],
-        row["last_seen"],
-        row["event_count"],
-        row["opened_at"],
-        row["status_order"],
-        status,
-        status_tail,
-    ]
+        _PACK.pack(*_times(row)),
+        shared.get_shared(head_text),
+        shared.get_shared(copy_field(row["status"])),
+        shared.get_shared(_facts_text(row)),
+        assigned,
+    )
 
 
 def _facts_text(row: dict[str, Any]) -> bytes:
@@ -278,73 +353,103 @@ def _facts_text(row: dict[str, Any]) -> bytes:
     return b"\t".join([copy_field(row[c]) for c in STATE_COLUMNS])
 
 
-def _status_text(row: dict[str, Any]) -> tuple[bytes, bytes]:
-    """``status`` and ``resolved_at, state_changed_at, updated_at`` (``rows.STATUS_COLUMNS``:
-    they move by ``status_order``; updated_at is the shown status's own time, as the live
-    upsert writes it). Times only in the second part: nothing to escape there."""
-    changed = _at(row["state_changed_at"])
-    return copy_field(row["status"]), f"{_ts(row['resolved_at'])}\t{changed}\t{changed}".encode()
-
-
-def fold_incident(cur: list[Any] | None, row: dict[str, Any]) -> list[Any]:
+def fold_incident(
+    cur: tuple[Any, ...] | None, row: dict[str, Any], shared: Shared | None = None
+) -> tuple[Any, ...]:
     """The incident's state after one more event's row (``rows._incident``): what
     ``rows.merge_incident`` (and so the live upsert) computes, in compact form (the status
-    and the facts apart, as bytes: they move by different orders)."""
+    and the facts apart: they move by different orders)."""
+    if shared is None:
+        shared = Shared()
     if cur is None:
-        return _new_incident(row)
-    newer = cur[_ORDER] < row["state_order"]
+        return _new_incident(row, shared)
+    key, order, status_order, refs, packed, head, status, facts, assigned = cur
+    times = list(_PACK.unpack(packed))
+    new = _times(row)
+    newer = order < row["state_order"]
     if newer:
-        cur[_ORDER], cur[_FACTS] = row["state_order"], _facts_text(row)
-    if cur[_STATUS_ORDER] < row["status_order"]:
-        cur[_STATUS_ORDER] = row["status_order"]
-        cur[_STATUS], cur[_STATUS_TAIL] = _status_text(row)
+        order, facts = row["state_order"], shared.get_shared(_facts_text(row))
+    if status_order < row["status_order"]:
+        status_order, status = row["status_order"], shared.get_shared(copy_field(row["status"]))
+        times[_RESOLVED : _CHANGED + 2] = new[_RESOLVED : _CHANGED + 2]
     if row["sets_assignee"] and (
-        cur[_ASSIGNEE_ORDER] is None or cur[_ASSIGNEE_ORDER] < row["assignee_order"]
+        assigned is None or assigned[1] is None or assigned[1] < row["assignee_order"]
     ):
         assignee = row["assignee"]
-        cur[_ASSIGNEE] = _own(assignee.encoded) if assignee is not None else None
-        cur[_ASSIGNEE_ORDER] = row["assignee_order"]
-    refs = row["sentry"].encoded
-    merged = _merge_refs(cur[_REFS], refs) if newer else _merge_refs(refs, cur[_REFS])
-    cur[_REFS] = merged if merged is not refs else _own(refs)
-    cur[_FIRST] = _least(cur[_FIRST], row["first_seen"])
-    cur[_LAST] = _greatest(cur[_LAST], row["last_seen"])
-    cur[_COUNT] = _greatest(cur[_COUNT], row["event_count"])
-    cur[_OPENED] = _least(cur[_OPENED], row["opened_at"])
-    return cur
+        assigned = (None if assignee is None else _own(assignee.encoded), row["assignee_order"])
+    new_refs = row["sentry"].encoded
+    merged = _merge_refs(refs, new_refs) if newer else _merge_refs(new_refs, refs)
+    refs = merged if merged is not new_refs else _own(new_refs)
+    for at, pick in ((_FIRST, min), (_LAST, max), (_OPENED, min)):
+        if pick(times[at], new[at]) != times[at]:  # the first of equal times stays, as min/max
+            times[at : at + 2] = new[at : at + 2]
+    times[_COUNT] = max(times[_COUNT], new[_COUNT])
+    if status_order == order:
+        status_order = order
+    return (key, order, status_order, refs, _PACK.pack(*times), head, status, facts, assigned)
 
 
-def incident_line(state: list[Any]) -> bytes:
-    assignee = b"\\N" if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
-    order, assignee_order, count = state[_ORDER], state[_ASSIGNEE_ORDER], state[_COUNT]
-    status_order = state[_STATUS_ORDER]
-    # the orders are incident_order keys (digits, dashes, hex), the count an int or None
-    middle = f"\t{order}\t".encode() + assignee
-    tail = (
-        f"\t{_n(assignee_order)}\t".encode(),
-        _escape(state[_REFS]),
-        f"\t{_ts(state[_FIRST])}\t{_ts(state[_LAST])}\t{_int(count)}\t{_ts(state[_OPENED])}"
-        f"\t{status_order}\n".encode(),
-    )
-    if any("\t" in o or "\\" in o for o in (order, status_order)) or (
-        assignee_order and "\\" in assignee_order
+def incident_line(state: tuple[Any, ...]) -> bytes:
+    key, order, status_order = state[_KEY], state[_ORDER], state[_STATUS_ORDER]
+    assignee, assignee_order = state[_ASSIGNED] or (None, None)
+    # the orders are incident_order keys (digits, dashes, hex), the id a uuid's text
+    if not (
+        _plain(key, 0)
+        and _plain(order, 0)
+        and _plain(status_order, 0)
+        and (assignee_order is None or _plain(assignee_order, 0))
     ):
         return _incident_line_slow(state)
-    shown = (state[_STATUS], state[_FACTS], state[_STATUS_TAIL])
-    return b"".join((state[_HEAD], b"\t", b"\t".join(shown), middle, *tail))
+    t = _PACK.unpack(state[_TIMES])
+    changed = _time_text(t[_CHANGED], t[_CHANGED + 1])
+    count = t[_COUNT]
+    return b"".join(
+        (
+            key.encode(),
+            b"\t",
+            state[_HEAD],
+            b"\t",
+            state[_STATUS],
+            b"\t",
+            state[_FACTS],
+            f"\t{_time_text(t[_RESOLVED], t[_RESOLVED + 1])}\t{changed}\t{changed}"
+            f"\t{order}\t".encode(),
+            b"\\N" if assignee is None else _escape(assignee),
+            f"\t{_n(assignee_order)}\t".encode(),
+            _escape(state[_REFS]),
+            f"\t{_time_text(t[_FIRST], t[_FIRST + 1])}\t{_time_text(t[_LAST], t[_LAST + 1])}"
+            f"\t{_NULL_TEXT if count == _LOW else count}\t{_time_text(t[_OPENED], t[_OPENED + 1])}"
+            f"\t{status_order}\n".encode(),
+        )
+    )
 
 
-def _incident_line_slow(state: list[Any]) -> bytes:
-    assignee = _NULL if state[_ASSIGNEE] is None else _escape(state[_ASSIGNEE])
-    tail = [
+def _incident_line_slow(state: tuple[Any, ...]) -> bytes:
+    assignee, assignee_order = state[_ASSIGNED] or (None, None)
+    t = _PACK.unpack(state[_TIMES])
+
+    def at(i: int) -> bytes:
+        return _time_text(t[i], t[i + 1]).encode()
+
+    fields = [
+        copy_field(state[_KEY]),
+        state[_HEAD],
+        state[_STATUS],
+        state[_FACTS],
+        at(_RESOLVED),
+        at(_CHANGED),
+        at(_CHANGED),
         copy_field(state[_ORDER]),
-        assignee,
-        copy_field(state[_ASSIGNEE_ORDER]),
+        _NULL if assignee is None else _escape(assignee),
+        copy_field(assignee_order),
         _escape(state[_REFS]),
-        *(copy_field(state[i]) for i in (_FIRST, _LAST, _COUNT, _OPENED, _STATUS_ORDER)),
+        at(_FIRST),
+        at(_LAST),
+        _NULL if t[_COUNT] == _LOW else str(t[_COUNT]).encode(),
+        at(_OPENED),
+        copy_field(state[_STATUS_ORDER]),
     ]
-    shown = [state[_STATUS], state[_FACTS], state[_STATUS_TAIL]]
-    return b"\t".join([state[_HEAD], *shown, *tail]) + b"\n"
+    return b"\t".join(fields) + b"\n"
 
 
 @dataclass
@@ -360,12 +465,13 @@ class Batch:
 class Fold:
     """Records in log order (per partition) -> final rows. See the module docstring."""
 
-    incidents: dict[str, list[Any]] = field(default_factory=dict)
+    incidents: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # incident id -> [incident id + tenant (COPY text), the rest (COPY text), status, fetched_at]
     enrichments: dict[str, list[Any]] = field(default_factory=dict)
     # incident id -> [incident id + tenant (COPY text), the rest (COPY text), computed_at]
     suspects: dict[str, list[Any]] = field(default_factory=dict)
     links: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    shared: Shared = field(default_factory=Shared)
 
     @property
     def keys(self) -> int:
@@ -374,10 +480,10 @@ class Fold:
 
     def add(self, records: Sequence[Any]) -> Batch:
         rows = rows_for(list(records))
-        incidents = self.incidents
+        incidents, shared = self.incidents, self.shared
         for row in rows.incidents:
             key = row["incident_id"]
-            incidents[key] = fold_incident(incidents.get(key), row)
+            incidents[key] = fold_incident(incidents.get(key), row, shared)
         for row in rows.enriched:
             self._enriched(row)
         for row in rows.failed:  # the first failure stays only while nothing else came
