@@ -24,7 +24,6 @@ import asyncio
 import functools
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -47,6 +46,7 @@ from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES
 from blametrail_replay import bulk
 from blametrail_replay.fold import Fold
+from blametrail_replay.pool import peak_rss_mb
 from blametrail_replay.rebuild import rebuild_projection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -223,14 +223,17 @@ def _rebuild_child(bootstrap: str, prefix: str, dsn: str, done: Any, total: Any,
     began = time.perf_counter()
     summary = asyncio.run(rebuild_projection(kafka, dsn, "bench-projection", report=report))
     wall = time.perf_counter() - began
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.put((wall, rss_mb, summary.applied, summary.fallback, summary.phases))
+    # its own peak (VmHWM: ru_maxrss would be this bench's, which it was forked from, when
+    # higher) and its fold workers' (each its own peak: their sum is at least the whole's)
+    rss = (peak_rss_mb(), *summary.worker_rss_mb)
+    out.put((wall, rss, summary.applied, summary.fallback, summary.phases))
 
 
 async def rebuild(
     kafka: KafkaSettings, dsn: str, progress: Progress
 ) -> tuple[float, float, dict[str, float]]:
-    """(wall seconds, peak RSS MB, seconds by phase) of the rebuild, in a process of its own."""
+    """(wall seconds, peak RSS MB, seconds by phase) of the rebuild, in a process of its own
+    (with its fold workers' peaks added)."""
     ctx = mp.get_context("spawn")
     done, total, out = ctx.Value("q", 0), ctx.Value("q", N), ctx.Queue()
     child = ctx.Process(
@@ -249,7 +252,11 @@ async def rebuild(
         progress.remove_task(task)
     if applied != N or fallback:  # (the live tables are empty here: nothing to be identical to)
         raise RuntimeError(f"rebuild: applied {applied} of {N}, {fallback}")
-    return wall, rss, phases
+    parts = " + ".join(f"{mb:,.0f}" for mb in rss)
+    progress.console.print(
+        f"rebuild peak RSS, MB: {parts} (the rebuild's process + its fold workers)"
+    )
+    return wall, sum(rss), phases
 
 
 async def measure(bootstrap: str, server_dsn: str) -> None:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from blametrail_common.db import migrate
 from blametrail_common.events import encode, new_event
 from blametrail_common.events.audit import WebhookAuditedV1
@@ -335,11 +337,13 @@ async def test_past_the_fold_bound_the_rest_goes_the_live_way_with_the_same_tabl
     assert summary.refused == 1
 
 
+@pytest.mark.parametrize("workers", [0, 1, 3])  # in this process; one or more fold processes
 async def test_duplicates_are_dropped_as_the_live_projection_drops_them(
-    kafka_settings: KafkaSettings, infra: Infra
+    kafka_settings: KafkaSettings, infra: Infra, workers: int
 ) -> None:
-    summary = await _compare(kafka_settings, infra, _fixed_log())
+    summary = await _compare(kafka_settings, infra, _fixed_log(), fold_workers=workers)
     assert summary.fallback == ""
+    assert len(summary.worker_rss_mb) == workers
     assert summary.duplicates == 2  # a redelivered incident event and a redelivered audit record
     assert summary.refused == 1
 
@@ -354,3 +358,22 @@ async def test_a_row_postgres_refuses_makes_the_rebuild_go_the_live_way_from_zer
     assert "Postgres refused a folded row" in summary.fallback
     assert "bigint" in summary.fallback
     assert summary.refused == 2
+
+
+async def test_an_incident_on_two_partitions_is_rebuilt_the_live_way(
+    kafka_settings: KafkaSettings, infra: Infra
+) -> None:
+    """A topic not keyed by incident (here one incident's events under two keys, on two
+    neighbouring partitions, so folded by different workers): each worker would hold a part
+    of the incident, so the rebuild sees the key twice and goes the live way from zero."""
+    part = DefaultPartitioner()
+    partitions = list(range(6))  # incident-events
+    keys = {part(f"k{i}".encode(), partitions, partitions): f"k{i}".encode() for i in range(50)}
+    first = next(p for p in partitions if p in keys and p + 1 in keys)
+    events = [incident_event("opened", 7, 0), incident_event("resolved", 7, 5, count=3)]
+    log = []
+    for i, event in enumerate(events):
+        topic, _, value = record(event, 200 + i)
+        log.append((topic, keys[first + i], value))
+    summary = await _compare(kafka_settings, infra, [*_fixed_log(), *log], fold_workers=2)
+    assert "FoldedDuplicate" in summary.fallback

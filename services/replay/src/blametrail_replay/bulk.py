@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
-from psycopg.copy import AsyncQueuedLibpqWriter
 
 from blametrail_replay.fold import COLUMNS, Batch, Fold
 
@@ -24,11 +23,13 @@ __all__ = [
     "PARALLEL",
     "STREAMED",
     "BulkSink",
+    "FoldedDuplicate",
     "build_keys",
     "build_keys_parallel",
     "build_secondary",
     "build_secondary_parallel",
     "connect",
+    "copy_chunks",
     "copy_folded",
     "copy_lines",
     "create_bare",
@@ -41,6 +42,7 @@ STREAMED = ("incident_timeline", "webhook_audit")
 # builds: Postgres does each on one core, and the rebuild's own process is idle by then).
 PARALLEL = 2
 _CHUNK = 256 * 1024
+_QUEUED = 4  # batches a streamed table holds for Postgres at most (about 10 MB each)
 # Which of two rows with one key is the first in the log (for the tables that keep the first).
 _FIRST_OF = {"incident_timeline": "log_partition, log_offset, ctid", "webhook_audit": "ctid"}
 _LINKS = """
@@ -85,19 +87,43 @@ async def copy_lines(
     return n
 
 
+async def copy_chunks(
+    conn: psycopg.AsyncConnection[Any], table: str, prefix: str, chunks: AsyncIterable[bytes]
+) -> int:
+    """COPY text (whole lines, ``fold.COLUMNS[table]`` order) into ``<prefix><table>``; returns
+    how many bytes."""
+    n = 0
+    async with conn.cursor() as cur:
+        statement = f"COPY {prefix}{table} ({', '.join(COLUMNS[table])}) FROM STDIN"
+        async with cur.copy(statement) as copy:
+            async for chunk in chunks:
+                await copy.write(chunk)
+                n += len(chunk)
+    return n
+
+
+class FoldedDuplicate(psycopg.IntegrityError):
+    """A key found twice in a folded table, which holds one row per key: it was folded in two
+    groups of partitions (a topic not keyed by it), so neither row is the merge of all."""
+
+
 class BulkSink:
     """The streaming half: one open ``COPY`` per append-only table, on a connection of its own.
 
-    Writes are queued (psycopg's queued writer) so decoding goes on while Postgres parses. The
-    ``COPY`` ends, and its rows become visible, at :meth:`close`; an error of Postgres surfaces
-    there (or at a later write) as a ``psycopg.Error``.
+    Writes are queued, a few batches deep (:data:`_QUEUED`), and sent by a task per table, so
+    decoding goes on while Postgres parses, and what waits for Postgres stays bounded (psycopg's
+    own queued writer holds up to 1,024 chunks of 128 KB a table: 256 MB). The ``COPY`` ends,
+    and its rows become visible, at :meth:`close`; an error of Postgres surfaces there (or at a
+    later write) as a ``psycopg.Error``.
     """
 
     def __init__(self, dsn: str, prefix: str) -> None:
         self._dsn, self._prefix = dsn, prefix
         self._conns: list[psycopg.AsyncConnection[Any]] = []
-        self._copies: dict[str, Any] = {}
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
+        self._senders: list[asyncio.Task[None]] = []
         self._exits: list[Any] = []
+        self._failed: list[BaseException] = []
 
     async def open(self) -> None:
         for table in STREAMED:
@@ -106,26 +132,52 @@ class BulkSink:
             await conn.execute("SET synchronous_commit = off")
             cur = conn.cursor()
             statement = f"COPY {self._prefix}{table} ({', '.join(COLUMNS[table])}) FROM STDIN"
-            ctx = cur.copy(statement, writer=AsyncQueuedLibpqWriter(cur))
-            self._copies[table] = await ctx.__aenter__()
+            ctx = cur.copy(statement)
+            copy = await ctx.__aenter__()
             self._exits.append(ctx)
+            queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_QUEUED)
+            self._queues[table] = queue
+            self._senders.append(asyncio.create_task(_send(copy, queue, self._failed)))
 
     async def write(self, batch: Batch) -> None:
+        if self._failed:  # Postgres refused a row
+            raise self._failed[0]
         if batch.timeline:
-            await self._copies["incident_timeline"].write(batch.timeline)
+            await self._queues["incident_timeline"].put(batch.timeline)
         if batch.audit:
-            await self._copies["webhook_audit"].write(batch.audit)
+            await self._queues["webhook_audit"].put(batch.audit)
 
     async def close(self, error: BaseException | None = None) -> None:
         """End every ``COPY`` (committed unless ``error``) and close the connections."""
         try:
+            if error is None:
+                for queue in self._queues.values():
+                    await queue.put(b"")
+                for sender in self._senders:
+                    await sender
+                if self._failed:
+                    raise self._failed[0]
+            else:
+                for sender in self._senders:
+                    sender.cancel()
+                await asyncio.gather(*self._senders, return_exceptions=True)
             for ctx in self._exits:
                 exc = (type(error), error, error.__traceback__) if error else (None, None, None)
                 await ctx.__aexit__(*exc)
         finally:
             for conn in self._conns:
                 await conn.close()
-            self._exits, self._conns, self._copies = [], [], {}
+            self._exits, self._conns, self._queues, self._senders = [], [], {}, []
+
+
+async def _send(copy: Any, queue: asyncio.Queue[bytes], failed: list[BaseException]) -> None:
+    try:
+        while data := await queue.get():
+            await copy.write(data)
+    except Exception as exc:  # told to the next write; the queue is emptied, never blocks it
+        failed.append(exc)
+        while await queue.get():
+            pass
 
 
 async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
@@ -176,29 +228,43 @@ async def copy_folded(dsn: str, fold: Fold, prefix: str, streams: int = PARALLEL
     return await in_parallel(dsn, jobs, streams)
 
 
-async def write_links(conn: psycopg.AsyncConnection[Any], fold: Fold) -> None:
-    """The folded Sentry issue links into the live table (not one a rebuild swaps): the same
-    upsert the projection runs, once per link."""
-    if fold.links:
+async def write_links(conn: psycopg.AsyncConnection[Any], links: Iterable[dict[str, Any]]) -> None:
+    """The folded Sentry issue links (``Fold.links``' values) into the live table (not one a
+    rebuild swaps): the same upsert the projection runs, once per link."""
+    links = list(links)
+    if links:
         async with conn.cursor() as cur:
-            await cur.executemany(_LINKS, list(fold.links.values()))
+            await cur.executemany(_LINKS, links)
 
 
-async def build_keys(conn: psycopg.AsyncConnection[Any], tables: Iterable[str], prefix: str) -> int:
+async def build_keys(
+    conn: psycopg.AsyncConnection[Any],
+    tables: Iterable[str],
+    prefix: str,
+    strict: Iterable[str] = (),
+) -> int:
     """Each live table's primary and unique keys (and unique indexes), built on
     ``<prefix><table>``; returns how many duplicate rows were removed first (the later rows
-    of a key, as ``ON CONFLICT DO NOTHING`` would have kept the first)."""
-    removed = 0
+    of a key, as ``ON CONFLICT DO NOTHING`` would have kept the first). A duplicate in one of
+    the ``strict`` tables raises :class:`FoldedDuplicate`."""
+    removed, strict = 0, set(strict)
     await conn.execute("SET maintenance_work_mem = '256MB'")
     for table in tables:
-        removed += await _build_table_keys(conn, table, prefix)
+        removed += await _build_table_keys(conn, table, prefix, table in strict)
     return removed
 
 
-async def build_keys_parallel(dsn: str, tables: Iterable[str], prefix: str) -> int:
+async def build_keys_parallel(
+    dsn: str, tables: Iterable[str], prefix: str, strict: Iterable[str] = ()
+) -> int:
     """:func:`build_keys`, a table at a time on each of ``PARALLEL`` connections."""
+    strict = tuple(strict)
     return await in_parallel(
-        dsn, [functools.partial(build_keys, tables=(t,), prefix=prefix) for t in _largest(tables)]
+        dsn,
+        [
+            functools.partial(build_keys, tables=(t,), prefix=prefix, strict=strict)
+            for t in _largest(tables)
+        ],
     )
 
 
@@ -217,7 +283,9 @@ def _largest(tables: Iterable[str]) -> list[str]:
     return sorted(tables, key=lambda t: order.get(t, 3))
 
 
-async def _build_table_keys(conn: psycopg.AsyncConnection[Any], table: str, prefix: str) -> int:
+async def _build_table_keys(
+    conn: psycopg.AsyncConnection[Any], table: str, prefix: str, strict: bool = False
+) -> int:
     removed, shadow = 0, f"{prefix}{table}"
     cur = await conn.execute(
         "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
@@ -228,7 +296,9 @@ async def _build_table_keys(conn: psycopg.AsyncConnection[Any], table: str, pref
         try:
             async with conn.transaction():
                 await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
-        except psycopg.errors.UniqueViolation:
+        except psycopg.errors.UniqueViolation as exc:
+            if strict:
+                raise FoldedDuplicate(f"{shadow}: {exc}") from exc
             removed += await _keep_first(conn, table, shadow, str(definition))
             await conn.execute(f"ALTER TABLE {shadow} ADD {definition}".encode())
     await _plain_indexes(conn, table, shadow, unique=True)

@@ -28,6 +28,7 @@ leftover shadow tables and starts again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -42,7 +43,8 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 
 from blametrail_replay import bulk
-from blametrail_replay.fold import Fold
+from blametrail_replay.fold import Batch, Fold, Unfoldable
+from blametrail_replay.pool import FOLDED, FoldPool
 from blametrail_replay.settings import ReplaySettings
 
 __all__ = [
@@ -65,7 +67,8 @@ CHECKSUM_KEYS = {
 }
 Report = Callable[[int, int], None]  # (records applied so far, records to apply known so far)
 # Postgres refusing a value of a row (the live projection dead-letters such a record)
-_REFUSED = (psycopg.DataError, psycopg.IntegrityError)
+# (or a value the fold cannot hold, or a key folded in two groups of partitions: the same way)
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError, Unfoldable)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class RebuildSummary:
     duplicates: int = 0  # rows of an event delivered again, dropped as the live projection does
     fallback: str = ""  # why the bulk path stopped short, if it did
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds, in order
+    worker_rss_mb: list[float] = field(default_factory=list)  # the fold workers' peak RSS
 
     def timed(self, phase: str, since: float) -> float:
         """Record ``phase`` as ended now (``since``: its start, ``time.monotonic()``); returns now."""
@@ -118,14 +122,19 @@ async def rebuild_projection(
     report: Report | None = None,
     batch: int = 10000,
     fold_max_incidents: int | None = None,
+    fold_workers: int | None = None,
 ) -> RebuildSummary:
     """Rebuild the projection's tables from the log and swap them in (module docstring).
 
-    ``fold_max_incidents`` bounds the fold (default: ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS``).
+    ``fold_max_incidents`` bounds the fold (default: ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS``),
+    ``fold_workers`` the processes it runs in (``BLAMETRAIL_REPLAY_FOLD_WORKERS``; 0: none).
     Raises what the broker or Postgres raise when they fail; the live tables are then untouched."""
     assert set(CHECKSUM_KEYS) == set(TABLES)
+    settings = ReplaySettings()
     if fold_max_incidents is None:
-        fold_max_incidents = ReplaySettings().fold_max_incidents
+        fold_max_incidents = settings.fold_max_incidents
+    if fold_workers is None:
+        fold_workers = settings.fold_workers
     started = time.monotonic()
     summary = RebuildSummary()
     projection = Projection(None, table_prefix=SHADOW)
@@ -146,7 +155,7 @@ async def rebuild_projection(
             run = _Run(reader, projection, positions, summary, report, begins)
             targets = await _targets(conn, reader, group, tps, begins)
             try:
-                await _bulk(conn, dsn, run, targets, fold_max_incidents)
+                await _bulk(conn, dsn, run, targets, fold_max_incidents, fold_workers)
             except _REFUSED as exc:
                 summary.fallback = f"Postgres refused a folded row ({type(exc).__name__}: {exc})"
                 log.warning("bulk load refused, rebuilding the live way", extra={"error": str(exc)})
@@ -190,45 +199,126 @@ async def _bulk(
     run: _Run,
     targets: dict[TopicPartition, int],
     bound: int,
+    workers: int,
 ) -> None:
     """Fold and bulk-load up to ``targets`` (or until the fold holds ``bound`` keys), then
     build the keys the live projection's upserts need."""
     at = time.monotonic()
     await _drop_leftovers(conn)
     await bulk.create_bare(conn, TABLES, SHADOW)
-    fold = Fold()
     sink = bulk.BulkSink(dsn, SHADOW)
     await sink.open()
     try:
-        while not run.reached(targets):
-            records = await run.poll(targets)
-            if records:
-                # In a thread: the event loop meanwhile feeds the COPY streams (Postgres parses
-                # on its own core) and fetches the next records, instead of waiting for the fold.
-                written = await asyncio.to_thread(fold.add, records)
-                await sink.write(written)
-                run.summary.refused += written.refused
-                run.summary.folded += len(records)
-                run.summary.applied += len(records)
-            run.progress(targets)
-            if fold.keys >= bound:
-                run.summary.fallback = (
-                    f"the fold reached {bound:,} keys (BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS):"
-                    " the rest of the log was applied the live way"
-                )
-                break
+        if workers:
+            pool = FoldPool(workers, [(tp.topic, tp.partition) for tp in targets])
+            try:
+                await pool.start()
+                await _fold_in(pool, sink, run, targets, bound)
+                await sink.close()
+                at = run.summary.timed("fold + streamed COPY", at)
+                await _copy_from(pool, dsn, conn)
+                run.summary.worker_rss_mb = pool.rss_mb
+            finally:
+                await pool.close()
+        else:
+            fold = await _fold_here(sink, run, targets, bound)
+            await sink.close()
+            at = run.summary.timed("fold + streamed COPY", at)
+            await bulk.copy_folded(dsn, fold, SHADOW)
+            del fold.incidents, fold.enrichments, fold.suspects  # gone before the index builds
+            await bulk.write_links(conn, fold.links.values())
     except BaseException as exc:
         await sink.close(exc)
         raise
-    await sink.close()
-    at = run.summary.timed("fold + streamed COPY", at)
-    run.summary.keys = fold.keys
-    await bulk.copy_folded(dsn, fold, SHADOW)
-    del fold.incidents, fold.enrichments, fold.suspects  # the memory goes before the index builds
-    await bulk.write_links(conn, fold)
     at = run.summary.timed("folded COPY", at)
-    run.summary.duplicates = await bulk.build_keys_parallel(dsn, TABLES, SHADOW)
+    run.summary.duplicates = await bulk.build_keys_parallel(dsn, TABLES, SHADOW, strict=FOLDED)
     run.summary.timed("keys", at)
+
+
+def _bounded(run: _Run, keys: int, bound: int) -> bool:
+    run.summary.keys = max(run.summary.keys, keys)
+    if keys < bound:
+        return False
+    run.summary.fallback = (
+        f"the fold reached {bound:,} keys (BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS):"
+        " the rest of the log was applied the live way"
+    )
+    return True
+
+
+def _written(run: _Run, batch: Batch) -> None:
+    run.summary.refused += batch.refused
+
+
+async def _fold_here(
+    sink: bulk.BulkSink, run: _Run, targets: dict[TopicPartition, int], bound: int
+) -> Fold:
+    """The fold in this process (in a thread: the event loop meanwhile feeds the COPY streams
+    and fetches the next records)."""
+    fold = Fold()
+    while not run.reached(targets):
+        records = await run.poll(targets)
+        if records:
+            written = await asyncio.to_thread(fold.add, records)
+            await sink.write(written)
+            _written(run, written)
+            run.summary.folded += len(records)
+            run.summary.applied += len(records)
+        run.progress(targets)
+        if _bounded(run, fold.keys, bound):
+            break
+    return fold
+
+
+async def _fold_in(
+    pool: FoldPool,
+    sink: bulk.BulkSink,
+    run: _Run,
+    targets: dict[TopicPartition, int],
+    bound: int,
+) -> None:
+    """The fold in the pool's workers: records sent as read, their COPY text streamed as it
+    comes back (by a task of its own, so reading goes on meanwhile)."""
+
+    async def stream() -> None:
+        while (item := await pool.results.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            await sink.write(item)
+            _written(run, item)
+
+    streaming = asyncio.create_task(stream())
+    try:
+        while not run.reached(targets) and not streaming.done():
+            records = await run.poll(targets)
+            if records:
+                await pool.add(records)
+                run.summary.folded += len(records)
+                run.summary.applied += len(records)
+            run.progress(targets)
+            if _bounded(run, pool.keys, bound):
+                break
+        await pool.drain()
+        pool.results.put_nowait(None)
+        await streaming
+    finally:
+        streaming.cancel()
+
+
+async def _copy_from(pool: FoldPool, dsn: str, conn: psycopg.AsyncConnection[Any]) -> None:
+    """The workers' folded tables, each worker's on a connection of its own; then their links."""
+    await pool.end()
+
+    async def one(worker: int, db: psycopg.AsyncConnection[Any]) -> int:
+        for table in FOLDED:
+            await bulk.copy_chunks(db, table, SHADOW, pool.rows(worker, table))
+        return 0
+
+    # every worker's rows read at once: a worker not read would wait on its pipe
+    jobs = [functools.partial(one, i) for i in range(pool.workers)]
+    await bulk.in_parallel(dsn, jobs, pool.workers)
+    links = [link for i in range(pool.workers) for link in await pool.links(i)]
+    await bulk.write_links(conn, links)
 
 
 async def _restart_live(conn: psycopg.AsyncConnection[Any], run: _Run) -> None:

@@ -1,0 +1,280 @@
+"""The rebuild's fold in worker processes, a group of the log's partitions each.
+
+The fold is CPU in Python (decoding, the row mapping, COPY text), so one process folds at the
+speed of one core. A record's rows depend only on the record, and each folded table is keyed by
+an incident id, which keys the records of a topic's partition: so each group of partitions folds
+on its own, in a process of its own (``python -m blametrail_replay.pool``: it imports the pure
+fold and nothing of the rebuild's I/O). The rebuild's process reads the log and sends each
+worker its partitions' records; the worker sends back the append-only tables' COPY text, and at
+the end its folded tables' COPY text in chunks, its Sentry links and its peak RSS.
+
+The protocol, on the worker's stdin and stdout: frames of an 8-byte length and a pickle. To the
+worker: ``("add", [(topic, partition, [offset, ...], [value, ...]), ...])``, then ``("end",)``. From it, for each
+``add``: ``("batch", Batch, keys held)``; for ``end``: ``("rows", table, text)`` chunks, a
+``("rows", table, b"")`` after each table, then ``("done", links, peak RSS in MB)``; for a
+failure: ``("error", exception)``. A key found in two groups (a topic keyed otherwise) shows as
+a duplicate key of a folded table, which the rebuild treats as a refused fold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import resource
+import struct
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, BinaryIO, NamedTuple
+
+from blametrail_replay.fold import Batch, Fold
+
+__all__ = ["FOLDED", "FoldPool", "WorkerFailed", "peak_rss_mb"]
+
+FOLDED = ("incidents", "incident_enrichments", "incident_suspects")
+_LENGTH = struct.Struct("<Q")
+_CHUNK = 1024 * 1024
+_LIMIT = 64 * 1024 * 1024  # a reader's buffer: one frame is read at once
+
+
+class WorkerFailed(RuntimeError):
+    """A fold worker ended or failed without saying why in a frame."""
+
+
+class Record(NamedTuple):
+    """What the row mapping reads of a ``ConsumerRecord``."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class FoldPool:
+    """``workers`` fold processes; records go to the one of their ``(topic, partition)``."""
+
+    def __init__(self, workers: int, partitions: Sequence[tuple[str, int]]) -> None:
+        self._n = workers
+        # round robin over the partitions of each topic in turn: every group gets its share
+        self._of = {tp: i % workers for i, tp in enumerate(sorted(partitions))}
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._keys = [0] * workers
+        # each batch folded, as it comes back (a failure: the exception; None: the caller's end)
+        self.results: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue()
+        self._failed: BaseException | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._pending = [0] * workers
+        self._idle = [asyncio.Event() for _ in range(workers)]
+        self._ends: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in range(workers)]
+        self.rss_mb: list[float] = []
+
+    async def start(self) -> None:
+        for i in range(self._n):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "blametrail_replay.pool",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=_LIMIT,
+            )
+            self._procs.append(proc)
+            self._idle[i].set()
+            self._readers.append(asyncio.create_task(self._read(i)))
+
+    @property
+    def keys(self) -> int:
+        """Distinct keys the workers held at their last batch."""
+        return sum(self._keys)
+
+    async def add(self, records: Sequence[Any]) -> None:
+        """Send each worker its records; waits while a worker has two batches not folded yet."""
+        by_tp: dict[tuple[str, int], tuple[list[int], list[bytes | None]]] = {}
+        for r in records:  # one list of offsets and one of values per partition: quick to pickle
+            tp = (r.topic, r.partition)
+            held = by_tp.get(tp)
+            if held is None:
+                held = by_tp[tp] = ([], [])
+            held[0].append(r.offset)
+            held[1].append(r.value)
+        groups: list[list[Any]] = [[] for _ in range(self._n)]
+        for tp, (offsets, values) in by_tp.items():
+            groups[self._of[tp]].append((*tp, offsets, values))
+        for i, group in enumerate(groups):
+            if not group:
+                continue
+            await self._until_below(i, 2)
+            self._pending[i] += 1
+            await self._send(i, ("add", group))
+
+    async def _send(self, i: int, message: Any) -> None:
+        stdin = self._procs[i].stdin
+        assert stdin is not None
+        data = pickle.dumps(message, protocol=5)
+        stdin.write(_LENGTH.pack(len(data)) + data)
+        await stdin.drain()
+
+    async def _read(self, i: int) -> None:
+        stdout = self._procs[i].stdout
+        assert stdout is not None
+        while True:
+            try:
+                size = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))[0]
+                message = pickle.loads(await stdout.readexactly(size))  # noqa: S301 (our child)
+            except asyncio.IncompleteReadError:
+                code = await self._procs[i].wait()
+                self._fail(i, ("error", WorkerFailed(f"fold worker {i} ended (exit {code})")))
+                return
+            kind = message[0]
+            if kind == "batch":
+                self._keys[i] = message[2]
+                self._pending[i] -= 1
+                self._idle[i].set()
+                self.results.put_nowait(message[1])
+            elif kind == "error":
+                self._fail(i, message)
+                return
+            else:
+                await self._ends[i].put(message)
+                if kind == "done":
+                    return
+
+    def _fail(self, i: int, message: tuple[str, BaseException]) -> None:
+        self._failed = self._failed or message[1]
+        self.results.put_nowait(message[1])
+        self._ends[i].put_nowait(message)
+        for event in self._idle:
+            event.set()
+
+    async def _until_below(self, i: int, pending: int) -> None:
+        while self._failed is None and self._pending[i] >= pending:
+            self._idle[i].clear()
+            await self._idle[i].wait()
+        if self._failed is not None:
+            raise self._failed
+
+    async def drain(self) -> None:
+        """Wait until every batch sent has come back (in :attr:`results`)."""
+        for i in range(self._n):
+            await self._until_below(i, 1)
+
+    async def end(self) -> None:
+        """Ask every worker for its folded rows (then read them with :meth:`rows`)."""
+        for i in range(self._n):
+            await self._send(i, ("end",))
+
+    async def rows(self, i: int, table: str) -> AsyncIterator[bytes]:
+        """Worker ``i``'s COPY text of ``table`` (``FOLDED`` order, each read to its end)."""
+        while True:
+            message = await self._ends[i].get()
+            if message[0] == "error":
+                raise message[1]
+            if message[0] != "rows" or message[1] != table:
+                raise WorkerFailed(f"fold worker {i}: {message[0]} where rows of {table} were due")
+            if not message[2]:
+                return
+            yield message[2]
+
+    async def links(self, i: int) -> list[dict[str, Any]]:
+        """Worker ``i``'s Sentry links, once its rows are read; its peak RSS to :attr:`rss_mb`."""
+        message = await self._ends[i].get()
+        if message[0] == "error":
+            raise message[1]
+        self.rss_mb.append(message[2])
+        return message[1]  # type: ignore[no-any-return]
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    async def close(self) -> None:
+        """Stop the workers (killed if not done) and their readers."""
+        for proc in self._procs:
+            if proc.returncode is None and proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._procs, self._readers = [], []
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program (``VmHWM``; ``ru_maxrss`` keeps
+    the peak of the process it was forked from, across the exec)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _frames(stream: BinaryIO) -> Any:
+    while header := stream.read(_LENGTH.size):
+        (size,) = _LENGTH.unpack(header)
+        yield pickle.loads(stream.read(size))  # noqa: S301 (our parent)
+
+
+def _put(out: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=5)
+    out.write(_LENGTH.pack(len(data)))
+    out.write(data)
+    out.flush()
+
+
+def _serve(inp: BinaryIO, out: BinaryIO) -> None:
+    fold = Fold()
+    for message in _frames(inp):
+        if message[0] == "add":
+            records = [
+                Record(topic, partition, offset, value)
+                for topic, partition, offsets, values in message[1]
+                for offset, value in zip(offsets, values, strict=True)
+            ]
+            batch = fold.add(records)
+            _put(out, ("batch", batch, fold.keys))
+            continue
+        for table in FOLDED:
+            buf: list[bytes] = []
+            size = 0
+            for line in fold.lines(table):
+                buf.append(line)
+                size += len(line)
+                if size >= _CHUNK:
+                    _put(out, ("rows", table, b"".join(buf)))
+                    buf, size = [], 0
+            if buf:
+                _put(out, ("rows", table, b"".join(buf)))
+            _put(out, ("rows", table, b""))
+        links = list(fold.links.values())
+        _put(out, ("done", links, peak_rss_mb()))
+        return
+
+
+def main() -> None:
+    # the protocol owns the real stdout; anything printed goes to stderr
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    try:
+        _serve(inp, out)
+    except BaseException as exc:  # told to the rebuild, which raises it
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an exception that cannot be pickled: its text
+            exc = WorkerFailed(f"{type(exc).__name__}: {exc}")
+        _put(out, ("error", exc))
+    finally:
+        out.close()
+
+
+if __name__ == "__main__":
+    main()
