@@ -325,3 +325,28 @@ def test_an_incident_held_takes_under_4_kb() -> None:
         tracemalloc.stop()
     assert len(state.incidents) == n
     assert held < 4096, f"{held:.0f} B per incident"
+
+
+def test_a_deploys_later_state_replaces_it_among_the_candidates() -> None:
+    state = SuspectState()
+    rolling = deploy(
+        "d-1",
+        "checkout-api",
+        finished_before=None,
+        version="2.0",
+        paths=None,
+        started_before=timedelta(minutes=30),
+    )
+    state.remember(rolling)
+    (first,) = state.on_incident(incident(IncidentOpenedV1, "i-1", "checkout-api"))
+    assert [s.finished_at for s in first.payload.suspects] == [None]
+    (done,) = state.on_deploy(
+        rolling.model_copy(update={"finished_at": T0 - timedelta(minutes=20)})
+    )
+    assert [s.finished_at for s in done.payload.suspects] == [T0 - timedelta(minutes=20)]
+    moved = rolling.model_copy(update={"service_id": "cart"})
+    assert state.on_deploy(moved) == []  # no longer the incident's service's: not rescored
+    (again,) = state.on_incident(
+        incident(IncidentOpenedV1, "i-1", "checkout-api", at=timedelta(seconds=1), count=2)
+    )
+    assert (again.payload.candidates, again.payload.suspects) == (0, [])

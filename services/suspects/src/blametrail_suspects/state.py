@@ -94,6 +94,9 @@ class SuspectState:
         self, max_incidents: int = 100_000, lookback: timedelta = DEFAULT_LOOKBACK
     ) -> None:
         self.deploys: dict[str, tuple[Deploy, DeployRecordedV1]] = {}
+        # The same deploys by service: an incident's candidates are its services' deploys, so
+        # scoring one never walks the others' (the history only grows).
+        self._by_service: dict[str, dict[str, Deploy]] = {}
         self.incidents: OrderedDict[str, _Incident] = OrderedDict()
         self.max_incidents, self.lookback = max_incidents, lookback
         # The service the incident's Sentry project is mapped to, when an alert-rule action
@@ -102,8 +105,16 @@ class SuspectState:
 
     def remember(self, p: DeployRecordedV1) -> Deploy:
         deploy = deploy_of(p)
+        before = self.deploys.get(p.deploy_id)
+        if before is not None and before[0].service != deploy.service:
+            del self._by_service[before[0].service][p.deploy_id]
         self.deploys[p.deploy_id] = (deploy, p)
+        self._by_service.setdefault(deploy.service, {})[p.deploy_id] = deploy
         return deploy
+
+    def _deploys_of(self, services: tuple[str, ...]) -> list[Deploy]:
+        """The deploys of ``services`` (distinct names: the incident's and its mapped one)."""
+        return [d for name in services for d in self._by_service.get(name, {}).values()]
 
     def on_deploy(self, p: DeployRecordedV1) -> list[Envelope[IncidentSuspectsV1]]:
         """Remember the deploy; score again the incidents it may have caused."""
@@ -111,8 +122,8 @@ class SuspectState:
         out = []
         for incident_id, known in list(self.incidents.items()):
             gap = known.latest.first_seen.timestamp() - deploy.start_ts
-            if deploy.service in self._services(known.latest) and (
-                -SKEW <= gap <= self.lookback.total_seconds()
+            if -SKEW <= gap <= self.lookback.total_seconds() and (
+                deploy.service in self._services(known.latest)
             ):
                 out += self._score(incident_id, known)
         return out
@@ -160,8 +171,7 @@ class SuspectState:
     ) -> DeployRecordedV1 | None:
         release = enrichment.release
         if release is None or any(
-            d.service == incident.service_id and d.version == release.version
-            for d, _ in self.deploys.values()
+            d.version == release.version for d in self._deploys_of((incident.service_id,))
         ):
             return None
         started = _when(release.last_deploy_started)
@@ -195,21 +205,18 @@ class SuspectState:
             else (event.service_id, mapped)
         )
 
-    def _candidates(self, services: tuple[str, ...], first_seen: float) -> int:
-        """How many deploys the scoring considered (it ranks them all, keeps the best ``TOP``)."""
+    def _candidates(self, deploys: list[Deploy], first_seen: float) -> int:
+        """How many of the incident's services' ``deploys`` the scoring considered (it ranks
+        them all, keeps the best ``TOP``)."""
         low, high = first_seen - self.lookback.total_seconds(), first_seen + SKEW
-        return sum(
-            1
-            for d, _ in self.deploys.values()
-            if d.service in services and low <= (d.finish_ts or d.start_ts) and d.start_ts <= high
-        )
+        return sum(1 for d in deploys if low <= (d.finish_ts or d.start_ts) and d.start_ts <= high)
 
     def _score(self, incident_id: str, known: _Incident) -> list[Envelope[IncidentSuspectsV1]]:
         event = known.latest
         facts = incident_facts(event, known.enrichment, mapped_from=self._services(event))
-        ranked = score(
-            facts, (d for d, _ in self.deploys.values()), lookback=self.lookback, limit=TOP
-        )
+        # Ranking does not depend on the order of the deploys (ties go by id).
+        pool = self._deploys_of(facts.services)
+        ranked = score(facts, pool, lookback=self.lookback, limit=TOP)
         times = [event.status_at]
         if known.enrichment is not None:
             times.append(known.enrichment.fetched_at)
@@ -223,7 +230,7 @@ class SuspectState:
             incident_id=incident_id,
             tenant_id=event.tenant_id,
             computed_at=max(times),
-            candidates=self._candidates(facts.services, facts.first_seen.timestamp()),
+            candidates=self._candidates(pool, facts.first_seen.timestamp()),
             suspects=suspects,
         )
         return [
