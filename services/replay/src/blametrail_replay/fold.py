@@ -219,12 +219,11 @@ def _merge_refs(older: bytes, newer: bytes) -> bytes:
     return _own(orjson.dumps({**orjson.loads(older), **orjson.loads(newer)}))
 
 
-# An incident's state, compact: one tuple of a few objects (a folded incident is ~0.4 KB, where
+# An incident's state, compact: one tuple of a few objects (a folded incident is ~0.5 KB, where
 # a list of 13 separate values was ~0.9), its pieces replaced as their own orders move:
-_KEY, _ORDER, _STATUS_ORDER, _REFS, _TIMES, _HEAD, _STATUS, _FACTS, _ASSIGNED = range(9)
-# _KEY: the incident id (the fold's dict key itself); _ORDER, _STATUS_ORDER: ``state_order``
-# and ``status_order`` (one object when equal); _REFS: the ``sentry`` jsonb; _TIMES: packed
-# below; _HEAD: ``tenant_id, service_id, source`` as COPY text, _STATUS: ``status`` (by
+_KEY, _BLOB, _HEAD, _STATUS, _FACTS, _ASSIGNED = range(6)
+# _KEY: the incident id (the fold's dict key itself); _BLOB: what is compared or merged, in one
+# bytes (below); _HEAD: ``tenant_id, service_id, source`` as COPY text, _STATUS: ``status`` (by
 # ``status_order``, ``rows.STATUS_COLUMNS``), _FACTS: ``severity, title, culprit`` (by
 # ``state_order``, ``rows.STATE_COLUMNS``), each shared between incidents with equal text;
 # _ASSIGNED: None, or (``assignee`` jsonb or None, ``assignee_order``).
@@ -234,11 +233,15 @@ if (STATUS_COLUMNS, STATE_COLUMNS) != (
 ):  # the incidents' line below puts them in COLUMNS order by hand
     raise ImportError("fold.incident_line is out of date with rows.STATUS_COLUMNS/STATE_COLUMNS")
 
-# _TIMES: first_seen, last_seen, opened_at, resolved_at, state_changed_at (each as microseconds
-# since the epoch, UTC, and its zone's offset in microseconds), then event_count: 11 int64 in one
-# bytes. NULL is the int64 that loses the column's merge: the greatest for a least() column,
-# the least for a greatest() one (and for the shown status's times, which only move together).
+# _BLOB: first_seen, last_seen, opened_at, resolved_at, state_changed_at (each as microseconds
+# since the epoch, UTC, and its zone's offset in microseconds), event_count (11 int64; NULL is
+# the int64 that loses the column's merge: the greatest for a least() column, the least for a
+# greatest() one and for the shown status's times, which only move together); the lengths of
+# ``state_order`` and ``status_order`` (_SAME: equal to it); the two orders (UTF-8: its bytes
+# compare as the text's code points), then the ``sentry`` jsonb.
 _PACK = struct.Struct("<11q")
+_LENGTHS = struct.Struct("<II")
+_SAME = 2**32 - 1
 _LOW, _HIGH = -(2**63), 2**63 - 1
 _FIRST, _LAST, _OPENED, _RESOLVED, _CHANGED = 0, 2, 4, 6, 8
 _COUNT = 10
@@ -319,24 +322,45 @@ class Shared(dict[bytes, bytes]):
         return text
 
 
+def _blob(times: bytes, order: bytes, status_order: bytes, refs: bytes) -> bytes:
+    if status_order == order:
+        return b"".join((times, _LENGTHS.pack(len(order), _SAME), order, refs))
+    lengths = _LENGTHS.pack(len(order), len(status_order))
+    return b"".join((times, lengths, order, status_order, refs))
+
+
+def _unblob(blob: bytes) -> tuple[tuple[int, ...], bytes, bytes, bytes]:
+    """(times and count, state_order, status_order, refs)."""
+    n, m = _LENGTHS.unpack_from(blob, _PACK.size)
+    at = _PACK.size + _LENGTHS.size
+    order = blob[at : at + n]
+    if m == _SAME:
+        return _PACK.unpack_from(blob), order, order, blob[at + n :]
+    return _PACK.unpack_from(blob), order, blob[at + n : at + n + m], blob[at + n + m :]
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _new_incident(row: dict[str, Any], shared: Shared) -> tuple[Any, ...]:
     head = f"{row['tenant_id']}\t{row['service_id']}\t{row['source']}"
     if _plain(head, 2):
         head_text = head.encode()
     else:
         head_text = b"\t".join([copy_field(row[c]) for c in _HEAD_COLUMNS[1:]])
-    order, status_order = row["state_order"], row["status_order"]
     assignee, assignee_order = row["assignee"], row["assignee_order"]
     if assignee is None and assignee_order is None:
         assigned = None
     else:
         assigned = (None if assignee is None else _own(assignee.encoded), assignee_order)
+    times = _PACK.pack(*_times(row))
+    blob = _blob(
+        times, _utf8(row["state_order"]), _utf8(row["status_order"]), row["sentry"].encoded
+    )
     return (
         row["incident_id"],
-        order,
-        order if status_order == order else status_order,
-        _own(row["sentry"].encoded),
-        _PACK.pack(*_times(row)),
+        blob,
         shared.get_shared(head_text),
         shared.get_shared(copy_field(row["status"])),
         shared.get_shared(_facts_text(row)),
@@ -363,14 +387,17 @@ def fold_incident(
         shared = Shared()
     if cur is None:
         return _new_incident(row, shared)
-    key, order, status_order, refs, packed, head, status, facts, assigned = cur
-    times = list(_PACK.unpack(packed))
-    new = _times(row)
-    newer = order < row["state_order"]
+    key, blob, head, status, facts, assigned = cur
+    held, order, status_order, refs = _unblob(blob)
+    times, new = list(held), _times(row)
+    row_order = _utf8(row["state_order"])
+    newer = order < row_order
     if newer:
-        order, facts = row["state_order"], shared.get_shared(_facts_text(row))
-    if status_order < row["status_order"]:
-        status_order, status = row["status_order"], shared.get_shared(copy_field(row["status"]))
+        order, facts = row_order, shared.get_shared(_facts_text(row))
+    row_status_order = _utf8(row["status_order"])
+    if status_order < row_status_order:
+        status_order = row_status_order
+        status = shared.get_shared(copy_field(row["status"]))
         times[_RESOLVED : _CHANGED + 2] = new[_RESOLVED : _CHANGED + 2]
     if row["sets_assignee"] and (
         assigned is None or assigned[1] is None or assigned[1] < row["assignee_order"]
@@ -378,19 +405,20 @@ def fold_incident(
         assignee = row["assignee"]
         assigned = (None if assignee is None else _own(assignee.encoded), row["assignee_order"])
     new_refs = row["sentry"].encoded
-    merged = _merge_refs(refs, new_refs) if newer else _merge_refs(new_refs, refs)
-    refs = merged if merged is not new_refs else _own(new_refs)
+    refs = _merge_refs(refs, new_refs) if newer else _merge_refs(new_refs, refs)
     for at, pick in ((_FIRST, min), (_LAST, max), (_OPENED, min)):
         if pick(times[at], new[at]) != times[at]:  # the first of equal times stays, as min/max
             times[at : at + 2] = new[at : at + 2]
     times[_COUNT] = max(times[_COUNT], new[_COUNT])
-    if status_order == order:
-        status_order = order
-    return (key, order, status_order, refs, _PACK.pack(*times), head, status, facts, assigned)
+    blob = _blob(_PACK.pack(*times), order, status_order, refs)
+    return (key, blob, head, status, facts, assigned)
 
 
 def incident_line(state: tuple[Any, ...]) -> bytes:
-    key, order, status_order = state[_KEY], state[_ORDER], state[_STATUS_ORDER]
+    t, order_bytes, status_order_bytes, refs = _unblob(state[_BLOB])
+    key = state[_KEY]
+    order = order_bytes.decode("utf-8", "surrogatepass")
+    status_order = status_order_bytes.decode("utf-8", "surrogatepass")
     assignee, assignee_order = state[_ASSIGNED] or (None, None)
     # the orders are incident_order keys (digits, dashes, hex), the id a uuid's text
     if not (
@@ -400,7 +428,6 @@ def incident_line(state: tuple[Any, ...]) -> bytes:
         and (assignee_order is None or _plain(assignee_order, 0))
     ):
         return _incident_line_slow(state)
-    t = _PACK.unpack(state[_TIMES])
     changed = _time_text(t[_CHANGED], t[_CHANGED + 1])
     count = t[_COUNT]
     return b"".join(
@@ -416,7 +443,7 @@ def incident_line(state: tuple[Any, ...]) -> bytes:
             f"\t{order}\t".encode(),
             b"\\N" if assignee is None else _escape(assignee),
             f"\t{_n(assignee_order)}\t".encode(),
-            _escape(state[_REFS]),
+            _escape(refs),
             f"\t{_time_text(t[_FIRST], t[_FIRST + 1])}\t{_time_text(t[_LAST], t[_LAST + 1])}"
             f"\t{_NULL_TEXT if count == _LOW else count}\t{_time_text(t[_OPENED], t[_OPENED + 1])}"
             f"\t{status_order}\n".encode(),
@@ -425,8 +452,8 @@ def incident_line(state: tuple[Any, ...]) -> bytes:
 
 
 def _incident_line_slow(state: tuple[Any, ...]) -> bytes:
+    t, order, status_order, refs = _unblob(state[_BLOB])
     assignee, assignee_order = state[_ASSIGNED] or (None, None)
-    t = _PACK.unpack(state[_TIMES])
 
     def at(i: int) -> bytes:
         return _time_text(t[i], t[i + 1]).encode()
@@ -439,15 +466,15 @@ def _incident_line_slow(state: tuple[Any, ...]) -> bytes:
         at(_RESOLVED),
         at(_CHANGED),
         at(_CHANGED),
-        copy_field(state[_ORDER]),
+        copy_field(order.decode("utf-8", "surrogatepass")),
         _NULL if assignee is None else _escape(assignee),
         copy_field(assignee_order),
-        _escape(state[_REFS]),
+        _escape(refs),
         at(_FIRST),
         at(_LAST),
         _NULL if t[_COUNT] == _LOW else str(t[_COUNT]).encode(),
         at(_OPENED),
-        copy_field(state[_STATUS_ORDER]),
+        copy_field(status_order.decode("utf-8", "surrogatepass")),
     ]
     return b"\t".join(fields) + b"\n"
 
