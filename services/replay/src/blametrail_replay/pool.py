@@ -61,6 +61,9 @@ class FoldPool:
         self._keys = [0] * workers
         # each batch folded, as it comes back (a failure: the exception; None: the caller's end)
         self.results: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue()
+        # batches back but not yet written (see :meth:`written`): while they are two a worker,
+        # no more are read, so the workers and then the reading of the log wait for Postgres
+        self._room = asyncio.Semaphore(2 * workers)
         self._failed: BaseException | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._pending = [0] * workers
@@ -127,6 +130,7 @@ class FoldPool:
                 return
             kind = message[0]
             if kind == "batch":
+                await self._room.acquire()
                 self._keys[i] = message[2]
                 self._pending[i] -= 1
                 self._idle[i].set()
@@ -138,6 +142,10 @@ class FoldPool:
                 await self._ends[i].put(message)
                 if kind == "done":
                     return
+
+    def written(self) -> None:
+        """A batch taken from :attr:`results` is written: room for the next."""
+        self._room.release()
 
     def _fail(self, i: int, message: tuple[str, BaseException]) -> None:
         self._failed = self._failed or message[1]

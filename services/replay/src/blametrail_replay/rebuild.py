@@ -4,9 +4,11 @@
    constraints), without indexes.
 2. Bulk: a group-less reader reads the projected topics from their first offset up to the live
    group's stored offsets (the end of the log if it never ran) and folds them by key in memory
-   (:mod:`blametrail_replay.fold`, over the live projection's own row mapping): the append-only
-   tables are streamed with ``COPY`` as they are read, the folded tables are copied once at the
-   end (:mod:`blametrail_replay.bulk`). Then the keys and indexes are built once each.
+   (:mod:`blametrail_replay.fold`, over the live projection's own row mapping; in
+   ``BLAMETRAIL_REPLAY_FOLD_WORKERS`` processes, a group of partitions each,
+   :mod:`blametrail_replay.pool`): the append-only tables are streamed with ``COPY`` as they are
+   read, the folded tables are copied once at the end (:mod:`blametrail_replay.bulk`). Then the
+   keys and indexes are built once each.
    Memory grows with distinct keys; past ``BLAMETRAIL_REPLAY_FOLD_MAX_INCIDENTS`` the fold stops
    there, is loaded, and the rest of the log goes the live way (below). A folded row Postgres
    refuses (the live projection would have dead-lettered its record) makes the rebuild start
@@ -285,6 +287,7 @@ async def _fold_in(
             if isinstance(item, BaseException):
                 raise item
             await sink.write(item)
+            pool.written()
             _written(run, item)
 
     streaming = asyncio.create_task(stream())

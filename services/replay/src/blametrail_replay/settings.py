@@ -10,7 +10,7 @@ __all__ = ["ReplaySettings"]
 
 class ReplaySettings(BaseBlametrailSettings):
     # Distinct keys (incidents, their enrichments, suspects, links) a rebuild folds in memory,
-    # about 0.6 KB each; past it the rebuild loads what it folded and applies the rest of the
+    # about 0.5 KB each; past it the rebuild loads what it folded and applies the rest of the
     # log as the live projection does (slower, same rows).
     fold_max_incidents: int = Field(
         default=1_000_000, ge=1, validation_alias=f"{PREFIX}REPLAY_FOLD_MAX_INCIDENTS"
