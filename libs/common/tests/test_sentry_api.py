@@ -1,11 +1,15 @@
-"""The Sentry client against the stand-in: rate limits, 5xx, slowness, resets, bad tokens."""
+"""The Sentry client against the stand-in: rate limits, 5xx, slowness, resets, bad tokens; each
+behaviour over both HTTP libraries (``HttpxSentryApi``, ``AiohttpSentryApi``)."""
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
 from blametrail_common.sentry_api import (
+    AiohttpSentryApi,
     Budget,
     GaveUp,
     HttpxSentryApi,
@@ -14,6 +18,7 @@ from blametrail_common.sentry_api import (
     SentryApiError,
     SentryCredentials,
     TokenRejected,
+    aiohttp_session,
     backoff_delay,
     endpoint_of,
     is_transient,
@@ -38,23 +43,44 @@ def test_rate_limit_wait_reads_sentry_headers() -> None:
     assert rate_limit_wait({"x-sentry-rate-limit-reset": "junk"}, 100, 429) == 1.0
 
 
+Api = HttpxSentryApi | AiohttpSentryApi
+MakeApi = Callable[[RetryPolicy], Api]
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+async def make_api(request: pytest.FixtureRequest) -> AsyncIterator[MakeApi]:
+    """Clients of one library (closed after the test)."""
+    made: list[Any] = []
+
+    def make(policy: RetryPolicy) -> Api:
+        if request.param == "httpx":
+            made.append(httpx.AsyncClient())
+            return HttpxSentryApi(made[-1], policy)
+        made.append(aiohttp_session(connections=75))
+        return AiohttpSentryApi(made[-1], policy)
+
+    yield make
+    for client in made:
+        await (client.aclose() if isinstance(client, httpx.AsyncClient) else client.close())
+
+
 async def _api_and_creds(
-    state: StubState, url: str, policy: RetryPolicy = FAST
-) -> tuple[HttpxSentryApi, SentryCredentials]:
+    state: StubState, url: str, make: MakeApi, policy: RetryPolicy = FAST
+) -> tuple[Api, SentryCredentials]:
     token = state.add_internal_token("acme")
-    return HttpxSentryApi(httpx.AsyncClient(), policy), SentryCredentials(url, "acme", token)
+    return make(policy), SentryCredentials(url, "acme", token)
 
 
-async def test_fetches_latest_event_and_tags() -> None:
+async def test_fetches_latest_event_and_tags(make_api: MakeApi) -> None:
     state = StubState()
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url)
+        api, creds = await _api_and_creds(state, url, make_api)
         assert (await api.latest_event(creds, "77"))["groupID"] == "77"
         assert any(t["key"] == "release" for t in await api.issue_tags(creds, "77"))
     assert "TOKEN" not in repr(creds).upper()
 
 
-async def test_5xx_timeouts_and_resets_are_retried_until_recovery() -> None:
+async def test_5xx_timeouts_and_resets_are_retried_until_recovery(make_api: MakeApi) -> None:
     state = StubState()
     state.faults += [
         Fault("latest_event", "503"),
@@ -62,24 +88,25 @@ async def test_5xx_timeouts_and_resets_are_retried_until_recovery() -> None:
         Fault("latest_event", "reset"),
     ]
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url)
+        api, creds = await _api_and_creds(state, url, make_api)
         assert (await api.latest_event(creds, "5"))["groupID"] == "5"
     assert [r["route"] for r in state.requests].count("latest_event") == 4
 
 
-async def test_gives_up_after_max_attempts_with_the_reason() -> None:
+async def test_gives_up_after_max_attempts_with_the_reason(make_api: MakeApi) -> None:
     state = StubState()
     state.faults.append(Fault("tags", "500", count=10))
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url)
+        api, creds = await _api_and_creds(state, url, make_api)
         with pytest.raises(GaveUp, match="gave up after 4 attempts: HTTP 500"):
             await api.issue_tags(creds, "5")
 
 
-async def test_429_storm_waits_until_reset_then_succeeds() -> None:
+async def test_429_storm_waits_until_reset_then_succeeds(make_api: MakeApi) -> None:
     state = StubState(rate_limit=2, rate_window_s=1)
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url, RetryPolicy(max_attempts=2, timeout_s=2))
+        policy = RetryPolicy(max_attempts=2, timeout_s=2)
+        api, creds = await _api_and_creds(state, url, make_api, policy)
         began = time.monotonic()
         results = [await api.issue_tags(creds, str(i)) for i in range(5)]
         elapsed = time.monotonic() - began
@@ -88,10 +115,10 @@ async def test_429_storm_waits_until_reset_then_succeeds() -> None:
     assert sum(1 for r in state.requests if r["route"] == "tags") <= 7  # waited, did not hammer
 
 
-async def test_401_and_404_are_permanent_and_typed() -> None:
+async def test_401_and_404_are_permanent_and_typed(make_api: MakeApi) -> None:
     state = StubState(template_unknown_issues=False)
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url)
+        api, creds = await _api_and_creds(state, url, make_api)
         with pytest.raises(NotFound):
             await api.latest_event(creds, "404404")
         paths = [r["path"] for r in state.requests]
@@ -103,10 +130,12 @@ async def test_401_and_404_are_permanent_and_typed() -> None:
             await api.issue_tags(SentryCredentials(url, "acme", "expired"), "1")
 
 
-async def test_403_is_an_answer_not_an_outage_and_is_not_retried() -> None:
+async def test_403_is_an_answer_not_an_outage_and_is_not_retried(make_api: MakeApi) -> None:
     state = StubState()
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url)  # a token of acme, asking about globex
+        api, creds = await _api_and_creds(
+            state, url, make_api
+        )  # a token of acme, asking about globex
         foreign = SentryCredentials(url, "globex", creds.token)
         with pytest.raises(SentryApiError, match="403") as raised:
             await api.issue_tags(foreign, "1")
@@ -188,10 +217,10 @@ def test_budget_far_below_a_free_limit_grows_by_one_per_answer() -> None:
     assert budget.ceiling == 11  # then 20 free is under twice 11: one per round trip
 
 
-async def test_concurrency_rises_to_sentrys_limit_without_a_single_429() -> None:
+async def test_concurrency_rises_to_sentrys_limit_without_a_single_429(make_api: MakeApi) -> None:
     state = StubState(concurrent_limit=10, latency_s=0.05)
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
+        api, creds = await _api_and_creds(state, url, make_api, RetryPolicy(timeout_s=5))
         results = await asyncio.gather(*(api.issue_tags(creds, str(i)) for i in range(150)))
     assert len(results) == 150
     budget = api.budget("acme", "GET", "/api/0/organizations/acme/issues/1/tags/")
@@ -200,11 +229,13 @@ async def test_concurrency_rises_to_sentrys_limit_without_a_single_429() -> None
     assert state.limited == {}  # never above it
 
 
-async def test_two_workers_sharing_an_organizations_slots_back_off_instead_of_storming() -> None:
+async def test_two_workers_sharing_an_organizations_slots_back_off_instead_of_storming(
+    make_api: MakeApi,
+) -> None:
     state = StubState(concurrent_limit=8, latency_s=0.05)
     async with serve(state) as url:
-        first, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
-        second = HttpxSentryApi(httpx.AsyncClient(), RetryPolicy(timeout_s=5))
+        first, creds = await _api_and_creds(state, url, make_api, RetryPolicy(timeout_s=5))
+        second = make_api(RetryPolicy(timeout_s=5))
         calls = [api.issue_tags(creds, str(i)) for i in range(150) for api in (first, second)]
         results = await asyncio.gather(*calls)
     assert len(results) == 300  # every call answered
@@ -213,10 +244,12 @@ async def test_two_workers_sharing_an_organizations_slots_back_off_instead_of_st
     assert state.limited.get("rate", 0) == 0
 
 
-async def test_a_spent_window_waits_for_reset_instead_of_sending_into_429s() -> None:
+async def test_a_spent_window_waits_for_reset_instead_of_sending_into_429s(
+    make_api: MakeApi,
+) -> None:
     state = StubState(rate_limit=25, rate_window_s=1)
     async with serve(state) as url:
-        api, creds = await _api_and_creds(state, url, RetryPolicy(timeout_s=5))
+        api, creds = await _api_and_creds(state, url, make_api, RetryPolicy(timeout_s=5))
         began = time.monotonic()
         results = await asyncio.gather(*(api.issue_tags(creds, str(i)) for i in range(70)))
         elapsed = time.monotonic() - began
@@ -225,3 +258,32 @@ async def test_a_spent_window_waits_for_reset_instead_of_sending_into_429s() -> 
     # Blind calls only at a window's start, before its first answer: at most the ceiling each.
     assert state.limited.get("rate", 0) <= 3 * 10
     assert sum(1 for r in state.requests if r["route"] == "tags") <= 70 + 3 * 10
+
+
+async def test_headers_out_gives_the_answers_headers_by_lower_case_name(make_api: MakeApi) -> None:
+    state = StubState()
+    async with serve(state) as url:
+        api, creds = await _api_and_creds(state, url, make_api)
+        headers: dict[str, str] = {}
+        page = await api.call("GET", creds, "/api/0/organizations/acme/issues/", None, headers)
+    assert isinstance(page, list)
+    assert 'rel="next"' in headers["link"]  # cursor pagination (the reconciler's)
+    assert int(headers["x-sentry-rate-limit-remaining"]) >= 0
+
+
+def test_the_aiohttp_client_takes_its_proxy_from_the_environment_as_httpx_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blametrail_common.sentry_api import _env_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "sentry.internal")
+    _env_proxy.cache_clear()
+    try:
+        assert _env_proxy("https://sentry.io") == "http://proxy.internal:3128"
+        assert _env_proxy("https://sentry.internal") is None
+        assert _env_proxy("http://127.0.0.1:8090") is None  # no HTTP_PROXY named
+    finally:
+        _env_proxy.cache_clear()

@@ -1,7 +1,11 @@
-"""The Sentry web API as BlameTrail's workers call it (httpx), with Sentry's rate limits honoured.
+"""The Sentry web API as BlameTrail's workers call it, with Sentry's rate limits honoured.
 
 Shared by every process that calls Sentry on a connection's behalf (the enricher; write-back and
 reconciliation), so each obeys the same budget rules. Install with ``blametrail-common[sentry]``.
+One behaviour over either HTTP library: :class:`HttpxSentryApi` (an ``httpx.AsyncClient``) or
+:class:`AiohttpSentryApi` (an ``aiohttp.ClientSession``, :func:`aiohttp_session`: about a
+tenth of httpx's CPU per call on the stand-in, bench/enrich; httpcore's pool also checks every
+pooled connection on each call, so its cost grows with the pool).
 
 Contract of every call: returns the decoded JSON, or raises one of
 :class:`TokenRejected` (401: ask the token owner for a refresh), :class:`NotFound` (404: the
@@ -25,17 +29,24 @@ spends the budget Sentry grants and is never a 429 storm of our own making.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import random
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+import aiohttp
 import httpx
+import orjson
 
 __all__ = [
+    "AiohttpSentryApi",
     "Budget",
     "GaveUp",
     "HttpxSentryApi",
@@ -45,6 +56,7 @@ __all__ = [
     "SentryApiError",
     "SentryCredentials",
     "TokenRejected",
+    "aiohttp_session",
     "backoff_delay",
     "endpoint_of",
     "is_transient",
@@ -96,7 +108,8 @@ class RetryPolicy:
 
 
 class SentryApi(Protocol):
-    """What the enricher needs from Sentry (other callers use :meth:`HttpxSentryApi.call`)."""
+    """What the enricher needs from Sentry (other callers use :meth:`HttpxSentryApi.call`, or
+    :class:`AiohttpSentryApi`'s)."""
 
     async def latest_event(self, creds: SentryCredentials, issue_id: str) -> dict[str, Any]: ...
 
@@ -217,11 +230,17 @@ class Budget:
                 self.ceiling, self.grown = self.ceiling + 1, 0
 
 
-@dataclass
-class HttpxSentryApi:
-    """:class:`SentryApi` over an ``httpx.AsyncClient``; clock, sleep and jitter injectable for tests."""
+ClientT = TypeVar("ClientT")
+_Sent = tuple[int, Mapping[str, str], bytes]
+"""An answer: status, headers (case-insensitive), body."""
 
-    client: httpx.AsyncClient
+
+@dataclass
+class _BudgetedSentryApi(Generic[ClientT]):
+    """:class:`SentryApi` and :meth:`call` over ``client``, of one HTTP library (a subclass's
+    :meth:`_send` makes the requests); clock, sleep and jitter injectable for tests."""
+
+    client: ClientT
     policy: RetryPolicy = RetryPolicy()
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -335,11 +354,54 @@ class HttpxSentryApi:
         budget: Budget,
         headers_out: dict[str, str] | None = None,
     ) -> Any:
+        sent = await self._send(method, creds.base_url.rstrip("/"), path, creds.token, body)
+        if isinstance(sent, _Retry):
+            return sent
+        status, headers, content = sent
+        budget.learn(headers, status, self.clock())
+        if status in (200, 201):
+            if headers_out is not None:
+                headers_out.update((k.lower(), v) for k, v in headers.items())
+            try:
+                return orjson.loads(content)
+            except orjson.JSONDecodeError:
+                pass  # what orjson refuses and json takes (integers past 64 bits, NaN)
+            try:
+                return json.loads(content)
+            except ValueError:
+                return _Retry("200 with a body that is not JSON")
+        if status == 429:
+            remaining = _int(headers, "x-sentry-rate-limit-remaining")
+            kind = "concurrency" if remaining is not None and remaining > 0 else "rate limited"
+            return _Retry(f"429 {kind}", counts=False)
+        if status == 401:
+            raise TokenRejected(f"{method} {path}: 401, token rejected")
+        if status == 404:
+            raise NotFound(f"{method} {path}: 404")
+        if 400 <= status < 500 and status != 408:
+            # 400, 403 (no access to the organization or issue), 410...: an answer, not an outage.
+            text = content.decode("utf-8", "replace")[:200]
+            raise SentryApiError(f"{method} {path}: {status} {text}")
+        return _Retry(f"HTTP {status}")
+
+    async def _send(
+        self, method: str, base_url: str, path: str, token: str, body: Any
+    ) -> _Sent | _Retry:
+        """One request and its answer, or why none came (a timeout, the connection lost)."""
+        raise NotImplementedError
+
+
+class HttpxSentryApi(_BudgetedSentryApi[httpx.AsyncClient]):
+    """:class:`SentryApi` over an ``httpx.AsyncClient``."""
+
+    async def _send(
+        self, method: str, base_url: str, path: str, token: str, body: Any
+    ) -> _Sent | _Retry:
         try:
             resp = await self.client.request(
                 method,
-                creds.base_url.rstrip("/") + path,
-                headers={"Authorization": f"Bearer {creds.token}"},
+                base_url + path,
+                headers={"Authorization": f"Bearer {token}"},
                 json=body,
                 timeout=self.policy.timeout_s,
             )
@@ -347,26 +409,70 @@ class HttpxSentryApi:
             return _Retry(f"timeout after {self.policy.timeout_s}s")
         except httpx.TransportError as exc:
             return _Retry(f"transport error {type(exc).__name__}")
-        budget.learn(resp.headers, resp.status_code, self.clock())
-        if resp.status_code in (200, 201):
-            if headers_out is not None:
-                headers_out.update((k.lower(), v) for k, v in resp.headers.items())
-            try:
-                return resp.json()
-            except ValueError:
-                return _Retry("200 with a body that is not JSON")
-        if resp.status_code == 429:
-            remaining = _int(resp.headers, "x-sentry-rate-limit-remaining")
-            kind = "concurrency" if remaining is not None and remaining > 0 else "rate limited"
-            return _Retry(f"429 {kind}", counts=False)
-        if resp.status_code == 401:
-            raise TokenRejected(f"{method} {path}: 401, token rejected")
-        if resp.status_code == 404:
-            raise NotFound(f"{method} {path}: 404")
-        if 400 <= resp.status_code < 500 and resp.status_code != 408:
-            # 400, 403 (no access to the organization or issue), 410...: an answer, not an outage.
-            raise SentryApiError(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
-        return _Retry(f"HTTP {resp.status_code}")
+        return resp.status_code, resp.headers, resp.content
+
+
+class AiohttpSentryApi(_BudgetedSentryApi[aiohttp.ClientSession]):
+    """:class:`SentryApi` over an ``aiohttp.ClientSession`` (e.g. :func:`aiohttp_session`)."""
+
+    async def _send(
+        self, method: str, base_url: str, path: str, token: str, body: Any
+    ) -> _Sent | _Retry:
+        headers = {"Authorization": f"Bearer {token}"}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.client.request(
+                method,
+                base_url + path,
+                headers=headers,
+                data=data,
+                proxy=_env_proxy(base_url),
+                timeout=aiohttp.ClientTimeout(total=self.policy.timeout_s),
+            ) as resp:
+                return resp.status, _joined(resp.headers), await resp.read()
+        except TimeoutError:  # aiohttp's own timeout errors are TimeoutErrors too
+            return _Retry(f"timeout after {self.policy.timeout_s}s")
+        except aiohttp.ClientError as exc:
+            return _Retry(f"transport error {type(exc).__name__}")
+
+
+def _joined(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """A multidict's repeated names joined into one value each, as httpx's headers read."""
+    if len({name.lower() for name in headers}) == len(headers):
+        return headers
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _env_proxy(base_url: str) -> str | None:
+    """The proxy the environment names for ``base_url`` (``HTTPS_PROXY``, ``NO_PROXY``...), as
+    httpx takes it; looked up once per Sentry host. (aiohttp's ``trust_env`` would look it up,
+    and read ``~/.netrc``, in a thread on every call: two thread hops a call.)"""
+    parts = urllib.parse.urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy is None or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy
+
+
+def aiohttp_session(connections: int, keepalive_s: float = 5.0) -> aiohttp.ClientSession:
+    """A session for :class:`AiohttpSentryApi`: at most ``connections`` open at once (a call
+    past them waits for one), idle ones kept ``keepalive_s`` (httpx's default), no cookie jar
+    (Sentry's API needs none). Make it inside the running loop; close it (``async with``)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=connections, limit_per_host=0, keepalive_timeout=keepalive_s
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
