@@ -9,15 +9,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from blametrail_common.events import decode, new_event
 from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentLinkedV1
 from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, SentryRef
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
-from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCredentials
+from blametrail_common.sentry_api import AiohttpSentryApi, RetryPolicy, SentryCredentials
 from blametrail_common.settings import KafkaSettings
+from blametrail_enricher.http import sentry_client
 from blametrail_enricher.links import BrokenLinks, link_cause
 from blametrail_enricher.pipeline import Enricher
 from blametrail_enricher.settings import EnricherSettings
@@ -103,8 +103,9 @@ async def test_a_refused_installation_is_reported_once_then_links_once_fixed(
     broken0 = _sample("blametrail_sentry_link_broken_total", cause="not_found")
     caplog.set_level(logging.INFO, logger="blametrail_enricher.pipeline")
     try:
-        async with serve(stub) as url, httpx.AsyncClient() as http:
-            api = HttpxSentryApi(http, RetryPolicy(base_delay_s=0.01))
+        # The service's own client (blametrail_enricher.http): aiohttp, the pool it sizes.
+        async with serve(stub) as url, sentry_client(EnricherSettings()) as http:
+            api = AiohttpSentryApi(http, RetryPolicy(base_delay_s=0.01))
             creds = Creds(SentryCredentials(url, "acme", token))
             enricher = Enricher(
                 api, creds, producer, links=api, now_s=clock, broken_links=BrokenLinks(3600)
@@ -170,3 +171,11 @@ def test_link_causes() -> None:
     for i in range(5):
         links.broke("c", f"i{i}", "tok", "not_found", "404", 0.0)
     assert len(links) == 2  # bounded
+
+
+async def test_the_sentry_pool_is_the_http_connections_setting() -> None:
+    # 25 calls at once per endpoint, three endpoints
+    assert EnricherSettings.model_fields["http_connections"].default == 75
+    async with sentry_client(EnricherSettings(http_connections=7)) as http:
+        assert http.connector is not None
+        assert http.connector.limit == 7

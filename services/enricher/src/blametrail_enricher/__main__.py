@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
@@ -13,10 +12,11 @@ from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
 from blametrail_common.runner import run_with_health
-from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
+from blametrail_common.sentry_api import AiohttpSentryApi, RetryPolicy
 from blametrail_common.settings import KafkaSettings, SecretsSettings
 
 from blametrail_enricher.credentials import ConnectionCredentials
+from blametrail_enricher.http import sentry_client
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.links import BrokenLinks
 from blametrail_enricher.parking import ParkingLot, ParkPolicy
@@ -33,11 +33,8 @@ async def serve() -> None:
     policy = RetryPolicy(
         max_attempts=settings.max_attempts, concurrency_per_org=settings.concurrency_per_org
     )
-    # Enough pooled connections for every slot Sentry may grant (25 per endpoint, three
-    # endpoints per incident): httpx keeps 20 by default and reconnects for the rest.
-    pool = httpx.Limits(max_connections=256, max_keepalive_connections=128)
-    async with httpx.AsyncClient(limits=pool) as http:
-        api = HttpxSentryApi(http, policy)
+    async with sentry_client(settings) as http:
+        api = AiohttpSentryApi(http, policy)
         enricher = Enricher(
             api,
             ConnectionCredentials(table, box, producer),
