@@ -74,7 +74,11 @@ async def serve() -> None:
             try:
                 await consumer.start()
                 async with asyncio.TaskGroup() as both:  # one dies: the other is cancelled
-                    both.create_task(run_batches(consumer, enricher.handle, stop))
+                    both.create_task(
+                        run_batches(
+                            consumer, enricher.handle, stop, gather_ms=kafka.batch_gather_ms
+                        )
+                    )
                     both.create_task(
                         enricher.redrive(
                             stop, lambda: {tp.partition for tp in consumer.assignment()}
