@@ -89,3 +89,32 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_child_runs_at_its_niceness_and_the_plan_keeps_it(tmp_path: Path) -> None:
+    """What may wait runs at a lower priority than the webhook's path (services.SERVICES)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "nicety.py").write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "print('nice', os.nice(0), flush=True)\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    run, env = tmp_path / "run", {"PYTHONPATH": str(tmp_path / "mods")}
+    plan = Plan(run, (Child("low", "nicety", env, nice=7), Child("same", "nicety", env)))
+    plan.dump(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == plan
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "blametrail_devstack.supervisor", str(tmp_path / "plan.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for log in (run / "low.log", run / "same.log"):
+            _wait(lambda log=log: log.is_file() and "nice" in log.read_text())
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=15)
+    own = os.nice(0)
+    assert (run / "low.log").read_text().split() == ["nice", str(min(own + 7, 19))]
+    assert (run / "same.log").read_text().split() == ["nice", str(own)]

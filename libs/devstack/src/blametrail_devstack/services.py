@@ -29,9 +29,11 @@ class ServiceSpec:
     url_var: str | None = None  # variable written to stack.env with the service's base URL
     env: dict[str, str] = field(default_factory=dict)
     dev_only: bool = False  # no counterpart in the deployment manifests
+    nice: int = 0  # see supervisor.Child.nice
 
 
 STUB_PORT = 8090
+_YIELDS = 10  # the niceness of what may wait (see SERVICES)
 EDGE_URL = "http://127.0.0.1:8080"
 # The public (OAuth) app, played against the stand-in: its install page sends the signed
 # installation.created to the edge and redirects the browser to our callback, as Sentry does.
@@ -44,8 +46,17 @@ PUBLIC_APP = {
 }
 
 SERVICES: tuple[ServiceSpec, ...] = (
+    # Sentry's stand-in and the workers that may wait (enrichment, scoring, write-back, sweeps,
+    # jobs) run at a lower priority (nice 10): on a machine they share with the broker and
+    # Postgres, the path from a webhook to its incident row gets the cores first in a storm (as
+    # separate nodes or priority classes would give it in a cluster).
     ServiceSpec(
-        "sentry-stub", "blametrail_sentry_stub", None, "BLAMETRAIL_SENTRY_STUB_URL", PUBLIC_APP
+        "sentry-stub",
+        "blametrail_sentry_stub",
+        None,
+        "BLAMETRAIL_SENTRY_STUB_URL",
+        PUBLIC_APP,
+        nice=_YIELDS,
     ),
     ServiceSpec("mappings-api", "blametrail_mappings_api", 8082, "BLAMETRAIL_API_URL", PUBLIC_APP),
     ServiceSpec(
@@ -76,13 +87,17 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec("normalizer", "blametrail_normalizer", 8083, "BLAMETRAIL_NORMALIZER_URL"),
-    ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL"),
+    ServiceSpec("enricher", "blametrail_enricher", 8084, "BLAMETRAIL_ENRICHER_URL", nice=_YIELDS),
     ServiceSpec("projector", "blametrail_projector", 8085, "BLAMETRAIL_PROJECTOR_URL"),
-    ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL"),
+    ServiceSpec("suspects", "blametrail_suspects", 8086, "BLAMETRAIL_SUSPECTS_URL", nice=_YIELDS),
     # the control plane's jobs (POST /api/v1/audit/reprocess), run with replay's own code
-    ServiceSpec("replay-jobs", "blametrail_replay.worker", 8091, "BLAMETRAIL_JOBS_URL"),
-    ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL"),
-    ServiceSpec("reconciler", "blametrail_reconciler", 8088, "BLAMETRAIL_RECONCILER_URL"),
+    ServiceSpec(
+        "replay-jobs", "blametrail_replay.worker", 8091, "BLAMETRAIL_JOBS_URL", nice=_YIELDS
+    ),
+    ServiceSpec("sync", "blametrail_sync", 8089, "BLAMETRAIL_SYNC_URL", nice=_YIELDS),
+    ServiceSpec(
+        "reconciler", "blametrail_reconciler", 8088, "BLAMETRAIL_RECONCILER_URL", nice=_YIELDS
+    ),
 )
 
 
@@ -95,7 +110,9 @@ def plan_for(
 ) -> Plan:
     """The supervisor's plan: every spec as a child, with ``env`` (and then its own) on top of
     the environment the supervisor inherits."""
-    return Plan(where, tuple(Child(s.name, s.module, {**(env or {}), **s.env}) for s in specs))
+    return Plan(
+        where, tuple(Child(s.name, s.module, {**(env or {}), **s.env}, s.nice) for s in specs)
+    )
 
 
 def _alive(pid_file: Path) -> int | None:
