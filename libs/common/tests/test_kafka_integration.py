@@ -224,3 +224,33 @@ async def test_poll_batch_gathers_what_arrives_within_its_gather_in_log_order(
         assert await poll_batch(consumer, timeout_ms=100, gather_ms=60_000) == {}
     finally:
         await consumer.stop()
+
+
+async def test_poll_batch_takes_no_record_twice_when_its_partition_is_fetched_again(
+    kafka_settings: KafkaSettings, producer: EventProducer
+) -> None:
+    """A rebalance during the gather makes the fetcher read a partition again from its committed
+    offset (here: a seek back, which is what that does): the batch keeps each record once."""
+    spec = next(t for t in TOPICS if t.name == "sentry-webhooks-raw")
+    name = topic_name(spec.name, kafka_settings.topic_prefix)
+    key = f"again-{uuid.uuid4()}".encode()
+    sent = [await producer.send_raw("sentry-webhooks-raw", key, b"v%d" % i, []) for i in range(5)]
+    tp = TopicPartition(name, sent[0].partition)
+    consumer = create_consumer(kafka_settings, [], group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, sent[0].offset)
+
+        async def rewind() -> None:
+            await asyncio.sleep(0.3)
+            consumer.seek(tp, sent[0].offset)
+
+        rewinding = asyncio.create_task(rewind())
+        polled = await poll_batch(consumer, timeout_ms=10_000, gather_ms=2000)
+        await rewinding
+        offsets = [r.offset for r in polled[tp]]
+        assert offsets == sorted(set(offsets))  # in order, each once
+        assert [r.value for r in polled[tp] if r.key == key] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+    finally:
+        await consumer.stop()

@@ -88,7 +88,9 @@ async def poll_batch(
 ) -> Polled:
     """One batch: what a poll of up to ``timeout_ms`` gives, then, if that was some records but
     fewer than ``max_records``, what else arrives within ``gather_ms`` (polled until then: the
-    fetcher holds one fetched answer per partition). Each partition's records stay in log order."""
+    fetcher holds one fetched answer per partition). Each partition's records stay in log order,
+    each once: a partition that rebalancing handed back during the gather is fetched again from
+    its committed offset, and what the batch already holds of it is not taken twice."""
     polled: Polled = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
     count = sum(map(len, polled.values()))
     if not count or gather_ms <= 0:
@@ -99,7 +101,11 @@ async def poll_batch(
         room = None if max_records is None else max_records - count
         more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=room)
         for tp, records in more.items():
-            polled[tp] = [*polled.get(tp, ()), *records]
+            held = polled.get(tp)
+            if held:
+                last = held[-1].offset
+                records = [r for r in records if r.offset > last]
+            polled[tp] = [*(held or ()), *records]
             count += len(records)
     return polled
 
