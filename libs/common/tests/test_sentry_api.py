@@ -2,12 +2,14 @@
 behaviour over both HTTP libraries (``HttpxSentryApi``, ``AiohttpSentryApi``)."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from blametrail_common.sentry_api import (
     AiohttpSentryApi,
     Budget,
@@ -269,6 +271,60 @@ async def test_headers_out_gives_the_answers_headers_by_lower_case_name(make_api
     assert isinstance(page, list)
     assert 'rel="next"' in headers["link"]  # cursor pagination (the reconciler's)
     assert int(headers["x-sentry-rate-limit-remaining"]) >= 0
+
+
+@contextlib.asynccontextmanager
+async def _redirecting(
+    status: int, cross_origin: bool
+) -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    """A server answering ``status`` to every call, sending it on to ``/moved`` + its path (on
+    its own origin, or as ``localhost`` on another), which answers 200 to a call with a token
+    and 401 to one without; yields its URL and each request's method and path."""
+    seen: list[tuple[str, str]] = []
+
+    class Redirect(web.HTTPException):
+        status_code = status
+
+    async def redirect(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        if request.path.startswith("/moved/"):
+            if "Authorization" not in request.headers:
+                return web.json_response({"detail": "Invalid token"}, status=401)
+            return web.json_response([] if request.method == "GET" else {"moved": True})
+        origin = f"http://localhost:{request.url.port}" if cross_origin else ""
+        raise Redirect(headers={"Location": f"{origin}/moved{request.path}"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("status", "cross_origin"),
+    [(301, False), (302, False), (303, False), (307, False), (308, False), (302, True)],
+)
+async def test_a_redirect_is_not_followed_and_is_retried_as_httpx_did(
+    make_api: MakeApi, status: int, cross_origin: bool
+) -> None:
+    """Neither client follows a 3xx (that would carry the token on, turn a POST into a GET or,
+    cross-origin, drop the token and end in a 401: a wrongful TokenRejected): a 3xx is Sentry
+    not answering as its API does, retried, then GaveUp."""
+    async with _redirecting(status, cross_origin) as (url, seen):
+        api = make_api(FAST)
+        creds = SentryCredentials(url, "acme", "sntrys_token")
+        with pytest.raises(GaveUp, match=f"gave up after 4 attempts: HTTP {status}"):
+            await api.issue_tags(creds, "1")
+        with pytest.raises(GaveUp, match=f"HTTP {status}"):
+            await api.create_external_issue(creds, "inst-1", {"issueId": "1"})
+    tags = "/api/0/organizations/acme/issues/1/tags/"
+    ext = "/api/0/sentry-app-installations/inst-1/external-issues/"
+    assert seen == [("GET", tags)] * 4 + [("POST", ext)] * 4  # never on to /moved/
 
 
 def test_the_aiohttp_client_takes_its_proxy_from_the_environment_as_httpx_does(

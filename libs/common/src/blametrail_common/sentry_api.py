@@ -431,6 +431,7 @@ class AiohttpSentryApi(_BudgetedSentryApi[aiohttp.ClientSession]):
                 data=data,
                 proxy=_env_proxy(base_url),
                 timeout=aiohttp.ClientTimeout(total=self.policy.timeout_s),
+                allow_redirects=False,  # as httpx: a 3xx is an answer to retry, not to follow
             ) as resp:
                 return resp.status, _joined(resp.headers), await resp.read()
         except TimeoutError:  # aiohttp's own timeout errors are TimeoutErrors too
