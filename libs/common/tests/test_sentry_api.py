@@ -273,6 +273,20 @@ async def test_headers_out_gives_the_answers_headers_by_lower_case_name(make_api
     assert int(headers["x-sentry-rate-limit-remaining"]) >= 0
 
 
+async def test_a_call_waiting_for_a_pooled_connection_is_not_timed_out_by_the_wait() -> None:
+    """The timeout bounds Sentry's answer, not our own queue for a connection: three calls
+    through one connection, 0.3 s each, all answer within a 0.5 s timeout (a total of 0.5 s
+    from the call's start would time the third out after its 0.6 s in the queue)."""
+    state = StubState(latency_s=0.3)
+    policy = RetryPolicy(max_attempts=1, timeout_s=0.5)
+    async with serve(state) as url, aiohttp_session(connections=1) as session:
+        api = AiohttpSentryApi(session, policy)
+        creds = SentryCredentials(url, "acme", state.add_internal_token("acme"))
+        results = await asyncio.gather(*(api.issue_tags(creds, str(i)) for i in range(3)))
+    assert len(results) == 3
+    assert [r["route"] for r in state.requests] == ["tags"] * 3  # none timed out and retried
+
+
 @contextlib.asynccontextmanager
 async def _redirecting(
     status: int, cross_origin: bool

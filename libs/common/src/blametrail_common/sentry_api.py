@@ -430,7 +430,7 @@ class AiohttpSentryApi(_BudgetedSentryApi[aiohttp.ClientSession]):
                 headers=headers,
                 data=data,
                 proxy=_env_proxy(base_url),
-                timeout=aiohttp.ClientTimeout(total=self.policy.timeout_s),
+                timeout=_phase_timeout(self.policy.timeout_s),
                 allow_redirects=False,  # as httpx: a 3xx is an answer to retry, not to follow
             ) as resp:
                 return resp.status, _joined(resp.headers), await resp.read()
@@ -451,6 +451,16 @@ def _joined(headers: Mapping[str, str]) -> Mapping[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _phase_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """``timeout_s`` for each phase, as httpx's: opening a socket (``sock_connect``) and each
+    wait for the answer's next bytes (``sock_read``, from the request written on). No ``total``
+    and no ``connect``: both count the wait for a free connection of our own pool, so a queue
+    of calls would time out while Sentry answers in time. (Not bounded, then: that wait, as
+    long as the calls ahead of it, each bounded; and a DNS lookup, cached 10 s by aiohttp.)"""
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+
+
 @functools.lru_cache(maxsize=64)
 def _env_proxy(base_url: str) -> str | None:
     """The proxy the environment names for ``base_url`` (``HTTPS_PROXY``, ``NO_PROXY``...), as
@@ -466,8 +476,9 @@ def _env_proxy(base_url: str) -> str | None:
 
 def aiohttp_session(connections: int, keepalive_s: float = 5.0) -> aiohttp.ClientSession:
     """A session for :class:`AiohttpSentryApi`: at most ``connections`` open at once (a call
-    past them waits for one), idle ones kept ``keepalive_s`` (httpx's default), no cookie jar
-    (Sentry's API needs none). Make it inside the running loop; close it (``async with``)."""
+    past them waits for one, a wait its timeout does not count), idle ones kept ``keepalive_s``
+    (httpx's default), no cookie jar (Sentry's API needs none). Make it inside the running
+    loop; close it (``async with``)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=connections, limit_per_host=0, keepalive_timeout=keepalive_s

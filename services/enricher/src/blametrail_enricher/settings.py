@@ -31,9 +31,10 @@ class EnricherSettings(BaseBlametrailSettings):
     http_connections: int = Field(
         default=75, ge=1, validation_alias=f"{PREFIX}ENRICHER_HTTP_CONNECTIONS"
     )
-    """Connections to Sentry open at once (the pool's size; a call past them waits for one):
-    Sentry's concurrent limit, 25 calls per organization and endpoint, times the three endpoints
-    an enrichment calls (latest event, tags, external issue)."""
+    """Connections to Sentry open at once (the pool's size; a call past them waits for one, and
+    its timeout starts when it has one): Sentry's concurrent limit, 25 calls per organization
+    and endpoint, times the three endpoints an enrichment calls (latest event, tags, external
+    issue)."""
     concurrency: int = Field(default=128, ge=1, validation_alias=f"{PREFIX}ENRICHER_CONCURRENCY")
     """Incidents of one poll batch enriched at once (their calls then queue for Sentry's slots)."""
     # Parking and redrive while Sentry does not answer (blametrail_enricher.parking).
