@@ -6,6 +6,7 @@ also when the fold bound is reached and when Postgres refuses a folded row."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +41,8 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection
+from blametrail_replay import bulk
+from blametrail_replay.fold import Batch
 from blametrail_replay.rebuild import CHECKSUM_KEYS, RebuildSummary, rebuild_projection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -377,3 +380,41 @@ async def test_an_incident_on_two_partitions_is_rebuilt_the_live_way(
         log.append((topic, keys[first + i], value))
     summary = await _compare(kafka_settings, infra, [*_fixed_log(), *log], fold_workers=2)
     assert "FoldedDuplicate" in summary.fallback
+
+
+# -- the fold pool -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "falls_back"),
+    [
+        (psycopg.DataError("a streamed row refused (the test's)"), True),  # as a refused row
+        (psycopg.OperationalError("the connection dropped (the test's)"), False),  # raised
+    ],
+)
+async def test_a_failing_sink_fails_the_fold_pool_instead_of_waiting_on_it(
+    kafka_settings: KafkaSettings,
+    infra: Infra,
+    monkeypatch: pytest.MonkeyPatch,
+    error: psycopg.Error,
+    falls_back: bool,
+) -> None:
+    """The streamed COPY fails at its first write: the readers of 1 worker soon hold all the
+    room of unwritten batches, and the rebuild must not wait on them (many batches of 7)."""
+
+    async def write(self: bulk.BulkSink, batch: Batch) -> None:
+        raise type(error)(*error.args)  # a new one: the test's own would keep its task alive
+
+    monkeypatch.setattr(bulk.BulkSink, "write", write)
+    unretrieved: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
+    log = [*_fixed_log(), *(record(audit(i), 300 + i) for i in range(60))]
+    if falls_back:
+        summary = await asyncio.wait_for(_compare(kafka_settings, infra, log, fold_workers=1), 120)
+        assert "Postgres refused a folded row (DataError" in summary.fallback
+        assert summary.folded == 0
+    else:
+        with pytest.raises(psycopg.OperationalError, match="dropped"):
+            await asyncio.wait_for(_compare(kafka_settings, infra, log, fold_workers=1), 120)
+    gc.collect()  # a task whose exception nobody read says so when collected
+    assert unretrieved == []

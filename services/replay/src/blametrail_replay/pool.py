@@ -147,6 +147,12 @@ class FoldPool:
         """A batch taken from :attr:`results` is written: room for the next."""
         self._room.release()
 
+    def abort(self, exc: BaseException) -> None:
+        """Fail the pool from outside (the writing of its batches failed): whatever waits on it
+        (:meth:`add`, :meth:`drain`, :meth:`rows`) raises ``exc`` (or an earlier failure)."""
+        for i in range(self._n):
+            self._fail(i, ("error", exc))
+
     def _fail(self, i: int, message: tuple[str, BaseException]) -> None:
         self._failed = self._failed or message[1]
         self.results.put_nowait(message[1])
@@ -196,9 +202,12 @@ class FoldPool:
         return self._n
 
     async def close(self) -> None:
-        """Stop the workers (killed if not done) and their readers."""
+        """Stop the workers (killed if not done, or at once if the pool failed: one may wait on
+        a full pipe) and their readers."""
         for proc in self._procs:
-            if proc.returncode is None and proc.stdin is not None:
+            if proc.returncode is None and self._failed is not None:
+                proc.kill()
+            elif proc.returncode is None and proc.stdin is not None:
                 proc.stdin.close()
         for proc in self._procs:
             try:

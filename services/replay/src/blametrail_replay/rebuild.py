@@ -285,12 +285,18 @@ async def _fold_in(
     comes back (by a task of its own, so reading goes on meanwhile)."""
 
     async def stream() -> None:
-        while (item := await pool.results.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            await sink.write(item)
-            pool.written()
-            _written(run, item)
+        try:
+            while (item := await pool.results.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                await sink.write(item)
+                pool.written()
+                _written(run, item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the sink failed: add and drain raise it, never wait on
+            pool.abort(exc)
+            raise
 
     streaming = asyncio.create_task(stream())
     try:
