@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -43,6 +45,7 @@ from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_replay import bulk
 from blametrail_replay.fold import Batch
+from blametrail_replay.pool import FoldPool, Record, WorkerFailed
 from blametrail_replay.rebuild import CHECKSUM_KEYS, RebuildSummary, rebuild_projection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -418,3 +421,55 @@ async def test_a_failing_sink_fails_the_fold_pool_instead_of_waiting_on_it(
             await asyncio.wait_for(_compare(kafka_settings, infra, log, fold_workers=1), 120)
     gc.collect()  # a task whose exception nobody read says so when collected
     assert unretrieved == []
+
+
+_ELSEWHERE = """
+class Elsewhere(Exception):
+    pass
+
+
+class TwoArguments(Exception):  # pickles, but unpickles as TwoArguments(message): a TypeError
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+"""
+
+
+class _Raise:
+    """A value that raises ``bt_elsewhere.<name>`` in the worker that unpickles it."""
+
+    def __init__(self, name: str, args: str) -> None:
+        self.code = f"import bt_elsewhere; raise bt_elsewhere.{name}({args})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (self.code,))
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "here", "expected"),
+    [
+        ("Elsewhere", "", False, "ModuleNotFoundError"),  # a frame this process cannot read
+        ("TwoArguments", "1, 2", True, "TwoArguments"),  # an error that does not unpickle
+    ],
+)
+async def test_a_worker_error_that_cannot_be_read_here_fails_the_pool(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    args: str,
+    here: bool,
+    expected: str,
+) -> None:
+    (tmp_path / "bt_elsewhere.py").write_text(_ELSEWHERE)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *([path] if path else [])]))
+    if here:
+        monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "bt_elsewhere", raising=False)
+    pool = FoldPool(1, [("incident-events", 0)])
+    try:
+        await pool.start()
+        await pool.add([Record("incident-events", 0, 0, _Raise(name, args))])  # type: ignore[arg-type]
+        with pytest.raises(WorkerFailed, match=expected):
+            await asyncio.wait_for(pool.drain(), 30)
+    finally:
+        await pool.close()

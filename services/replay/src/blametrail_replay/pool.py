@@ -128,6 +128,12 @@ class FoldPool:
                 code = await self._procs[i].wait()
                 self._fail(i, ("error", WorkerFailed(f"fold worker {i} ended (exit {code})")))
                 return
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a frame that does not unpickle here, memory, ...
+                failure = WorkerFailed(f"fold worker {i}: a frame not read: {exc!r}")
+                self._fail(i, ("error", failure))
+                return
             kind = message[0]
             if kind == "batch":
                 await self._room.acquire()
@@ -285,9 +291,13 @@ def main() -> None:
         _serve(inp, out)
     except BaseException as exc:  # told to the rebuild, which raises it
         try:
-            pickle.dumps(exc)
-        except Exception:  # an exception that cannot be pickled: its text
-            exc = WorkerFailed(f"{type(exc).__name__}: {exc}")
+            pickle.loads(pickle.dumps(exc))  # noqa: S301 (our own)
+        except BaseException:  # an exception that cannot be pickled, or unpickled: its text
+            # in a WorkerFailed of the module by its name (this one runs as ``__main__``, whose
+            # WorkerFailed the rebuild could not unpickle)
+            from blametrail_replay.pool import WorkerFailed as Failed
+
+            exc = Failed(repr(exc))
         _put(out, ("error", exc))
     finally:
         out.close()
