@@ -42,10 +42,11 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
+from blametrail_devstack.testkit import until
 from blametrail_projector.projection import PROJECTED_TOPICS, Projection
 from blametrail_replay import bulk
 from blametrail_replay.fold import Batch
-from blametrail_replay.pool import FoldPool, Record, WorkerFailed
+from blametrail_replay.pool import FOLDED, FoldPool, Record, WorkerFailed
 from blametrail_replay.rebuild import CHECKSUM_KEYS, RebuildSummary, rebuild_projection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -471,5 +472,33 @@ async def test_a_worker_error_that_cannot_be_read_here_fails_the_pool(
         await pool.add([Record("incident-events", 0, 0, _Raise(name, args))])  # type: ignore[arg-type]
         with pytest.raises(WorkerFailed, match=expected):
             await asyncio.wait_for(pool.drain(), 30)
+    finally:
+        await pool.close()
+
+
+async def test_a_workers_folded_rows_wait_in_its_pipe_until_read() -> None:
+    """After ``end`` a worker's reader holds a few messages, not all it is sent; all arrive."""
+    payloads = [incident_event("opened", 0, 0), enriched(0, 1, "e"), suspects(0, 1)]
+    records = [Record("incident-events", 0, i, record(p, i)[2]) for i, p in enumerate(payloads)]
+    pool = FoldPool(1, [("incident-events", 0)])
+    try:
+        await pool.start()
+        await pool.add(records)
+        await asyncio.wait_for(pool.drain(), 30)
+        await pool.end()
+        ends = pool._ends[0]  # 7 messages: rows of each table, each table's end, then done
+
+        async def full() -> bool:
+            return ends.full()
+
+        await until("the worker's reader to hold its few messages", full, 30, every_s=0.01)
+        texts = {}
+        for table in FOLDED:
+            texts[table] = b""
+            async for chunk in pool.rows(0, table):
+                assert ends.qsize() <= 4
+                texts[table] += chunk
+        assert await pool.links(0) == []
+        assert all(_incident_id(0).encode() in texts[table] for table in FOLDED)
     finally:
         await pool.close()

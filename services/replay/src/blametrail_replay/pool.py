@@ -34,7 +34,11 @@ __all__ = ["FOLDED", "FoldPool", "WorkerFailed", "peak_rss_mb"]
 FOLDED = ("incidents", "incident_enrichments", "incident_suspects")
 _LENGTH = struct.Struct("<Q")
 _CHUNK = 1024 * 1024
-_LIMIT = 64 * 1024 * 1024  # a reader's buffer: one frame is read at once
+# The asyncio reader of a worker's stdout stops reading the pipe once it holds twice this, so
+# a worker not read waits on its pipe (a larger frame is still read whole: ``readexactly``
+# reads on until it has it; it does not bound a frame).
+_LIMIT = 4 * _CHUNK
+_ENDS = 4  # folded COPY text chunks (of about _CHUNK) a worker's reader holds for the rebuild
 
 
 class WorkerFailed(RuntimeError):
@@ -68,7 +72,8 @@ class FoldPool:
         self._readers: list[asyncio.Task[None]] = []
         self._pending = [0] * workers
         self._idle = [asyncio.Event() for _ in range(workers)]
-        self._ends: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in range(workers)]
+        # what comes back after ``end``, a few chunks a worker: the rest waits in its pipe
+        self._ends: list[asyncio.Queue[Any]] = [asyncio.Queue(_ENDS) for _ in range(workers)]
         self.rss_mb: list[float] = []
 
     async def start(self) -> None:
@@ -162,7 +167,10 @@ class FoldPool:
     def _fail(self, i: int, message: tuple[str, BaseException]) -> None:
         self._failed = self._failed or message[1]
         self.results.put_nowait(message[1])
-        self._ends[i].put_nowait(message)
+        ends = self._ends[i]
+        while not ends.empty():  # rows queued before the failure are of no use now
+            ends.get_nowait()
+        ends.put_nowait(message)
         for event in self._idle:
             event.set()
 

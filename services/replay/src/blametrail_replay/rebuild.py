@@ -325,7 +325,8 @@ async def _copy_from(pool: FoldPool, dsn: str, conn: psycopg.AsyncConnection[Any
             await bulk.copy_chunks(db, table, SHADOW, pool.rows(worker, table))
         return 0
 
-    # every worker's rows read at once: a worker not read would wait on its pipe
+    # every worker's rows read at once: a worker whose rows are not read waits on its pipe
+    # (the pool holds a few chunks a worker), so one read after another would wait in turn
     jobs = [functools.partial(one, i) for i in range(pool.workers)]
     await bulk.in_parallel(dsn, jobs, pool.workers)
     links = [link for i in range(pool.workers) for link in await pool.links(i)]
