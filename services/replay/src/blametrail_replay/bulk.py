@@ -112,9 +112,9 @@ class BulkSink:
 
     Writes are queued, a few batches deep (:data:`_QUEUED`), and sent by a task per table, so
     decoding goes on while Postgres parses, and what waits for Postgres stays bounded (psycopg's
-    own queued writer holds up to 1,024 chunks of 128 KB a table: 256 MB). The ``COPY`` ends,
-    and its rows become visible, at :meth:`close`; an error of Postgres surfaces there (or at a
-    later write) as a ``psycopg.Error``.
+    own queued writer holds up to 1,024 chunks of 128 KB a table: 128 MB each, 256 MB for the
+    two). The ``COPY`` ends, and its rows become visible, at :meth:`close`; an error of Postgres
+    surfaces there (or at a later write) as a ``psycopg.Error``.
     """
 
     def __init__(self, dsn: str, prefix: str) -> None:

@@ -42,7 +42,9 @@ _ENDS = 4  # folded COPY text chunks (of about _CHUNK) a worker's reader holds f
 
 
 class WorkerFailed(RuntimeError):
-    """A fold worker ended or failed without saying why in a frame."""
+    """A fold worker ended or failed without saying why in a frame (killed, out of memory),
+    or sent a frame the rebuild cannot read. Not a refused row: the rebuild raises it (the live
+    tables are left as they were) rather than going the live way."""
 
 
 class Record(NamedTuple):

@@ -69,7 +69,9 @@ CHECKSUM_KEYS = {
 }
 Report = Callable[[int, int], None]  # (records applied so far, records to apply known so far)
 # Postgres refusing a value of a row (the live projection dead-letters such a record)
-# (or a value the fold cannot hold, or a key folded in two groups of partitions: the same way)
+# (or a value the fold cannot hold, or a key folded in two groups of partitions: the same way).
+# A fold worker that dies (``pool.WorkerFailed``: killed, out of memory) is not a refused row:
+# the rebuild raises it, the live tables untouched (fewer workers or a lower fold bound help).
 _REFUSED = (psycopg.DataError, psycopg.IntegrityError, Unfoldable)
 
 
@@ -313,7 +315,7 @@ async def _fold_in(
         pool.results.put_nowait(None)
         await streaming
     finally:
-        streaming.cancel()
+        streaming.cancel()  # done or not: its exception counts as retrieved (raised here)
 
 
 async def _copy_from(pool: FoldPool, dsn: str, conn: psycopg.AsyncConnection[Any]) -> None:
