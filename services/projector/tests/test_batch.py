@@ -293,12 +293,20 @@ async def test_a_batch_leaves_the_tables_its_records_leave_one_by_one(db: str, s
         assert refused >= 1  # the log holds poison: it is refused, the rest applied
         assert expected["incidents"]
         assert expected["incident_timeline"]
-        for chunk, decode_slice in ((1000, 50), (7, 3), (1, 1)):
+        # one by one took ``Merge.insert``; staged (``values_max=0``) and inserted alike
+        for chunk, decode_slice, values_max in (
+            (1000, 50, 0),
+            (1000, 50, 300),
+            (7, 3, 0),
+            (1, 1, 0),
+        ):
             await _empty(conn)
-            projection = Projection(None, chunk=chunk, decode_slice=decode_slice)
+            projection = Projection(
+                None, chunk=chunk, decode_slice=decode_slice, values_max=values_max
+            )
             await projection.apply(conn, records)
             await conn.commit()
-            assert await _tables(conn) == expected, (chunk, decode_slice)
+            assert await _tables(conn) == expected, (chunk, decode_slice, values_max)
             assert projection.refused == refused
             await projection.apply(conn, records)  # the whole batch redelivered
             await conn.commit()

