@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import psycopg
 import pytest
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
+from blametrail_common.kafka.admin import admin_client, committed_offsets
 from blametrail_common.kafka.pgsink import load_offsets, run_into_postgres
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
@@ -93,3 +94,11 @@ async def test_crash_mid_batch_then_restart_applies_every_record_exactly_once(
         await async_conn.close()
     assert rows == [(f"{tag}{i:02d}", f"v{i}") for i in range(40)]
     assert sum(stored.values()) >= 40
+    # the mirror in Kafka (for lag tooling), committed at most every second, is whole at the stop
+    admin = admin_client(kafka_settings)
+    await admin.start()
+    try:
+        mirrored = await committed_offsets(admin, group)
+    finally:
+        await admin.close()
+    assert {tp: o.offset for tp, o in mirrored.items() if o.offset >= 0} == stored

@@ -4,7 +4,9 @@
 poll batch is applied and its next offsets are upserted into ``consumer_offsets`` in the same
 transaction, and on every partition assignment the stored offsets are read again
 (Postgres is the truth: records below the stored offset are skipped, and a consumer positioned
-past it is rewound; the offsets also committed to Kafka afterwards only feed lag tooling).
+past it is rewound; the offsets also committed to Kafka afterwards, at most every
+``mirror_s``, only feed lag tooling: a commit request a batch is load on the broker that a storm
+of small batches feels).
 A crash anywhere before the commit rolls the batch back; the restart re-reads it.
 
 :func:`project_into_postgres` is the long-running form: it builds the consumer itself and, when
@@ -84,6 +86,7 @@ async def run_into_postgres(
     max_records: int | None = 2000,
     probe_s: float = 5.0,
     gather_ms: int = 0,
+    mirror_s: float = 1.0,
 ) -> None:
     """Subscribe ``consumer`` (started, ``enable_auto_commit=False``) to broker-side ``topics`` and
     apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and
@@ -93,46 +96,54 @@ async def run_into_postgres(
     consumer.subscribe(list(topics), listener=_Forget(known))
     watch = KafkaWatch(consumer)
     clock = asyncio.get_running_loop().time
+    unmirrored: dict[TopicPartition, int] = {}  # next offsets committed to Postgres only
+    mirrored = clock()
     async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
         DEPENDENCIES.up(POSTGRES)
         checked = clock()
-        while not stop.is_set():
-            polled = await poll_batch(
-                consumer, timeout_ms=timeout_ms, max_records=max_records, gather_ms=gather_ms
-            )
-            await watch.polled(any(polled.values()))
-            if not polled and clock() - checked >= probe_s:
-                await conn.execute("SELECT 1")  # raises while the server is away
-                await conn.commit()
+        try:
+            while not stop.is_set():
+                if unmirrored and clock() - mirrored >= mirror_s:
+                    await _commit_to_kafka(consumer, unmirrored)
+                    unmirrored, mirrored = {}, clock()
+                polled = await poll_batch(
+                    consumer, timeout_ms=timeout_ms, max_records=max_records, gather_ms=gather_ms
+                )
+                await watch.polled(any(polled.values()))
+                if not polled and clock() - checked >= probe_s:
+                    await conn.execute("SELECT 1")  # raises while the server is away
+                    await conn.commit()
+                    checked = clock()
+                if any(tp not in known for tp in polled):
+                    stored = await load_offsets(conn, group_id)
+                    await conn.commit()
+                    for tp in polled:
+                        known.setdefault(tp, stored.get(tp, 0))
+                batches = {}
+                for tp, recs in polled.items():
+                    admitted = await _admit(consumer, tp, recs, known[tp])
+                    if admitted:
+                        batches[tp] = admitted
+                if not batches:
+                    continue
+                records = [r for recs in batches.values() for r in recs]
+                async with conn.transaction():
+                    await apply(conn, records)
+                    async with conn.cursor() as cur:
+                        await cur.executemany(
+                            _UPSERT,
+                            [
+                                (group_id, tp.topic, tp.partition, recs[-1].offset + 1)
+                                for tp, recs in batches.items()
+                            ],
+                        )
+                DEPENDENCIES.up(POSTGRES)
                 checked = clock()
-            if any(tp not in known for tp in polled):
-                stored = await load_offsets(conn, group_id)
-                await conn.commit()
-                for tp in polled:
-                    known.setdefault(tp, stored.get(tp, 0))
-            batches = {}
-            for tp, recs in polled.items():
-                admitted = await _admit(consumer, tp, recs, known[tp])
-                if admitted:
-                    batches[tp] = admitted
-            if not batches:
-                continue
-            records = [r for recs in batches.values() for r in recs]
-            async with conn.transaction():
-                await apply(conn, records)
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        _UPSERT,
-                        [
-                            (group_id, tp.topic, tp.partition, recs[-1].offset + 1)
-                            for tp, recs in batches.items()
-                        ],
-                    )
-            DEPENDENCIES.up(POSTGRES)
-            checked = clock()
-            for tp, recs in batches.items():
-                known[tp] = recs[-1].offset + 1
-            await _commit_to_kafka(consumer, batches)
+                for tp, recs in batches.items():
+                    known[tp] = unmirrored[tp] = recs[-1].offset + 1
+        finally:  # also after a failure: what Postgres holds, the lag tooling shows
+            if unmirrored:
+                await _commit_to_kafka(consumer, unmirrored)
 
 
 async def project_into_postgres(
@@ -186,12 +197,11 @@ async def _admit(
     return [r for r in records if r.offset >= next_offset]
 
 
-async def _commit_to_kafka(
-    consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-) -> None:
+async def _commit_to_kafka(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    mine = consumer.assignment()  # a partition handed to another member is its to mirror now
     try:
         await consumer.commit(
-            {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
+            {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in mine}
         )
     except Exception as exc:  # Postgres holds the truth; a failed mirror only delays lag metrics
         log.warning("kafka offset mirror failed", extra={"error": type(exc).__name__})
