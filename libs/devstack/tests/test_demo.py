@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.testing import signed_fixture
@@ -145,3 +146,27 @@ async def test_the_demo_installation_is_real_to_the_stand_in() -> None:
         assert [e["issueId"] for e in listed] == ["5912345678"]
     body = json.loads(signed_fixture(demo.DEMO_FIXTURE)[0])
     assert body["installation"]["uuid"] == demo.DEMO_INSTALLATION  # what its webhooks name
+
+
+def _api(status: int) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/integrations/sentry/connections"
+        assert request.headers["Authorization"] == "Bearer recorded-key"
+        return httpx.Response(status, json=[] if status == 200 else {"detail": "x"})
+
+    return httpx.MockTransport(answer)
+
+
+RECORDED = {"BLAMETRAIL_DEMO_API_KEY": "recorded-key", "BLAMETRAIL_API_URL": "http://api"}
+
+
+def test_a_recorded_tenant_the_api_knows_is_kept() -> None:
+    assert demo.seed(RECORDED, transport=_api(200)) == {}
+
+
+def test_a_recorded_key_the_api_refuses_means_a_fresh_database_and_a_new_seed() -> None:
+    """``.local/stack`` deleted, ``.local/stack.env`` kept: the recorded key names a tenant the new
+    database never had; the demo ended with "unknown connection" instead of seeding again."""
+    assert demo._known(RECORDED, _api(401)) is False
+    with pytest.raises(RuntimeError, match="500"):  # an API that fails is said, not re-seeded over
+        demo._known(RECORDED, _api(500))

@@ -88,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_env(Path(args.env_file), start_all())
     elif args.command == "demo":
         env = {**read_env(Path(args.env_file))}
-        write_env(Path(args.env_file), demo.seed(env))
+        seeded = demo.seed(env)
+        write_env(Path(args.env_file), seeded)
+        if seeded:  # a new tenant: a sign-in recorded for a forgotten one is no use
+            (local_dir() / "demo-credentials").unlink(missing_ok=True)
         env = read_env(Path(args.env_file))
         demo.ensure_admin(env, local_dir() / "demo-credentials")
         try:

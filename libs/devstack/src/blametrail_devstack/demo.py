@@ -36,9 +36,11 @@ DEMO_FIXTURE = "issue.created"
 DEMO_INSTALLATION = "7d1f2c3a-9b8e-4f6d-a1c2-3e4f5a6b7c8d"
 
 
-def seed(env: dict[str, str]) -> dict[str, str]:
-    """Create the demo tenant unless ``env`` already names one; returns variables to record."""
-    if env.get("BLAMETRAIL_DEMO_API_KEY"):
+def seed(env: dict[str, str], transport: httpx.BaseTransport | None = None) -> dict[str, str]:
+    """Create the demo tenant unless ``env`` already names one the API still knows; returns
+    variables to record. A recorded key the API refuses (401) is what a database made afresh
+    (``.local/stack`` deleted, ``.local/stack.env`` kept) leaves: the tenant is seeded again."""
+    if env.get("BLAMETRAIL_DEMO_API_KEY") and _known(env, transport):
         return {}
     key = subprocess.run(
         [sys.executable, "-m", "blametrail_common.cli", "apikey", "create", "--org", DEMO_ORG],
@@ -80,6 +82,18 @@ def seed(env: dict[str, str]) -> dict[str, str]:
         "BLAMETRAIL_DEMO_WEBHOOK_URL": conn["webhook_url"],
         "BLAMETRAIL_DEMO_CLIENT_SECRET": CLIENT_SECRET,
     }
+
+
+def _known(env: dict[str, str], transport: httpx.BaseTransport | None) -> bool:
+    auth = {"Authorization": f"Bearer {env['BLAMETRAIL_DEMO_API_KEY']}"}
+    with httpx.Client(
+        base_url=env["BLAMETRAIL_API_URL"], headers=auth, timeout=10, transport=transport
+    ) as api:
+        resp = api.get("/api/v1/integrations/sentry/connections")
+    if resp.status_code == 401:
+        return False
+    _ok(resp)
+    return True
 
 
 # The fixture issue was first seen at 2026-03-14T09:26:53Z, in release checkout-api@2.14.0, with
