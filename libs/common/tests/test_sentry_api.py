@@ -132,6 +132,24 @@ async def test_401_and_404_are_permanent_and_typed(make_api: MakeApi) -> None:
             await api.issue_tags(SentryCredentials(url, "acme", "expired"), "1")
 
 
+async def test_an_answer_past_the_size_bound_is_refused_unread_and_not_retried(
+    make_api: MakeApi,
+) -> None:
+    """A faulty or hostile server's endless answer is not held in memory: the read stops at
+    ``max_response_bytes`` and the call fails for good (retrying would read it again)."""
+    state = StubState()
+    state.faults.append(Fault("tags", "huge", count=5, size_bytes=3 * 1024 * 1024))
+    async with serve(state) as url:
+        policy = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_response_bytes=1024 * 1024)
+        api, creds = await _api_and_creds(state, url, make_api, policy)
+        with pytest.raises(SentryApiError, match="over 1048576 bytes") as raised:
+            await api.issue_tags(creds, "1")
+        assert not is_transient(raised.value)
+        assert [r["route"] for r in state.requests] == ["tags"]
+        state.faults.clear()
+        assert await api.issue_tags(creds, "1")  # an answer within the bound reads as before
+
+
 async def test_403_is_an_answer_not_an_outage_and_is_not_retried(make_api: MakeApi) -> None:
     state = StubState()
     async with serve(state) as url:

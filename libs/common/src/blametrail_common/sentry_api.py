@@ -10,7 +10,7 @@ pooled connection on each call, so its cost grows with the pool).
 Contract of every call: returns the decoded JSON, or raises one of
 :class:`TokenRejected` (401: ask the token owner for a refresh), :class:`NotFound` (404: the
 issue is gone; permanent), :class:`SentryApiError` itself (403 and other 4xx: Sentry answered
-no; permanent) or :class:`GaveUp` (retries exhausted on 5xx/timeouts/429s: Sentry did not
+no; an answer over ``RetryPolicy.max_response_bytes``, read no further: permanent) or :class:`GaveUp` (retries exhausted on 5xx/timeouts/429s: Sentry did not
 answer; the only *transient* outcome, see :func:`is_transient`).
 
 The budget (:class:`Budget`, one per organization and endpoint, as Sentry counts them): Sentry
@@ -37,7 +37,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -105,6 +105,9 @@ class RetryPolicy:
     concurrency_per_org: int = 4
     """Calls in flight per organization and endpoint before Sentry named its concurrent limit
     (then :class:`Budget` adapts up to that limit)."""
+    max_response_bytes: int = 16 * 1024 * 1024
+    """An answer's body is read up to this (an event with every frame's context and 100
+    breadcrumbs is well under 1 MB): a larger one is refused, not held in memory."""
 
 
 class SentryApi(Protocol):
@@ -390,6 +393,16 @@ class _BudgetedSentryApi(Generic[ClientT]):
         """One request and its answer, or why none came (a timeout, the connection lost)."""
         raise NotImplementedError
 
+    async def _bounded(self, method: str, path: str, chunks: AsyncIterator[bytes]) -> bytes:
+        """An answer's body, read up to ``max_response_bytes``: past that a permanent error."""
+        limit, parts, size = self.policy.max_response_bytes, [], 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise SentryApiError(f"{method} {path}: an answer over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
 
 class HttpxSentryApi(_BudgetedSentryApi[httpx.AsyncClient]):
     """:class:`SentryApi` over an ``httpx.AsyncClient``."""
@@ -398,18 +411,19 @@ class HttpxSentryApi(_BudgetedSentryApi[httpx.AsyncClient]):
         self, method: str, base_url: str, path: str, token: str, body: Any
     ) -> _Sent | _Retry:
         try:
-            resp = await self.client.request(
+            async with self.client.stream(
                 method,
                 base_url + path,
                 headers={"Authorization": f"Bearer {token}"},
                 json=body,
                 timeout=self.policy.timeout_s,
-            )
+            ) as resp:
+                content = await self._bounded(method, path, resp.aiter_bytes())
         except httpx.TimeoutException:
             return _Retry(f"timeout after {self.policy.timeout_s}s")
         except httpx.TransportError as exc:
             return _Retry(f"transport error {type(exc).__name__}")
-        return resp.status_code, resp.headers, resp.content
+        return resp.status_code, resp.headers, content
 
 
 class AiohttpSentryApi(_BudgetedSentryApi[aiohttp.ClientSession]):
@@ -433,7 +447,8 @@ class AiohttpSentryApi(_BudgetedSentryApi[aiohttp.ClientSession]):
                 timeout=_phase_timeout(self.policy.timeout_s),
                 allow_redirects=False,  # as httpx: a 3xx is an answer to retry, not to follow
             ) as resp:
-                return resp.status, _joined(resp.headers), await resp.read()
+                content = await self._bounded(method, path, resp.content.iter_chunked(1 << 16))
+                return resp.status, _joined(resp.headers), content
         except TimeoutError:  # aiohttp's own timeout errors are TimeoutErrors too
             return _Retry(f"timeout after {self.policy.timeout_s}s")
         except aiohttp.ClientError as exc:

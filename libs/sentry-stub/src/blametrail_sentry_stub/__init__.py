@@ -6,7 +6,7 @@ project's fixtures, checks Bearer tokens, enforces Sentry's two rate limits (req
 window and requests in progress, each per organization and endpoint, with Sentry's
 ``X-Sentry-Rate-Limit-*`` headers on every answer and a 429 naming the limit), and can
 inject faults per route: 429 (no ``Retry-After``, as Sentry), 5xx, slow answers, dropped
-connections and 401s. Control endpoints live under ``/_stub/``.
+connections, 401s and ``"huge"`` answers (a 200 of ``size_bytes``). Control endpoints live under ``/_stub/``.
 
 Two kinds of faults:
 

@@ -105,6 +105,10 @@ async def _apply(fault: Fault) -> Response | None:
         return _DropConnection()
     if fault.kind == "401":
         return JSONResponse({"detail": "Invalid token"}, status_code=401)
+    if fault.kind == "huge":  # a faulty or hostile server: an answer without end, near enough
+        return Response(
+            b'{"pad": "' + b"x" * fault.size_bytes + b'"}', media_type="application/json"
+        )
     if fault.kind == "429":
         return JSONResponse(
             {"detail": "You are attempting to use this endpoint too frequently."},
@@ -356,6 +360,7 @@ def _control_routes(state: StubState) -> list[Route]:
                 body["kind"],
                 int(body.get("count", 1)),
                 float(body.get("delay_s", 0)),
+                size_bytes=int(body.get("size_bytes", 0)),
             )
         )
         return JSONResponse({"queued": len(state.faults)})

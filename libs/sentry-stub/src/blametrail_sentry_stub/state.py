@@ -16,7 +16,7 @@ from blametrail_sentry_stub.issues import IssueStore
 GRANT_LIFE_S = 10 * 60
 TOKEN_LIFE_S = 8 * 60 * 60
 
-FaultKind = Literal["429", "500", "502", "503", "slow", "reset", "lost", "401"]
+FaultKind = Literal["429", "500", "502", "503", "slow", "reset", "lost", "401", "huge"]
 """``reset`` drops the connection before the request is handled; ``lost`` after (the effect
 happened, the answer never arrives)."""
 
@@ -30,6 +30,7 @@ class Fault:
     count: int = 1
     delay_s: float = 0.0
     storm: bool = False  # made by a raging :class:`Storm`, not queued
+    size_bytes: int = 0  # "huge": a 200 whose JSON body is at least this long
 
 
 @dataclass
