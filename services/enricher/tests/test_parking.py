@@ -497,3 +497,79 @@ async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_r
 
 async def _wait_consumed_all(kafka: KafkaSettings, group: str, want: int) -> None:
     await _wait_consumed(kafka, group, want)
+
+
+async def test_the_stand_in_restarting_under_the_running_enricher_loses_no_enrichment(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Sentry's server goes away under the real enricher process (its pooled connections die,
+    then every connect is refused) and a new one comes up on the same address: the incidents
+    seen meanwhile are enriched once it is back, over new connections, with no person, no
+    restart of the enricher and nothing dead-lettered."""
+    n = 8
+    kafka = await _fresh_kafka(kafka_settings)
+    key, port, group = generate_key(), free_port(), f"g-restart-{uuid.uuid4().hex[:6]}"
+    first, token = StubState(), "restart-token"
+    first.add_internal_token("acme", token)
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    url = f"http://127.0.0.1:{port}"
+    await producer.send(
+        "cp-connections",
+        new_event(
+            ConnectionStateV1(
+                connection_id="c",
+                tenant_id="t",
+                mode="internal",
+                enabled=True,
+                sentry_org_slug="acme",
+                api_base_url=url,
+                client_secrets_enc=[],
+                auth_token_enc=SecretBox(key).encrypt(token),
+                updated_at=T0,
+            ),
+            key="c",
+        ),
+    )
+    env_vars = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
+        "BLAMETRAIL_SECRET_KEYS": key,
+        "BLAMETRAIL_LOG_LEVEL": "INFO",
+        "BLAMETRAIL_ENRICHER_PORT": str(free_port()),
+        "BLAMETRAIL_ENRICHER_GROUP": group,
+        "BLAMETRAIL_ENRICHER_MAX_ATTEMPTS": "2",
+        "BLAMETRAIL_ENRICHER_RETRY_BASE_DELAY_S": "0.2",
+        "BLAMETRAIL_ENRICHER_RETRY_MAX_DELAY_S": "1",
+        "BLAMETRAIL_SHUTDOWN_GRACE_S": "5",
+    }
+    log_path = tmp_path / "enricher.log"
+    before = [_event(IncidentOpenedV1, str(700 + i)) for i in range(n)]
+    during = [_event(IncidentOpenedV1, str(800 + i)) for i in range(n)]
+    proc = spawn("blametrail_enricher", env_vars, log_path)
+    try:
+        async with serve(first, port=port):
+            for env in before:
+                await producer.send("incident-events", env)
+            await _until(lambda: _all_enriched(kafka, before), 45, "the first incidents enriched")
+        # the server is gone: its port refuses connections until the new one listens
+        for env in during:
+            await producer.send("incident-events", env)
+        await _wait_consumed(kafka, group, 2 * n)  # seen, and parked for later
+        second = StubState()
+        second.add_internal_token("acme", token)
+        async with serve(second, port=port):
+            await _until(lambda: _all_enriched(kafka, during), 45, "the rest enriched")
+        assert any(r["route"] in SENTRY_ROUTES for r in second.requests)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{log_path.read_text()[-3000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await producer.stop()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    assert await _read_all(kafka, "incident-events-dlq") == []

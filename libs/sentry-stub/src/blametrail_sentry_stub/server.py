@@ -17,6 +17,7 @@ from blametrail_sentry_stub.state import StubState
 async def serve(state: StubState, port: int = 0) -> AsyncIterator[str]:
     """Serve ``state`` over HTTP; yields the base URL (``http://127.0.0.1:PORT``)."""
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same port
     sock.bind(("127.0.0.1", port))
     config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
