@@ -350,3 +350,69 @@ def test_a_deploys_later_state_replaces_it_among_the_candidates() -> None:
         incident(IncidentOpenedV1, "i-1", "checkout-api", at=timedelta(seconds=1), count=2)
     )
     assert (again.payload.candidates, again.payload.suspects) == (0, [])
+
+
+def test_a_warm_up_scores_each_incident_once_and_ends_where_scoring_every_event_ends(
+    monkeypatch: Any,
+) -> None:
+    """``restoring`` (the worker's warm-up after a restart): the same state, the same last
+    ranking of every incident (so the next event publishes exactly what it would have), with
+    one scoring an incident instead of one an event read back."""
+    import blametrail_suspects.state as state_module
+
+    calls = 0
+    real = state_module.score
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(state_module, "score", counted)
+    history: list[Any] = []
+    for n in range(6):
+        i = f"i-{200 + n}"
+        history += [
+            incident(IncidentOpenedV1, i, "checkout-api", at=timedelta(seconds=n)),
+            enriched(i, fetched=timedelta(seconds=n)),
+            incident(IncidentResolvedV1, i, "checkout-api", at=timedelta(minutes=n + 1)),
+        ]
+    history.append(enriched("i-200", fetched=-timedelta(hours=1)))  # an older one: kept out
+    history.append(incident(IncidentOpenedV1, "i-200", "checkout-api", at=-timedelta(hours=1)))
+
+    def fresh() -> SuspectState:
+        s = SuspectState(max_incidents=5)  # i-200 is evicted, then read back again
+        for d in ("d-views", "d-pricing"):
+            s.remember(
+                deploy(
+                    d,
+                    "checkout-api",
+                    finished_before=timedelta(minutes=30),
+                    version="checkout-api@2.13.0" if d == "d-views" else "2.12.0",
+                    paths=[VIEWS if d == "d-views" else PRICING],
+                )
+            )
+        return s
+
+    scored, restored = fresh(), fresh()
+    for p in history:
+        (scored.on_enrichment if isinstance(p, IncidentEnrichedV1) else scored.on_incident)(p)
+    every_event = calls
+    calls = 0
+    with restored.restoring():
+        for p in history:
+            out = (
+                restored.on_enrichment
+                if isinstance(p, IncidentEnrichedV1)
+                else restored.on_incident
+            )(p)
+            # no suspects while restoring (a release import is returned, which the worker drops)
+            assert [e for e in out if not isinstance(e.payload, DeployRecordedV1)] == []
+    assert calls == len(restored.incidents) == 5 < every_event
+    assert list(restored.incidents) == list(scored.incidents)
+    assert {i: (k.last, k.order, k.enrichment) for i, k in restored.incidents.items()} == {
+        i: (k.last, k.order, k.enrichment) for i, k in scored.incidents.items()
+    }
+    assert restored.deploys.keys() == scored.deploys.keys()  # Sentry's releases imported alike
+    nxt = incident(IncidentOpenedV1, "i-205", "checkout-api", at=timedelta(hours=2))
+    assert restored.on_incident(nxt) == scored.on_incident(nxt)

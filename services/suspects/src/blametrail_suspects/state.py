@@ -15,10 +15,11 @@ the event id derives from the incident and that ranking, so a replay gives the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,6 +103,26 @@ class SuspectState:
         # The service the incident's Sentry project is mapped to, when an alert-rule action
         # routed the incident elsewhere: its deploys are candidates too.
         self.mapped_service: Callable[[str, str], str | None] = lambda _conn, _slug: None
+        self._deferred: set[str] | None = None  # incidents to score once ``restoring`` ends
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """A warm-up: the ``on_*`` calls inside take their events into the state and score
+        nothing (they return no suspects; a release import still comes back, the worker drops
+        it: published before the restart); at the end each incident they touched is scored
+        once, for its last ranking (``last``: an unchanged one gets no new event later). Scoring
+        every event as it was read back cost 38 s of CPU at a restart after a storm; the last
+        ranking is the same, as every deploy is loaded before."""
+        self._deferred = set()
+        try:
+            yield
+            touched = self._deferred
+        finally:
+            self._deferred = None
+        for incident_id in touched:
+            known = self.incidents.get(incident_id)
+            if known is not None:  # not evicted since
+                self._score(incident_id, known)
 
     def remember(self, p: DeployRecordedV1) -> Deploy:
         deploy = deploy_of(p)
@@ -212,6 +233,9 @@ class SuspectState:
         return sum(1 for d in deploys if low <= (d.finish_ts or d.start_ts) and d.start_ts <= high)
 
     def _score(self, incident_id: str, known: _Incident) -> list[Envelope[IncidentSuspectsV1]]:
+        if self._deferred is not None:
+            self._deferred.add(incident_id)
+            return []
         event = known.latest
         facts = incident_facts(event, known.enrichment, mapped_from=self._services(event))
         # Ranking does not depend on the order of the deploys (ties go by id).

@@ -25,7 +25,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.structs import TopicPartition
 from blametrail_common.events import DecodeError, Envelope, MappingStateV1, decode, mapping_key
 from blametrail_common.events.deploys import DeployRecordedV1, IncidentSuspectsV1
 from blametrail_common.events.enrichment import IncidentEnrichedV1
@@ -96,21 +97,27 @@ class SuspectsWorker:
             return 0
         reader = create_consumer(kafka, [], None)
         await reader.start()
-        read = 0
         try:
-            reader.assign(list(ends))
-            begins = await reader.beginning_offsets(list(ends))
-            for tp, end in ends.items():
-                reader.seek(tp, max(begins[tp], end - window))
-            while todo := [tp for tp in ends if await reader.position(tp) < ends[tp]]:
-                polled = await reader.getmany(*todo, timeout_ms=1000)
-                for tp, records in polled.items():
-                    for record in records:
-                        if record.offset < ends[tp]:
-                            read += 1
-                            self._feed(record)
+            with self.state.restoring():  # each incident scored once, at the end
+                return await self._read_back(reader, ends, window)
         finally:
             await reader.stop()
+
+    async def _read_back(
+        self, reader: AIOKafkaConsumer, ends: dict[TopicPartition, int], window: int
+    ) -> int:
+        read = 0
+        reader.assign(list(ends))
+        begins = await reader.beginning_offsets(list(ends))
+        for tp, end in ends.items():
+            reader.seek(tp, max(begins[tp], end - window))
+        while todo := [tp for tp in ends if await reader.position(tp) < ends[tp]]:
+            polled = await reader.getmany(*todo, timeout_ms=1000)
+            for tp, records in polled.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        read += 1
+                        self._feed(record)
         return read
 
     def _feed(self, record: ConsumerRecord[bytes, bytes]) -> None:
