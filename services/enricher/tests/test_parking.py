@@ -410,6 +410,45 @@ async def _wait_consumed(kafka: KafkaSettings, group: str, want: int) -> None:
     await _until(done, 20, f"{group} to commit {want} records")
 
 
+async def _send_connection(producer: EventProducer, url: str, key: str, token: str) -> None:
+    """Connection ``c`` (internal, org ``acme``, its token encrypted with ``key``) at ``url``, as
+    the control plane publishes it."""
+    await producer.send(
+        "cp-connections",
+        new_event(
+            ConnectionStateV1(
+                connection_id="c",
+                tenant_id="t",
+                mode="internal",
+                enabled=True,
+                sentry_org_slug="acme",
+                api_base_url=url,
+                client_secrets_enc=[],
+                auth_token_enc=SecretBox(key).encrypt(token),
+                updated_at=T0,
+            ),
+            key="c",
+        ),
+    )
+
+
+def _enricher_env(kafka: KafkaSettings, key: str, group: str) -> dict[str, str]:
+    """The real enricher process's environment: quick retries, then parking."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
+        "BLAMETRAIL_SECRET_KEYS": key,
+        "BLAMETRAIL_LOG_LEVEL": "INFO",
+        "BLAMETRAIL_ENRICHER_PORT": str(free_port()),
+        "BLAMETRAIL_ENRICHER_GROUP": group,
+        "BLAMETRAIL_ENRICHER_MAX_ATTEMPTS": "2",
+        "BLAMETRAIL_ENRICHER_RETRY_BASE_DELAY_S": "0.2",
+        "BLAMETRAIL_ENRICHER_RETRY_MAX_DELAY_S": "1",
+        "BLAMETRAIL_SHUTDOWN_GRACE_S": "5",
+    }
+
+
 async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_recovery(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
@@ -425,23 +464,7 @@ async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_r
     await producer.start()
     async with serve(stub) as url, httpx.AsyncClient(base_url=url) as control:
         token = stub.add_internal_token("acme")
-        await producer.send(
-            "cp-connections",
-            new_event(
-                ConnectionStateV1(
-                    connection_id="c",
-                    tenant_id="t",
-                    mode="internal",
-                    enabled=True,
-                    sentry_org_slug="acme",
-                    api_base_url=url,
-                    client_secrets_enc=[],
-                    auth_token_enc=SecretBox(key).encrypt(token),
-                    updated_at=T0,
-                ),
-                key="c",
-            ),
-        )
+        await _send_connection(producer, url, key, token)
         # The outage, switched on over HTTP as a fault suite would; long enough to outlast us.
         assert (
             await control.post("/_stub/storm", json={"kind": "502", "duration_s": 300})
@@ -449,19 +472,7 @@ async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_r
         events: list[Envelope[Any]] = [_event(IncidentOpenedV1, str(500 + i)) for i in range(n)]
         for env in events:
             await producer.send("incident-events", env)
-        env_vars = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
-            "BLAMETRAIL_SECRET_KEYS": key,
-            "BLAMETRAIL_LOG_LEVEL": "INFO",
-            "BLAMETRAIL_ENRICHER_PORT": str(free_port()),
-            "BLAMETRAIL_ENRICHER_GROUP": group,
-            "BLAMETRAIL_ENRICHER_MAX_ATTEMPTS": "2",
-            "BLAMETRAIL_ENRICHER_RETRY_BASE_DELAY_S": "0.2",
-            "BLAMETRAIL_ENRICHER_RETRY_MAX_DELAY_S": "1",
-            "BLAMETRAIL_SHUTDOWN_GRACE_S": "5",
-        }
+        env_vars = _enricher_env(kafka, key, group)
         log_path = tmp_path / "enricher.log"
 
         def start() -> subprocess.Popen[bytes]:
@@ -514,36 +525,8 @@ async def test_the_stand_in_restarting_under_the_running_enricher_loses_no_enric
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
     url = f"http://127.0.0.1:{port}"
-    await producer.send(
-        "cp-connections",
-        new_event(
-            ConnectionStateV1(
-                connection_id="c",
-                tenant_id="t",
-                mode="internal",
-                enabled=True,
-                sentry_org_slug="acme",
-                api_base_url=url,
-                client_secrets_enc=[],
-                auth_token_enc=SecretBox(key).encrypt(token),
-                updated_at=T0,
-            ),
-            key="c",
-        ),
-    )
-    env_vars = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "BLAMETRAIL_TOPIC_PREFIX": kafka.topic_prefix,
-        "BLAMETRAIL_SECRET_KEYS": key,
-        "BLAMETRAIL_LOG_LEVEL": "INFO",
-        "BLAMETRAIL_ENRICHER_PORT": str(free_port()),
-        "BLAMETRAIL_ENRICHER_GROUP": group,
-        "BLAMETRAIL_ENRICHER_MAX_ATTEMPTS": "2",
-        "BLAMETRAIL_ENRICHER_RETRY_BASE_DELAY_S": "0.2",
-        "BLAMETRAIL_ENRICHER_RETRY_MAX_DELAY_S": "1",
-        "BLAMETRAIL_SHUTDOWN_GRACE_S": "5",
-    }
+    await _send_connection(producer, url, key, token)
+    env_vars = _enricher_env(kafka, key, group)
     log_path = tmp_path / "enricher.log"
     before = [_event(IncidentOpenedV1, str(700 + i)) for i in range(n)]
     during = [_event(IncidentOpenedV1, str(800 + i)) for i in range(n)]
