@@ -271,6 +271,21 @@ def test_nul_and_lone_surrogates_in_sentry_text_still_make_an_encodable_incident
     assert decode(encode(env)).payload.snapshot.title == "Key\x00Err\ufffdor"
 
 
+def test_lone_surrogates_are_scrubbed_however_the_body_holds_them() -> None:
+    # Only bodies that may hold one are scrubbed: an upper-case escape, and a surrogate in the
+    # text itself (the raw envelope's own JSON may carry one) are found as the escape is.
+    fixture = signed_fixture("issue.created")[0]
+    upper = raw("issue.created", body=fixture.replace(b"KeyError", b"Key\\uDBFFError"))
+    lone = raw("issue.created")
+    text = lone.payload.body.replace("KeyError", "Key\ud800Error")
+    lone = lone.model_copy(update={"payload": lone.payload.model_copy(update={"body": text})})
+    for env in (upper, lone):
+        title = only(normalize(env, lookup()), IncidentOpenedV1).payload.snapshot.title
+        assert title == "Key\ufffdError: 'currency'"
+    plain = only(normalize(raw("issue.created"), lookup()), IncidentOpenedV1)
+    assert plain.payload.snapshot.title == "KeyError: 'currency'"
+
+
 def test_event_alert_opens_then_updates_with_the_action_settings() -> None:
     mem = lookup()
     first = only(normalize(raw("event_alert.triggered"), mem), IncidentOpenedV1)
