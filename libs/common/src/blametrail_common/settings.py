@@ -45,6 +45,21 @@ class KafkaSettings(BaseBlametrailSettings):
     for more before it handles them (:func:`~blametrail_common.kafka.consumer.poll_batch`): a
     busy loop pays its per-batch costs (a transaction, a commit) once per gather, not once per
     handful of records. An idle loop still waits in one long poll. 0: handle at once."""
+    fetch_min_bytes: int = Field(
+        default=64 * 1024, ge=1, validation_alias=f"{PREFIX}KAFKA_FETCH_MIN_BYTES"
+    )
+    """How much data a consumer's fetch asks the broker to gather before it answers (waiting
+    ``fetch_max_wait_ms`` at most): under a steady stream each fetch carries many records
+    instead of one or two, so the broker answers far fewer requests and every hop handles
+    bigger batches (bench/normalize at 400 webhooks/s: a bare consume+produce hop 638 -> 204 µs
+    CPU a webhook, the broker 3.2 -> 1.8 ms). 1: answer as soon as anything is there."""
+    fetch_max_wait_ms: int = Field(
+        default=50, ge=0, validation_alias=f"{PREFIX}KAFKA_FETCH_MAX_WAIT_MS"
+    )
+    """How long the broker may hold a fetch for ``fetch_min_bytes``: what a record may wait at
+    each hop for others to join it when the stream is slow (a busy stream fills the fetch
+    first), and how often an idle consumer asks again (was aiokafka's 500: an idle consumer
+    now costs a fetch every 50 ms)."""
     compression: Literal["none", "lz4", "zstd"] = Field(
         default="lz4", validation_alias=f"{PREFIX}KAFKA_COMPRESSION"
     )

@@ -52,7 +52,8 @@ def create_consumer(
 
     ``group_id=None`` makes a group-less reader (e.g. for compacted tables read from the start).
     A group member's partitions wait at most ``BLAMETRAIL_KAFKA_SESSION_TIMEOUT_MS`` for it after
-    it died (heartbeats every third of that).
+    it died (heartbeats every third of that). Each fetch gathers ``BLAMETRAIL_KAFKA_FETCH_MIN_BYTES``
+    at the broker, waiting ``_FETCH_MAX_WAIT_MS`` at most (many records a request, not one).
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -62,6 +63,8 @@ def create_consumer(
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_poll_records": 1000,
+        "fetch_min_bytes": settings.fetch_min_bytes,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(100, settings.session_timeout_ms // 3),
     }
