@@ -30,6 +30,7 @@ from blametrail_normalizer.normalize import normalize
 from blametrail_normalizer.observed import handle_observation
 from blametrail_normalizer.settings import NormalizerSettings
 from blametrail_normalizer.tables import ControlPlaneTables, LruDict, TableLookup
+from blametrail_normalizer.transport import install_transport
 
 __all__ = ["Normalizer", "create_app"]
 
@@ -126,6 +127,7 @@ def create_app(settings: NormalizerSettings, kafka: KafkaSettings) -> Normalizer
         web_enabled=False,
         producer_acks=-1,
     )
+    install_transport(app, kafka)
 
     def external(name: str) -> faust.TopicT:
         spec = get_topic(name)
