@@ -361,7 +361,7 @@ async def bench(
     workdir = Path(tempfile.mkdtemp(prefix="bench-normalize-"))
     old = checkout(before, workdir / "before") if before else None
     runs: list[tuple[str, str, Path | None]] = [
-        *((f"{name}@{before}", name, old) for name in names if old is not None),
+        *((f"{name}@{before[:8]}", name, old) for name in names if old is not None),
         *((name, name, None) for name in names),
     ]
     phases: list[Phase] = []

@@ -16,5 +16,8 @@ async def test_the_worker_consumer_gets_the_kafka_fetch_settings() -> None:
     # The consumer faust builds for the worker (its thread's), before it starts: the settings
     # its fetcher is then built with.
     consumer = app.consumer._thread._create_worker_consumer(app.transport)
-    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (12_345, 77)
-    assert consumer._group_id == app.conf.id  # faust's own settings kept
+    try:
+        assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (12_345, 77)
+        assert consumer._group_id == app.conf.id  # faust's own settings kept
+    finally:
+        await consumer.stop()
