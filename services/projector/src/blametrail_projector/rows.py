@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from blametrail_common.events import DecodeError, decode
 from blametrail_common.events.actions import WriteBackEvent
@@ -105,9 +105,8 @@ def sets_status(event: IncidentEvent) -> bool:
     ``assign`` action) and an absorbed merge carry a status only as seen at some moment (a
     snapshot, possibly stale, or none at all), so they never undo an acknowledge or a resolve:
     their status stands only while the incident has no status change at all."""
-    if isinstance(event, IncidentActionV1):
-        return event.action != "assign"
-    return not isinstance(event, IncidentUpdatedV1 | IncidentAssignedV1 | IncidentAbsorbedV1)
+    by_type = _kind_of(type(event)).sets_status
+    return by_type if by_type is not None else event.action != "assign"  # type: ignore[attr-defined]
 
 
 # A status order below every ``incident_order`` key (they start with a digit): the status of an
@@ -116,17 +115,59 @@ _NO_STATUS_CHANGE = "-"
 
 
 def status_for(event: IncidentEvent) -> str:
+    by_type = _kind_of(type(event)).status
+    if by_type is not None:
+        return by_type
     if isinstance(event, IncidentActionV1):
         return event.status
-    if isinstance(event, IncidentResolvedV1 | IncidentMergedV1):  # merged: closed into another
-        return "resolved"
-    if isinstance(event, IncidentAbsorbedV1):  # took in a merged issue: the status observed
-        return _STATUS_OF_SENTRY.get(event.snapshot.status or "", "open")
-    if isinstance(event, IncidentMutedV1):
-        return "muted"
-    if isinstance(event, IncidentAssignedV1):
-        return _STATUS_OF_SENTRY.get(event.snapshot.status or "", "open")
-    return "open"
+    # absorbed (took in a merged issue) or assigned: the status observed
+    return _STATUS_OF_SENTRY.get(event.snapshot.status or "", "open")
+
+
+class _Kind(NamedTuple):
+    """What the type of an incident event decides alone (None: each event's fields decide)."""
+
+    status: str | None  # ``status_for``
+    sets_status: bool | None  # ``sets_status``
+    sets_assignee: bool | None  # ``_sets_assignee``
+    assigns: bool  # it has an ``assignee`` field
+    moves_links: bool  # an absorbed merge: the merged issue's links move here
+
+
+def _kind(cls: type) -> _Kind:
+    """``cls``'s :class:`_Kind`: the first of these bases it is a subclass of decides."""
+    action = issubclass(cls, IncidentActionV1)
+    if action:
+        status = None  # the status the action leaves
+    elif issubclass(cls, IncidentResolvedV1 | IncidentMergedV1):  # merged: closed into another
+        status = "resolved"
+    elif issubclass(cls, IncidentAbsorbedV1):  # took in a merged issue: the status observed
+        status = None
+    elif issubclass(cls, IncidentMutedV1):
+        status = "muted"
+    elif issubclass(cls, IncidentAssignedV1):  # the status observed
+        status = None
+    else:
+        status = "open"
+    snapshot_only = issubclass(cls, IncidentUpdatedV1 | IncidentAssignedV1 | IncidentAbsorbedV1)
+    assigned = issubclass(cls, IncidentAssignedV1)
+    return _Kind(
+        status=status,
+        sets_status=None if action else not snapshot_only,
+        sets_assignee=True if assigned else None if action else False,
+        assigns=assigned or action,
+        moves_links=issubclass(cls, IncidentAbsorbedV1),
+    )
+
+
+_KINDS: dict[type, _Kind] = {}
+
+
+def _kind_of(cls: type) -> _Kind:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _KINDS[cls] = _kind(cls)
+    return kind
 
 
 def rows_for(records: list[Any]) -> Rows:
@@ -150,13 +191,16 @@ def rows_for(records: list[Any]) -> Rows:
 def _add_incident(out: Rows, env: Any, p: IncidentEvent, record: Any) -> None:
     # one dump of the event: its order's digest and the timeline's payload (``pg_jsonb_model``)
     dumped = p.__pydantic_serializer__.to_json(p)
-    out.incidents.append(_incident(p, dumped))
-    if isinstance(p, IncidentAbsorbedV1):  # the merged issue's links move here
-        out.links.extend(_moved_links(p))
-    if b"\\u0000" in dumped:
-        payload, changed = _safe_model(p)
-    else:
+    # Written, so no string of it holds a lone surrogate (pydantic cannot write one); without a
+    # ``\u0000`` in it, none holds a NUL either: every text of it is storable as it is.
+    clean = b"\\u0000" not in dumped
+    out.incidents.append(_incident(p, dumped, clean))
+    if _kind_of(type(p)).moves_links:  # the merged issue's links move here
+        out.links.extend(_moved_links(p))  # type: ignore[arg-type]
+    if clean:
         payload, changed = EncodedJson(dumped), False
+    else:
+        payload, changed = _safe_model(p)
     out.timeline.append(
         {
             "event_id": env.id,
@@ -274,20 +318,37 @@ def _writeback(env: Any, p: WriteBackEvent, record: Any) -> dict[str, Any]:
 
 
 def _sets_assignee(p: IncidentEvent) -> bool:
-    return isinstance(p, IncidentAssignedV1) or (
-        isinstance(p, IncidentActionV1) and p.action == "assign"
-    )
+    by_type = _kind_of(type(p)).sets_assignee
+    return by_type if by_type is not None else p.action == "assign"  # type: ignore[attr-defined]
 
 
-def _incident(p: IncidentEvent, dumped: bytes | None = None) -> dict[str, Any]:
+def _incident(p: IncidentEvent, dumped: bytes | None = None, clean: bool = False) -> dict[str, Any]:
+    """The incidents row of ``p``. ``dumped``: its ``to_json`` bytes when the caller has them;
+    ``clean``: no text of ``p`` needs ``pgsafe`` (they have no ``\\u0000``, see ``_add_incident``)."""
     s = p.snapshot
-    sentry, _ = _safe_model(p.sentry, exclude_none=True)
+    kind = _kind_of(type(p))
+    title: str | None
+    culprit: str | None
+    if clean:  # what ``_safe_model`` and ``pg_text`` give a model and texts with nothing to replace
+        sentry = EncodedJson(p.sentry.__pydantic_serializer__.to_json(p.sentry, exclude_none=True))
+        title, culprit = s.title, s.culprit
+    else:
+        sentry = _safe_model(p.sentry, exclude_none=True)[0]
+        title, culprit = pg_text(s.title), pg_text(s.culprit)
+    sets_assignee = kind.sets_assignee
+    if sets_assignee is None:
+        sets_assignee = p.action == "assign"  # type: ignore[attr-defined]
     assignee = None
-    sets_assignee = _sets_assignee(p)
-    if isinstance(p, IncidentAssignedV1 | IncidentActionV1) and p.assignee is not None:
-        assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]
-    status = status_for(p)
+    if kind.assigns and p.assignee is not None:  # type: ignore[attr-defined]
+        assignee = _safe_jsonb(p.assignee.model_dump(mode="json"))[0]  # type: ignore[attr-defined]
+    status = kind.status
+    if status is None:
+        status = status_for(p)
+    sets = kind.sets_status
+    if sets is None:
+        sets = p.action != "assign"  # type: ignore[attr-defined]
     order = incident_order(p, dumped)
+    at = p.status_at
     return {
         "incident_id": p.incident_id,
         "tenant_id": p.tenant_id,
@@ -295,19 +356,19 @@ def _incident(p: IncidentEvent, dumped: bytes | None = None) -> dict[str, Any]:
         "source": p.source,
         "status": status,
         "severity": p.severity,
-        "title": pg_text(s.title),
-        "culprit": pg_text(s.culprit),
+        "title": title,
+        "culprit": culprit,
         "assignee": assignee,
         "sets_assignee": sets_assignee,
         "sentry": sentry,
         "first_seen": s.first_seen,
         "last_seen": s.last_seen,
         "event_count": s.count,
-        "opened_at": p.status_at,
-        "resolved_at": p.status_at if status == "resolved" else None,
-        "state_changed_at": p.status_at,
+        "opened_at": at,
+        "resolved_at": at if status == "resolved" else None,
+        "state_changed_at": at,
         "state_order": order,
-        "status_order": order if sets_status(p) else _NO_STATUS_CHANGE + order,
+        "status_order": order if sets else _NO_STATUS_CHANGE + order,
         "assignee_order": order if sets_assignee else None,
     }
 
