@@ -14,7 +14,11 @@ from blametrail_projector.rows import EncodedJson, merge_incident
 from blametrail_replay.fold import (
     COLUMNS,
     Shared,
+    Unfoldable,
     _incident_line_slow,
+    _micros,
+    _time_bytes,
+    _time_text,
     audit_line,
     copy_line,
     fold_incident,
@@ -30,8 +34,16 @@ OPTIONAL = st.one_of(st.none(), TEXT)
 JSON = st.sampled_from(
     [b"{}", b'{"a":"b\\\\c"}', b'{"t":"x\\ty\\nz"}', b'{"u":"\\u00e9"}', b'["\\\\N"]']
 ).map(EncodedJson)
+ZONES = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=11)),
+        timezone(-timedelta(hours=3, seconds=7, microseconds=5)),  # isoformat: -03:00:07.000005
+    ]
+)
 AT = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=ZONES
 ) | st.just(datetime(2026, 3, 14, 9, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))))
 
 
@@ -190,3 +202,16 @@ def test_the_compact_fold_is_the_live_merge(history: list[dict[str, Any]]) -> No
     }
     assert incident_line(state) == copy_line(merged, COLUMNS["incidents"])
     assert _incident_line_slow(state) == incident_line(state)
+
+
+@given(st.datetimes(timezones=ZONES))
+def test_the_fast_time_text_is_isoformat(at: datetime) -> None:
+    """``incident_line``'s times (naive isoformat and the offset's text) are ``isoformat()``,
+    in any zone, at any time a datetime holds; one beyond is Unfoldable both ways."""
+    utc, offset = _micros(at, 0)
+    assert _time_bytes(utc, offset) == _time_text(utc, offset).encode() == at.isoformat().encode()
+    beyond = utc + 10**18 if at.year > 5000 else utc - 10**18
+    with pytest.raises(Unfoldable):
+        _time_text(beyond, offset)
+    with pytest.raises(Unfoldable):
+        _time_bytes(beyond, offset)

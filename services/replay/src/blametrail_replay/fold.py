@@ -246,7 +246,10 @@ _LOW, _HIGH = -(2**63), 2**63 - 1
 _FIRST, _LAST, _OPENED, _RESOLVED, _CHANGED = 0, 2, 4, 6, 8
 _COUNT = 10
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_US = timedelta(microseconds=1)
 _ZONES: dict[int, timezone] = {0: UTC}
+_SUFFIXES: dict[int, bytes] = {0: b"+00:00"}  # an offset's text in isoformat(), by microseconds
 _SHARED_MAX = 100_000  # distinct texts shared at most (beyond it each incident keeps its own)
 
 
@@ -261,10 +264,7 @@ def _micros(value: datetime | None, null: int) -> tuple[int, int]:
     off = value.utcoffset()
     if off is None:  # psycopg sends a naive datetime as timestamp: the session's zone
         raise TypeError("a naive datetime has no single timestamptz")
-    d = value - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds, (
-        off.days * 86_400 + off.seconds
-    ) * 1_000_000 + off.microseconds
+    return (value - _EPOCH) // _US, off // _US  # exact: whole microseconds
 
 
 def _time_text(utc: int, offset: int) -> str:
@@ -280,6 +280,23 @@ def _time_text(utc: int, offset: int) -> str:
         raise Unfoldable(f"time out of range: {utc} us") from exc
 
 
+def _time_bytes(utc: int, offset: int) -> bytes:
+    """``_time_text(utc, offset).encode()``, faster: an aware ``isoformat()`` is the naive one
+    and then its offset's text, which is kept per offset."""
+    if utc in (_LOW, _HIGH):
+        return _NULL
+    suffix = _SUFFIXES.get(offset)
+    if suffix is None:
+        zone = timezone(timedelta(microseconds=offset))
+        suffix = datetime(2000, 1, 1, tzinfo=zone).isoformat()[19:].encode()
+        if len(_SUFFIXES) < 1000:
+            _SUFFIXES[offset] = suffix
+    try:
+        return (_NAIVE_EPOCH + _US * (utc + offset)).isoformat().encode() + suffix
+    except OverflowError as exc:
+        raise Unfoldable(f"time out of range: {utc} us") from exc
+
+
 def _count(value: int | None) -> int:
     if value is None:
         return _LOW
@@ -288,25 +305,21 @@ def _count(value: int | None) -> int:
     return value
 
 
-def _times(row: dict[str, Any]) -> list[int]:
+def _times(row: dict[str, Any]) -> tuple[int, ...]:
+    """The row's times and count as packed (``_PACK``): first_seen, last_seen, opened_at,
+    resolved_at, state_changed_at (the event's own time is most of them: converted once)."""
     changed = row["state_changed_at"]
     at = _micros(changed, _LOW)
-    same = changed is not None  # the event's own time is most of them: converted once
-
-    def time_of(value: datetime | None, null: int) -> tuple[int, int]:
-        return at if same and value is changed else _micros(value, null)
-
-    try:
-        return [
-            *_micros(row["first_seen"], _HIGH),
-            *_micros(row["last_seen"], _LOW),
-            *time_of(row["opened_at"], _HIGH),
-            *time_of(row["resolved_at"], _LOW),
-            *at,
-            _count(row["event_count"]),
-        ]
-    except OverflowError as exc:
-        raise Unfoldable(f"time out of range: {exc}") from exc
+    opened, resolved = row["opened_at"], row["resolved_at"]
+    same = changed is not None
+    return (
+        *_micros(row["first_seen"], _HIGH),
+        *_micros(row["last_seen"], _LOW),
+        *(at if same and opened is changed else _micros(opened, _HIGH)),
+        *(at if same and resolved is changed else _micros(resolved, _LOW)),
+        *at,
+        _count(row["event_count"]),
+    )
 
 
 class Shared(dict[bytes, bytes]):
@@ -331,12 +344,17 @@ def _blob(times: bytes, order: bytes, status_order: bytes, refs: bytes) -> bytes
 
 def _unblob(blob: bytes) -> tuple[tuple[int, ...], bytes, bytes, bytes]:
     """(times and count, state_order, status_order, refs)."""
+    return (_PACK.unpack_from(blob), *_unblob_texts(blob))
+
+
+def _unblob_texts(blob: bytes) -> tuple[bytes, bytes, bytes]:
+    """(state_order, status_order, refs)."""
     n, m = _LENGTHS.unpack_from(blob, _PACK.size)
     at = _PACK.size + _LENGTHS.size
     order = blob[at : at + n]
     if m == _SAME:
-        return _PACK.unpack_from(blob), order, order, blob[at + n :]
-    return _PACK.unpack_from(blob), order, blob[at + n : at + n + m], blob[at + n + m :]
+        return order, order, blob[at + n :]
+    return order, blob[at + n : at + n + m], blob[at + n + m :]
 
 
 def _utf8(text: str) -> bytes:
@@ -388,8 +406,21 @@ def fold_incident(
     if cur is None:
         return _new_incident(row, shared)
     key, blob, head, status, facts, assigned = cur
-    held, order, status_order, refs = _unblob(blob)
-    times, new = list(held), _times(row)
+    (
+        first,
+        first_zone,
+        last,
+        last_zone,
+        opened,
+        opened_zone,
+        resolved,
+        resolved_zone,
+        changed,
+        changed_zone,
+        count,
+    ) = _PACK.unpack_from(blob)
+    order, status_order, refs = _unblob_texts(blob)
+    new = _times(row)
     row_order = _utf8(row["state_order"])
     newer = order < row_order
     if newer:
@@ -398,7 +429,7 @@ def fold_incident(
     if status_order < row_status_order:
         status_order = row_status_order
         status = shared.get_shared(copy_field(row["status"]))
-        times[_RESOLVED : _CHANGED + 2] = new[_RESOLVED : _CHANGED + 2]
+        resolved, resolved_zone, changed, changed_zone = new[_RESOLVED : _CHANGED + 2]
     if row["sets_assignee"] and (
         assigned is None or assigned[1] is None or assigned[1] < row["assignee_order"]
     ):
@@ -406,47 +437,91 @@ def fold_incident(
         assigned = (None if assignee is None else _own(assignee.encoded), row["assignee_order"])
     new_refs = row["sentry"].encoded
     refs = _merge_refs(refs, new_refs) if newer else _merge_refs(new_refs, refs)
-    for at, pick in ((_FIRST, min), (_LAST, max), (_OPENED, min)):
-        if pick(times[at], new[at]) != times[at]:  # the first of equal times stays, as min/max
-            times[at : at + 2] = new[at : at + 2]
-    times[_COUNT] = max(times[_COUNT], new[_COUNT])
-    blob = _blob(_PACK.pack(*times), order, status_order, refs)
-    return (key, blob, head, status, facts, assigned)
+    # NULL is the value that loses (``_PACK``); the first of equal times stays, as min/max
+    if new[_FIRST] < first:
+        first, first_zone = new[_FIRST : _FIRST + 2]
+    if new[_LAST] > last:
+        last, last_zone = new[_LAST : _LAST + 2]
+    if new[_OPENED] < opened:
+        opened, opened_zone = new[_OPENED : _OPENED + 2]
+    times = _PACK.pack(
+        first,
+        first_zone,
+        last,
+        last_zone,
+        opened,
+        opened_zone,
+        resolved,
+        resolved_zone,
+        changed,
+        changed_zone,
+        max(count, new[_COUNT]),
+    )
+    return (key, _blob(times, order, status_order, refs), head, status, facts, assigned)
+
+
+def _plain_ascii(data: bytes) -> bool:
+    """ASCII without a tab, newline, carriage return or backslash (COPY text as it is)."""
+    return (
+        data.isascii()
+        and b"\t" not in data
+        and b"\\" not in data
+        and b"\n" not in data
+        and b"\r" not in data
+    )
 
 
 def incident_line(state: tuple[Any, ...]) -> bytes:
-    t, order_bytes, status_order_bytes, refs = _unblob(state[_BLOB])
-    key = state[_KEY]
-    order = order_bytes.decode("utf-8", "surrogatepass")
-    status_order = status_order_bytes.decode("utf-8", "surrogatepass")
-    assignee, assignee_order = state[_ASSIGNED] or (None, None)
+    key, blob, head, status, facts, assigned = state
+    (
+        first,
+        first_zone,
+        last,
+        last_zone,
+        opened,
+        opened_zone,
+        resolved,
+        resolved_zone,
+        changed,
+        changed_zone,
+        count,
+    ) = _PACK.unpack_from(blob)
+    order, status_order, refs = _unblob_texts(blob)
+    assignee, assignee_order = assigned or (None, None)
     # the orders are incident_order keys (digits, dashes, hex), the id a uuid's text
     if not (
         _plain(key, 0)
-        and _plain(order, 0)
-        and _plain(status_order, 0)
+        and _plain_ascii(order)
+        and (status_order is order or _plain_ascii(status_order))
         and (assignee_order is None or _plain(assignee_order, 0))
     ):
         return _incident_line_slow(state)
-    changed = _time_text(t[_CHANGED], t[_CHANGED + 1])
-    count = t[_COUNT]
-    return b"".join(
+    # in _incident_line_slow's order (an Unfoldable names the first time out of range); the
+    # event's own time is most of them, written once
+    resolved_text = _time_bytes(resolved, resolved_zone)
+    if changed == resolved and changed_zone == resolved_zone:
+        changed_text = resolved_text
+    else:
+        changed_text = _time_bytes(changed, changed_zone)
+    opened_text = changed_text if opened == changed and opened_zone == changed_zone else None
+    return b"\t".join(
         (
             key.encode(),
-            b"\t",
-            state[_HEAD],
-            b"\t",
-            state[_STATUS],
-            b"\t",
-            state[_FACTS],
-            f"\t{_time_text(t[_RESOLVED], t[_RESOLVED + 1])}\t{changed}\t{changed}"
-            f"\t{order}\t".encode(),
-            b"\\N" if assignee is None else _escape(assignee),
-            f"\t{_n(assignee_order)}\t".encode(),
+            head,
+            status,
+            facts,
+            resolved_text,
+            changed_text,
+            changed_text,
+            order,
+            _NULL if assignee is None else _escape(assignee),
+            _NULL if assignee_order is None else assignee_order.encode(),
             _escape(refs),
-            f"\t{_time_text(t[_FIRST], t[_FIRST + 1])}\t{_time_text(t[_LAST], t[_LAST + 1])}"
-            f"\t{_NULL_TEXT if count == _LOW else count}\t{_time_text(t[_OPENED], t[_OPENED + 1])}"
-            f"\t{status_order}\n".encode(),
+            _time_bytes(first, first_zone),
+            _time_bytes(last, last_zone),
+            _NULL if count == _LOW else b"%d" % count,
+            opened_text or _time_bytes(opened, opened_zone),
+            status_order + b"\n",
         )
     )
 
