@@ -21,33 +21,31 @@ import cProfile
 import gc
 import importlib.util
 import pstats
+import sys
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from blametrail_common.events import encode, new_event
-from blametrail_common.events.incidents import (
-    IncidentOpenedV1,
-    IncidentResolvedV1,
-    IssueSnapshot,
-    SentryRef,
-)
 from blametrail_projector.rows import rows_for
 from blametrail_replay.fold import Fold
 
 
-def _replay_bench() -> Any:
-    """``bench/replay/run.py`` (its log's records), by path: every bench's script is ``run``."""
-    path = Path(__file__).resolve().parents[1] / "replay" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_replay_run", path)
+def _bench(name: str) -> Any:
+    """``bench/<name>/run.py`` (its log's records), by path: every bench's script is ``run``,
+    and its folder holds its helpers."""
+    folder = Path(__file__).resolve().parents[1] / name
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_run", folder / "run.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
     return module
 
 
@@ -64,30 +62,13 @@ class Record(NamedTuple):
 
 def pipeline_log(n: int) -> list[Record]:
     """``bench/pipeline``'s events (its ``_event``)."""
-    out = []
-    for i in range(n):
-        opened = i % 4 != 3
-        k = i if opened else i - 7
-        incident_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"bench-pipeline-{k}"))
-        kind = IncidentOpenedV1 if opened else IncidentResolvedV1
-        payload = kind(
-            incident_id=incident_id,
-            tenant_id="t",
-            service_id="svc",
-            source="sentry_issue",
-            severity="sev2",
-            status_at=T0 + timedelta(seconds=i),
-            sentry=SentryRef(connection_id="c", issue_id=str(k), short_id=f"CHECKOUT-{k}"),
-            snapshot=IssueSnapshot(title=f"KeyError: 'price' ({k})", culprit="pricing", count=1),
-        )
-        env = new_event(payload, key=incident_id, tenant="t", occurred_at=payload.status_at)
-        out.append(Record("incident-events", 0, i, encode(env)))
-    return out
+    bench = _bench("pipeline")
+    return [Record("incident-events", 0, i, bench._event(i)[1]) for i in range(n)]
 
 
 def replay_log(n: int) -> list[Record]:
     """``bench/replay``'s log (its ``_record``)."""
-    bench = _replay_bench()
+    bench = _bench("replay")
     incident, audit = bench._templates()
     out = []
     for i in range(n):
