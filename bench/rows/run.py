@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+from blametrail_devstack.bench import BenchResult, write_result
 from blametrail_projector.rows import rows_for
 from blametrail_replay.fold import Fold
 
@@ -140,6 +141,20 @@ def main() -> None:
     print(f"{args.events} events, batches of {BATCH}, min of {args.repeat}, CPU µs per event")
     for name, us in rows.items():
         print(f"  {name:<{width}}  {us:7.2f}")
+    write_result(  # for make bench's summary
+        BenchResult(
+            name="rows",
+            headline="rows_for, CPU µs per incident event (bench/pipeline's log)",
+            value=rows["rows_for (pipeline log)"],
+            baseline_label="orjson.loads + dict of the same bytes",
+            baseline=rows["baseline: orjson.loads + dict (pipeline log)"],
+            goal="",
+            ok=None,
+            unit=" µs",
+            notes=f"the rebuild's Fold.add + lines: {rows['Fold.add + lines (replay log)']:.1f} µs"
+            " an event of bench/replay's log",
+        )
+    )
 
 
 if __name__ == "__main__":
