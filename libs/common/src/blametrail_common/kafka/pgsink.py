@@ -197,11 +197,16 @@ async def _admit(
     return [r for r in records if r.offset >= next_offset]
 
 
-async def _commit_to_kafka(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+async def _commit_to_kafka(
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float = 5.0
+) -> None:
+    """Best effort, bounded: after a failure the broker may be the one away, and aiokafka's
+    commit waits for a coordinator as long as none answers; the loop must start over instead."""
     mine = consumer.assignment()  # a partition handed to another member is its to mirror now
+    owned = {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in mine}
+    if not owned:
+        return
     try:
-        await consumer.commit(
-            {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in mine}
-        )
+        await asyncio.wait_for(consumer.commit(owned), timeout_s)
     except Exception as exc:  # Postgres holds the truth; a failed mirror only delays lag metrics
         log.warning("kafka offset mirror failed", extra={"error": type(exc).__name__})
