@@ -36,7 +36,7 @@ from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCred
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import get_topic, topic_name
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import spawn
+from blametrail_devstack.testkit import spawn, stop_gracefully
 from blametrail_enricher.known import KnownIncidents
 from blametrail_enricher.parking import (
     Parked,
@@ -495,11 +495,7 @@ async def test_parked_enrichments_survive_a_kill_minus_nine_and_complete_after_r
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{log_path.read_text()[-3000:]}") from None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_gracefully(proc)
             await watcher.stop()
         assert proc.returncode == 0, log_path.read_text()[-3000:]
         assert await _read_all(kafka, "incident-events-dlq") == []
@@ -548,11 +544,7 @@ async def test_the_stand_in_restarting_under_the_running_enricher_loses_no_enric
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{log_path.read_text()[-3000:]}") from None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_gracefully(proc)
         await producer.stop()
     assert proc.returncode == 0, log_path.read_text()[-3000:]
     assert await _read_all(kafka, "incident-events-dlq") == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -55,6 +56,16 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def stop_gracefully(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """SIGTERM, ``grace_s`` to drain and exit, then SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def until(
