@@ -27,6 +27,23 @@ def test_apply_on_empty_database_then_rerun_is_a_no_op(empty_db: str) -> None:
         conn.execute("SELECT group_id FROM consumer_offsets").fetchall()
 
 
+def test_the_projections_large_json_is_compressed_with_lz4(empty_db: str) -> None:
+    migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        methods = conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute"
+            " WHERE attrelid::regclass::text IN"
+            " ('incident_enrichments', 'incident_suspects', 'incident_timeline', 'webhook_audit')"
+            " AND atttypid = 'jsonb'::regtype"
+        ).fetchall()
+    assert dict(methods) == {
+        "incident_enrichments.record": "l",
+        "incident_suspects.suspects": "l",
+        "incident_timeline.payload": "l",
+        "webhook_audit.detail": "l",
+    }
+
+
 def test_a_changed_applied_migration_is_refused(empty_db: str) -> None:
     m = Migration(1, "x", "CREATE TABLE t_x (id int);")
     assert migrate(empty_db, [m]) == [m]

@@ -43,7 +43,7 @@ from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.logtools import end_offsets, project_until, table_checksums
 from blametrail_devstack.pytest_plugin import Infra, create_database
 from blametrail_devstack.testkit import until
-from blametrail_projector.projection import PROJECTED_TOPICS, Projection
+from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 from blametrail_replay import bulk
 from blametrail_replay.fold import Batch
 from blametrail_replay.pool import FOLDED, FoldPool, Record, WorkerFailed
@@ -254,6 +254,16 @@ async def _links(dsn: str) -> list[Any]:
         return await cur.fetchall()
 
 
+async def _compression(dsn: str) -> dict[str, str]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute"
+            " WHERE attrelid::regclass::text = ANY(%s) AND attnum > 0 AND NOT attisdropped",
+            (list(TABLES),),
+        )
+        return {name: method for name, method in await cur.fetchall()}
+
+
 async def _compare(
     kafka_settings: KafkaSettings, infra: Infra, log: Log, **options: Any
 ) -> RebuildSummary:
@@ -268,6 +278,7 @@ async def _compare(
     scratch = create_database(infra.server_dsn, f"bt_rbs_{uuid.uuid4().hex[:6]}")
     migrate(live)
     migrate(scratch)
+    compression = await _compression(live)
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
     try:
@@ -288,6 +299,8 @@ async def _compare(
     assert in_place.identical, (in_place.live, in_place.rebuilt)
     assert await table_checksums(live, CHECKSUM_KEYS) == expected
     assert in_place.refused == summary.refused
+    # the swapped-in tables keep the columns' compression (lz4: migration 0037)
+    assert await _compression(live) == await _compression(scratch) == compression
     return summary
 
 
