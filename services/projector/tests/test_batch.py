@@ -362,3 +362,30 @@ async def test_the_bulk_mode_of_a_rebuild_keeps_the_first_of_each_event(db: str)
         await projection.apply(conn, records[half - 5 :])  # overlapping batches: redeliveries
         await conn.commit()
         assert await _tables(conn) == expected
+
+
+@pytest.mark.parametrize("values_max", [0, 300])  # staged, and inserted with its values
+async def test_large_values_are_stored_with_lz4_whichever_way_they_are_written(
+    db: str, values_max: int
+) -> None:
+    """Migrations 0037 and 0038: a staging table (``CREATE TEMP TABLE ... AS``) has no column
+    compression of its own, and a value merged from it keeps the compression it got there."""
+    rng = random.Random(7)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    values = []
+    for incident_id in ids:
+        enriched = other_event(rng, incident_id)
+        while not isinstance(enriched, IncidentEnrichedV1):
+            enriched = other_event(rng, incident_id)
+        big = enriched.model_copy(update={"contexts": {"k": {"v": "compressible " * 400}}})
+        values.append(encode(new_event(big, key=incident_id, tenant="t")))
+    async with await psycopg.AsyncConnection.connect(db) as conn:
+        projection = Projection(None, values_max=values_max)
+        await projection.apply(conn, [record(i, v) for i, v in enumerate(values)])
+        await conn.commit()
+        cur = await conn.execute(
+            "SELECT pg_column_compression(record) FROM incident_enrichments"
+            " WHERE incident_id = ANY(%s::uuid[])",
+            (ids,),
+        )
+        assert [c for (c,) in await cur.fetchall()] == ["lz4"] * 3
