@@ -26,6 +26,31 @@ def test_query_parsing_accepts_sentry_terms_and_refuses_the_rest() -> None:
             parse_query(bad)
 
 
+def test_a_search_by_ids_finds_what_reading_every_issue_finds() -> None:
+    store = IssueStore()
+    for n in range(20):
+        store.create("acme" if n % 4 else "other", "checkout-api", issue_id=str(200 + n))
+    store.set_status("acme", "201", "resolved")
+    store.merge("acme", ["202"], "203")
+    store.delete("acme", "205")
+    store.template = False  # ids never seen stay unknown, as in a scan
+    project = store.get("acme", "201")["project"]["id"]  # type: ignore[index]
+    for text in ("issue.id:[201,202,203,204,205,206,200,999]", "is:unresolved issue.id:[201,203]"):
+        query = parse_query(text)
+        for projects in (None, {project}, {"elsewhere"}):
+            every = [
+                i
+                for (org, _), i in store.issues.items()
+                if org == "acme"
+                and query.matches(i)
+                and (projects is None or i["project"]["id"] in projects)
+            ]
+            every.sort(key=lambda i: (i["firstSeen"], i["id"]), reverse=True)
+            assert store.search("acme", query, projects) == every, (text, projects)
+    found = store.search("acme", parse_query("issue.id:[201,202,203,204,205,206,200,999]"))
+    assert [i["id"] for i in found] == ["206", "203", "201"]  # 200, 204: the other org's
+
+
 def test_store_status_changes_and_merges_follow_redirects() -> None:
     store = IssueStore()
     a = store.create("acme", "checkout-api", issue_id="101")

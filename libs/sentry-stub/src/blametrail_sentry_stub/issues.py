@@ -174,10 +174,18 @@ class IssueStore:
         if self.template and query.ids:
             for issue_id in query.ids:
                 self._resolve(org, issue_id)  # materialize templated ids
+        # an issue is stored under its own id: a search by ids looks them up instead of reading
+        # every issue (the reconciler's sweep pages through every tracked incident by ids, and
+        # after a storm the store holds a hundred thousand issues)
+        candidates = (
+            (self.issues.get((org, i)) for i in query.ids)
+            if query.ids is not None
+            else (issue for (o, _), issue in self.issues.items() if o == org)
+        )
         found = [
             issue
-            for (o, _), issue in self.issues.items()
-            if o == org
+            for issue in candidates
+            if issue is not None
             and query.matches(issue)
             and (projects is None or issue["project"]["id"] in projects)
         ]
