@@ -42,6 +42,24 @@ def test_the_projections_large_json_is_compressed_with_lz4(empty_db: str) -> Non
         "incident_timeline.payload": "l",
         "webhook_audit.detail": "l",
     }
+    with psycopg.connect(empty_db) as conn:  # 0038: the database's default, for staging tables
+        settings = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setrole = 0"
+            " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        assert settings is not None
+        assert "default_toast_compression=lz4" in settings[0]
+
+
+def test_what_a_migration_tells_is_logged_as_a_warning(
+    empty_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    told = Migration(1, "told", "DO $$ BEGIN RAISE NOTICE 'pglz kept: %', 'why'; END $$;")
+    with caplog.at_level("WARNING", logger="blametrail_common.db"):
+        assert migrate(empty_db, [told]) == [told]
+    [record] = [r for r in caplog.records if r.name == "blametrail_common.db"]
+    assert record.__dict__["migration"] == "0001_told"
+    assert record.__dict__["notice"] == "pglz kept: why"
 
 
 def test_a_changed_applied_migration_is_refused(empty_db: str) -> None:

@@ -50,7 +50,8 @@ def test_a_token_is_decrypted_once_until_it_changes() -> None:
     table["c1"] = _state(box, None)
     assert creds.credentials("c1") is None
     assert creds.credentials("unknown") is None
-    table["c1"] = _state(box, "token-3")
-    table["c1"] = table["c1"].model_copy(update={"auth_token_enc": "not a ciphertext"})
-    assert creds.credentials("c1") is None  # undecryptable: no credentials, none remembered
+    table["c1"] = _state(box, "token-3").model_copy(update={"auth_token_enc": "not a cipher"})
+    before = box.decrypted
+    assert creds.credentials("c1") is None  # undecryptable: no credentials, nothing remembered
     assert creds.credentials("c1") is None
+    assert box.decrypted == before + 2

@@ -279,6 +279,7 @@ async def _compare(
     migrate(live)
     migrate(scratch)
     compression = await _compression(live)
+    assert compression["incident_enrichments.record"] == "l"
     producer = EventProducer(create_producer(kafka), kafka)
     await producer.start()
     try:

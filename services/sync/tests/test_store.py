@@ -19,7 +19,7 @@ def _tracked(n: int) -> Tracked:
     return Tracked(str(uuid.uuid4()), "t1", "c1", str(7000 + n), winner)
 
 
-async def test_a_batch_is_saved_in_one_go_and_the_last_row_of_an_incident_wins(
+async def test_a_saved_batch_reads_back_and_the_last_row_of_an_incident_wins(
     database_url: str,
 ) -> None:
     rows = [_tracked(n) for n in range(3)]

@@ -2,12 +2,15 @@
 
 Files live in ``blametrail_common/migrations`` as ``NNNN_name.sql``. Each runs in its own
 transaction under an advisory lock, so concurrent runners are safe and a re-run is a no-op. A
-file whose content changed after it was applied is an error, never silently re-applied.
+file whose content changed after it was applied is an error, never silently re-applied. What a
+migration tells with ``RAISE NOTICE`` (a fallback it took: 0037, 0038) is logged as a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +21,7 @@ __all__ = ["Migration", "MigrationError", "load_migrations", "migrate"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_ID = 0x6274_6D69  # "btmi": any constant shared by all runners
+log = logging.getLogger(__name__)
 
 
 class MigrationError(Exception):
@@ -75,7 +79,12 @@ def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migrati
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(m.sql.encode())
+                    told = functools.partial(_notice, m)
+                    conn.add_notice_handler(told)
+                    try:
+                        conn.execute(m.sql.encode())
+                    finally:
+                        conn.remove_notice_handler(told)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (m.version, m.name, m.checksum),
@@ -84,3 +93,10 @@ def migrate(dsn: str, migrations: list[Migration] | None = None) -> list[Migrati
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now
+
+
+def _notice(m: Migration, diagnostic: psycopg.errors.Diagnostic) -> None:
+    log.warning(
+        "migration notice",
+        extra={"migration": f"{m.version:04d}_{m.name}", "notice": diagnostic.message_primary},
+    )
