@@ -24,6 +24,7 @@ import pickle
 import resource
 import struct
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, BinaryIO, NamedTuple
 
@@ -73,6 +74,9 @@ class FoldPool:
         self._failed: BaseException | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._pending = [0] * workers
+        # records of each batch sent and not back yet, per worker (see :attr:`in_flight`)
+        self._sent: list[deque[int]] = [deque() for _ in range(workers)]
+        self._in_flight = 0
         self._idle = [asyncio.Event() for _ in range(workers)]
         # what comes back after ``end``, a few chunks a worker: the rest waits in its pipe
         self._ends: list[asyncio.Queue[Any]] = [asyncio.Queue(_ENDS) for _ in range(workers)]
@@ -97,6 +101,12 @@ class FoldPool:
         """Distinct keys the workers held at their last batch."""
         return sum(self._keys)
 
+    @property
+    def in_flight(self) -> int:
+        """Records sent and not folded yet: a record holds at most one key, so the workers hold
+        at most :attr:`keys` + this many once they are folded."""
+        return self._in_flight
+
     async def add(self, records: Sequence[Any]) -> None:
         """Send each worker its records; waits while a worker has two batches not folded yet."""
         by_tp: dict[tuple[str, int], tuple[list[int], list[bytes | None]]] = {}
@@ -115,6 +125,9 @@ class FoldPool:
                 continue
             await self._until_below(i, 2)
             self._pending[i] += 1
+            sent = sum(len(offsets) for _, _, offsets, _ in group)
+            self._sent[i].append(sent)
+            self._in_flight += sent
             await self._send(i, ("add", group))
 
     async def _send(self, i: int, message: Any) -> None:
@@ -146,6 +159,7 @@ class FoldPool:
                 await self._room.acquire()
                 self._keys[i] = message[2]
                 self._pending[i] -= 1
+                self._in_flight -= self._sent[i].popleft()
                 self._idle[i].set()
                 self.results.put_nowait(message[1])
             elif kind == "error":

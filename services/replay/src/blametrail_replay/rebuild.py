@@ -311,6 +311,10 @@ async def _fold_in(
                 run.summary.folded += len(records)
                 run.summary.applied += len(records)
             run.progress(targets)
+            if pool.keys + pool.in_flight >= bound:
+                # the records not folded yet may take the fold past the bound: wait for the
+                # workers' count, so the bound holds as in one process (at most a batch past it)
+                await pool.drain()
             if _bounded(run, pool.keys, bound):
                 break
         await pool.drain()
