@@ -4,6 +4,7 @@ event is in the batch (so an old refused write-back is not tried again by later 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from blametrail_common.events.incidents import (
     SentryRef,
 )
 from blametrail_sync.decide import Tracked, decide
-from blametrail_sync.plan import Plan, observe
+from blametrail_sync.plan import Plan, observe, written
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -83,6 +84,34 @@ def test_a_redelivered_winner_is_written_back_again() -> None:
     [d] = decide([(3, event)], known, lambda _: True)
     assert d.plan == Plan("resolved", "action")
     assert d.winner_index == 3
+
+
+def test_the_contesting_change_redelivered_in_a_later_batch_repairs_nothing_more() -> None:
+    """The Sentry change that contested the winner, read again after the repair: the batch after
+    the repair decides nothing (the stored winner already names it)."""
+    reopen = _reopen(T0)
+    [d] = decide(
+        [(0, reopen)],
+        {
+            "i1": Tracked(
+                "i1",
+                "t1",
+                "c1",
+                "42",
+                written(
+                    observe(None, _action(T0 + timedelta(milliseconds=300))),  # type: ignore[arg-type]
+                    "resolved",
+                    T0 + timedelta(milliseconds=500),
+                ),
+            )
+        },
+        lambda _: True,
+    )
+    assert (d.plan, d.winner_index) == (Plan("resolved", "repair"), 0)
+    repaired = replace(
+        d.tracked, winner=written(d.tracked.winner, "resolved", T0 + timedelta(seconds=1))
+    )
+    assert decide([(0, reopen)], {"i1": repaired}, lambda _: True) == []
 
 
 def test_the_connection_setting_and_the_source_are_obeyed() -> None:

@@ -173,3 +173,34 @@ def test_a_later_action_after_a_contest_is_an_action_again() -> None:
     w = observe(w, _sentry_reopen(T0))
     w = observe(w, _action(T0 + timedelta(seconds=5), "acknowledge", "acknowledged"))
     assert plan(w, enabled=True) == Plan("acknowledged", "action")
+
+
+def test_the_contesting_change_read_again_after_the_repair_contests_nothing() -> None:
+    """At least once: the Sentry change that contested the winner comes again after the repair
+    (ingest spooled its webhook while Kafka took it late, or a redelivery). It landed before the
+    repair, which was made after it was read: no second repair."""
+    reopen = _sentry_reopen(T0)
+    w = written(
+        _fold(_action(T0 + timedelta(milliseconds=300))),
+        "resolved",
+        T0 + timedelta(milliseconds=500),
+    )  # type: ignore[arg-type]
+    w = observe(w, reopen)
+    assert plan(w, enabled=True) == Plan("resolved", "repair")
+    repaired = written(w, "resolved", T0 + timedelta(seconds=1))  # type: ignore[arg-type]
+    assert observe(repaired, reopen) == repaired
+    assert plan(observe(repaired, reopen), enabled=True) is None
+    # another change, in the same second: it may have landed after the repair, so it contests
+    other = IncidentResolvedV1(
+        **BASE,
+        status_at=T0,
+        snapshot=IssueSnapshot(title="x", status="resolved"),
+    )
+    ack = written(
+        _fold(_action(T0 + timedelta(milliseconds=300), "acknowledge", "acknowledged")),
+        "acknowledged",
+        T0 + timedelta(milliseconds=500),
+    )  # type: ignore[arg-type]
+    ack = written(observe(ack, reopen), "acknowledged", T0 + timedelta(seconds=1))  # type: ignore[arg-type]
+    assert observe(ack, reopen) == ack
+    assert plan(observe(ack, other), enabled=True) == Plan("acknowledged", "repair")

@@ -30,6 +30,7 @@ async def test_a_saved_batch_reads_back_and_the_last_row_of_an_incident_wins(
         written_order="0009",
         written_status="resolved",
         written_at=AT + timedelta(seconds=1),
+        contested_by="0005",
     )
     later = replace(rows[1], winner=written)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:

@@ -19,7 +19,9 @@ The rule when BlameTrail and Sentry change one incident at about the same time (
    another state, stamped no earlier than the written winner's write-back less one second and
    ``margin``, *contests* it (``written_order`` = :data:`CONTESTED`), and the winner is written
    again (cause ``repair``). A PUT of a state Sentry already shows is harmless; a missed one
-   leaves the two sides different for good.
+   leaves the two sides different for good. The change that contested (``contested_by``) landed
+   before the repair, which was made after it was read: read again (delivery is at least once),
+   it contests nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Winner:
     written_order: str | None = None
     written_status: str | None = None
     written_at: datetime | None = None
+    contested_by: str | None = None
+    """``incident_order`` of the Sentry change that last contested this winner's write-back."""
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,14 @@ def status_of(event: IncidentEvent) -> str | None:
     return None
 
 
-def _contests(current: Winner, event: IncidentEvent, status: str, margin: timedelta) -> bool:
-    """Whether a losing ``event`` may have landed in Sentry after the winner's write-back and set
-    another state there (rule 3)."""
+def _contests(
+    current: Winner, event: IncidentEvent, order: str, status: str, margin: timedelta
+) -> bool:
+    """Whether a losing ``event`` (of ``order``) may have landed in Sentry after the winner's
+    write-back and set another state there (rule 3)."""
     return (
         not isinstance(event, IncidentActionV1)
+        and order != current.contested_by
         and current.written_order == current.order
         and current.written_at is not None
         and status != current.status
@@ -112,8 +119,8 @@ def observe(
         return current
     order = incident_order(event)
     if current is not None and order <= current.order:
-        if _contests(current, event, status, margin):
-            return replace(current, written_order=CONTESTED)
+        if _contests(current, event, order, status, margin):
+            return replace(current, written_order=CONTESTED, contested_by=order)
         return current
     action = isinstance(event, IncidentActionV1)
     new = Winner(

@@ -1,4 +1,4 @@
-"""The worker's state in Postgres (``sync_incidents``, migration 0030): one row per incident it
+"""The worker's state in Postgres (``sync_incidents``, migrations 0030, 0039): one row per incident it
 may write back, the winner by ``incident_order`` and the last write-back made. Written in the
 same transaction as the consumer's offsets (:func:`blametrail_common.kafka.pgsink.run_into_postgres`)."""
 
@@ -16,8 +16,8 @@ __all__ = ["load", "save"]
 
 _SELECT = (
     "SELECT incident_id::text, tenant_id, connection_id, issue_id, winner_order, winner_status,"
-    " winner_origin, winner_at, winner_action_id, written_order, written_status, written_at"
-    " FROM sync_incidents WHERE incident_id = ANY(%s::uuid[])"
+    " winner_origin, winner_at, winner_action_id, written_order, written_status, written_at,"
+    " contested_order FROM sync_incidents WHERE incident_id = ANY(%s::uuid[])"
 )
 _COLUMNS = (
     "incident_id",
@@ -32,8 +32,9 @@ _COLUMNS = (
     "written_order",
     "written_status",
     "written_at",
+    "contested_order",
 )
-_TYPES = ("uuid", *["text"] * 6, "timestamptz", "text", "text", "text", "timestamptz")
+_TYPES = ("uuid", *["text"] * 6, "timestamptz", "text", "text", "text", "timestamptz", "text")
 # One statement a batch, its rows as one array a column: a statement a row (``executemany``)
 # cost Postgres 15,000 statements for a storm of 15,000 new issues. At most one row an incident
 # (``save``): ON CONFLICT cannot update a row twice in one statement.
@@ -60,6 +61,7 @@ async def load(conn: psycopg.AsyncConnection, incident_ids: Sequence[str]) -> di
             written_order=row[9],
             written_status=row[10],
             written_at=row[11],
+            contested_by=row[12],
         )
         out[row[0]] = Tracked(row[0], row[1], row[2], row[3], winner)
     return out
@@ -75,6 +77,6 @@ async def save(conn: psycopg.AsyncConnection, rows: Iterable[Tracked]) -> None:
         w = t.winner
         row = (t.incident_id, t.tenant_id, t.connection_id, t.issue_id, w.order, w.status)
         more = (w.origin, w.at, w.action_id, w.written_order, w.written_status, w.written_at)
-        for column, value in zip(columns, (*row, *more), strict=True):
+        for column, value in zip(columns, (*row, *more, w.contested_by), strict=True):
             column.append(value)
     await conn.execute(_UPSERT, columns)
