@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 from aiokafka.structs import TopicPartition
 from blametrail_common.crypto import SecretBox, generate_key
-from blametrail_common.events import new_event
+from blametrail_common.events import WebhookReceivedV1, decode, new_event
 from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
@@ -26,7 +27,7 @@ from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.sentry_credentials import ConnectionCredentials
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import background
-from blametrail_common.topics import topic_name
+from blametrail_common.topics import get_topic, topic_name
 from blametrail_devstack.control_plane_testing import (
     SentryOrg,
     into_postgres,
@@ -45,6 +46,7 @@ from blametrail_sync.worker import WriteBacks
 ORG = "acme"
 PROJECT = "checkout-api"
 SECRET = "sync-client-secret"
+RAW = "sentry-webhooks-raw"
 
 
 class _Secrets:
@@ -139,6 +141,37 @@ class Pipeline:
         async with await psycopg.AsyncConnection.connect(self.dsn) as c:
             stored = await load_offsets(c, self.group)
         return all(stored.get(tp, 0) >= end for tp, end in ends.items())
+
+    async def redeliver(self, issue_id: str, action: str, actor: str = "user") -> int:
+        """Sentry's ``issue.<action>`` webhooks of ``issue_id`` by an ``actor`` of that type,
+        read on ``sentry-webhooks-raw`` and sent there again as they are (what ingest's spool
+        fallback does to a batch Kafka took late as well); how many."""
+        name = topic_name(RAW, self.kafka.topic_prefix)
+        consumer = create_consumer(self.kafka, [], None)
+        await consumer.start()
+        found = []
+        try:
+            parts = [TopicPartition(name, n) for n in range(get_topic(RAW).partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for r in records:
+                        raw = decode(r.value)
+                        assert isinstance(raw.payload, WebhookReceivedV1)
+                        body = orjson.loads(raw.payload.body)
+                        if (
+                            body.get("action") == action
+                            and body["data"]["issue"]["id"] == issue_id
+                            and body["actor"]["type"] == actor
+                        ):
+                            found.append(r)
+        finally:
+            await consumer.stop()
+        for r in found:
+            await self.producer.send_raw(RAW, r.key, r.value, r.headers)
+        return len(found)
 
     async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         async with await psycopg.AsyncConnection.connect(self.dsn) as c:

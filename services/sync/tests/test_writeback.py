@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 from typing import Any
 
 from blametrail_common.crypto import generate_key
@@ -116,6 +118,43 @@ async def test_concurrent_changes_end_equal_on_both_sides_20_times(make_pipeline
         await until("still equal once everything was applied", equal, timeout_s=60)
         for issue_id in ids:  # a write-back, at most one repair: no flapping
             assert len(p.app_updates(issue_id)) <= 2, p.app_updates(issue_id)
+
+
+async def test_the_sentry_change_that_contested_read_again_after_the_repair_repairs_nothing(
+    make_pipeline: Any,
+) -> None:
+    """BlameTrail acknowledges; a person resolves in Sentry just after our PUT landed, stamped
+    (whole seconds) before our action: the resolve loses by order but Sentry shows it, so the
+    acknowledge is written again. Then that resolve's webhook is read once more (ingest's spool
+    fallback delivers a batch Kafka took late both ways): nothing more is written."""
+    async with make_pipeline() as p:
+        incident = await p.open_issue("7401")
+        before = time.time()
+        assert (await p.act(incident, "acknowledge")).status_code == 202
+
+        async def confirmed(n: int) -> bool:
+            return (await p.timeline(incident)).count("incident.writeback.confirmed") >= n
+
+        await until("acknowledge written back", lambda: confirmed(1), timeout_s=120)
+        # the person's webhook is stamped in the second before our action was accepted
+        stamp = math.floor(before - 0.01)
+        p.stub.clock_offset_s = stamp + 0.5 - time.time()
+        await p.user_update("7401", status="resolved")
+        p.stub.clock_offset_s = 0.0
+        await until("the contest repaired", lambda: confirmed(2), timeout_s=120)
+        await until("the worker caught up", p.synced, timeout_s=60)
+        assert [u["body"] for u in p.app_updates("7401")] == [
+            {"status": "unresolved", "substatus": "ongoing"}
+        ] * 2
+        assert await p.redeliver("7401", "resolved") == 1
+        await until("the worker caught up", p.synced, timeout_s=60)
+        await asyncio.sleep(1)  # a write-back the copy set off would be on its way by now
+        await until("the worker caught up", p.synced, timeout_s=60)
+        assert len(p.app_updates("7401")) == 2, p.app_updates("7401")
+        assert (await p.status(incident), _sentry_status(p, "7401")) == (
+            "acknowledged",
+            "unresolved",
+        )
 
 
 async def test_refused_write_back_is_on_the_timeline_counted_and_not_retried(
