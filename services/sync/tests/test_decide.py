@@ -114,6 +114,19 @@ def test_the_contesting_change_redelivered_in_a_later_batch_repairs_nothing_more
     assert decide([(0, reopen)], {"i1": repaired}, lambda _: True) == []
 
 
+def test_a_failed_repair_is_planned_again_when_its_contesting_change_is_redriven() -> None:
+    reopen = _reopen(T0)
+    action = _action(T0 + timedelta(milliseconds=300))
+    ours = written(observe(None, action), "resolved", T0 + timedelta(milliseconds=500))  # type: ignore[arg-type]
+    [d] = decide([(0, reopen)], {"i1": Tracked("i1", "t1", "c1", "42", ours)}, lambda _: True)
+    assert d.plan == Plan("resolved", "repair")
+    failed = {"i1": d.tracked}  # Sentry did not answer: stored as it was, the reopen dead-lettered
+    [again] = decide([(5, reopen)], failed, lambda _: True)
+    assert (again.plan, again.winner_index) == (Plan("resolved", "repair"), 5)
+    assign = _action(T0 + timedelta(seconds=9), "assign", "resolved")
+    assert decide([(0, assign)], failed, lambda _: True) == []  # nothing else replans it
+
+
 def test_the_connection_setting_and_the_source_are_obeyed() -> None:
     assert decide([(0, _action(T0))], {}, lambda _: False)[0].plan is None
     metric = _action(T0, source="sentry_metric_alert", issue_id=None)

@@ -7,7 +7,7 @@ the commit, or ``blametrail dlq redrive`` of a failed write-back). An event that
 never re-plans an old winner, so a refused write-back is not tried again by later events -
 except a Sentry change that contests the winner's write-back (``plan`` rule 3): then the winner
 is planned again, once, with that change's record (``winner_index``) as the one dead-lettered if
-Sentry does not answer.
+Sentry does not answer; that record read again (its redrive) plans the repair again.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def decide(
     for incident_id, tracked in state.items():
         winning = seen[incident_id].get(tracked.winner.order)
         if tracked.winner.written_order == CONTESTED:
-            winning = contested.get(incident_id, winning)
+            # contested in this batch; else a repair that failed, its contesting change read
+            # again (``blametrail dlq redrive`` of its dead letter): the repair is tried again
+            again = seen[incident_id].get(tracked.winner.contested_by or "")
+            winning = contested.get(incident_id, again if again is not None else winning)
         before = known.get(incident_id)
         if winning is None and before is not None and before.winner == tracked.winner:
             continue  # nothing new about it
