@@ -23,11 +23,12 @@ from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import load_offsets
+from blametrail_common.kafka.reader import open_reader
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy
 from blametrail_common.sentry_credentials import ConnectionCredentials
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import background
-from blametrail_common.topics import get_topic, topic_name
+from blametrail_common.topics import topic_name
 from blametrail_devstack.control_plane_testing import (
     SentryOrg,
     into_postgres,
@@ -146,17 +147,11 @@ class Pipeline:
         """Sentry's ``issue.<action>`` webhooks of ``issue_id`` by an ``actor`` of that type,
         read on ``sentry-webhooks-raw`` and sent there again as they are (what ingest's spool
         fallback does to a batch Kafka took late as well); how many."""
-        name = topic_name(RAW, self.kafka.topic_prefix)
-        consumer = create_consumer(self.kafka, [], None)
-        await consumer.start()
         found = []
-        try:
-            parts = [TopicPartition(name, n) for n in range(get_topic(RAW).partitions)]
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            ends = await consumer.end_offsets(parts)
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for records in (await consumer.getmany(timeout_ms=1000)).values():
+        async with open_reader(self.kafka, [RAW], name="redeliver") as reader:
+            ends = await reader.ends()
+            while [tp for tp, end in ends.items() if await reader.consumer.position(tp) < end]:
+                for records in (await reader.consumer.getmany(timeout_ms=1000)).values():
                     for r in records:
                         raw = decode(r.value)
                         assert isinstance(raw.payload, WebhookReceivedV1)
@@ -167,8 +162,6 @@ class Pipeline:
                             and body["actor"]["type"] == actor
                         ):
                             found.append(r)
-        finally:
-            await consumer.stop()
         for r in found:
             await self.producer.send_raw(RAW, r.key, r.value, r.headers)
         return len(found)
