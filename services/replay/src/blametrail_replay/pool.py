@@ -73,10 +73,8 @@ class FoldPool:
         self._room = asyncio.Semaphore(2 * workers)
         self._failed: BaseException | None = None
         self._readers: list[asyncio.Task[None]] = []
-        self._pending = [0] * workers
-        # records of each batch sent and not back yet, per worker (see :attr:`in_flight`)
+        # the records of each batch sent to a worker and not back yet (see :attr:`in_flight`)
         self._sent: list[deque[int]] = [deque() for _ in range(workers)]
-        self._in_flight = 0
         self._idle = [asyncio.Event() for _ in range(workers)]
         # what comes back after ``end``, a few chunks a worker: the rest waits in its pipe
         self._ends: list[asyncio.Queue[Any]] = [asyncio.Queue(_ENDS) for _ in range(workers)]
@@ -105,7 +103,7 @@ class FoldPool:
     def in_flight(self) -> int:
         """Records sent and not folded yet: a record holds at most one key, so the workers hold
         at most :attr:`keys` + this many once they are folded."""
-        return self._in_flight
+        return sum(sum(sent) for sent in self._sent)
 
     async def add(self, records: Sequence[Any]) -> None:
         """Send each worker its records; waits while a worker has two batches not folded yet."""
@@ -124,10 +122,7 @@ class FoldPool:
             if not group:
                 continue
             await self._until_below(i, 2)
-            self._pending[i] += 1
-            sent = sum(len(offsets) for _, _, offsets, _ in group)
-            self._sent[i].append(sent)
-            self._in_flight += sent
+            self._sent[i].append(sum(len(offsets) for _, _, offsets, _ in group))
             await self._send(i, ("add", group))
 
     async def _send(self, i: int, message: Any) -> None:
@@ -158,8 +153,7 @@ class FoldPool:
             if kind == "batch":
                 await self._room.acquire()
                 self._keys[i] = message[2]
-                self._pending[i] -= 1
-                self._in_flight -= self._sent[i].popleft()
+                self._sent[i].popleft()
                 self._idle[i].set()
                 self.results.put_nowait(message[1])
             elif kind == "error":
@@ -191,7 +185,7 @@ class FoldPool:
             event.set()
 
     async def _until_below(self, i: int, pending: int) -> None:
-        while self._failed is None and self._pending[i] >= pending:
+        while self._failed is None and len(self._sent[i]) >= pending:
             self._idle[i].clear()
             await self._idle[i].wait()
         if self._failed is not None:
