@@ -12,7 +12,6 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,19 +24,13 @@ from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import dedicated_postgres, readyz, spawn, until
+from blametrail_devstack.testkit import readyz, spawn, until
 from blametrail_mappings_api.repository import Repository, create_pool
-
-
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    with dedicated_postgres("relay") as cluster:
-        yield cluster
 
 
 @pytest.mark.timeout(90)
 async def test_relay_and_readiness_recover_after_a_postgres_restart(
-    kafka_settings: KafkaSettings, tmp_path: Path, pg: PgCluster
+    kafka_settings: KafkaSettings, tmp_path: Path, dedicated_pg: PgCluster
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"r{uuid.uuid4().hex[:6]}."
@@ -48,8 +41,8 @@ async def test_relay_and_readiness_recover_after_a_postgres_restart(
     proc: subprocess.Popen[bytes] | None = None
     table = CompactedTable(kafka, "cp-connections", ConnectionStateV1)
     try:
-        pg.start()
-        dsn = pg.dsn()
+        dedicated_pg.start()
+        dsn = dedicated_pg.dsn()
         migrate(dsn)
         pool = create_pool(dsn, 2)
         await pool.open()
@@ -100,7 +93,7 @@ async def test_relay_and_readiness_recover_after_a_postgres_restart(
 
             await until("the API to be ready", ready, 30)
             before = await connect("before-restart")
-            pg.stop("immediate")
+            dedicated_pg.stop("immediate")
 
             async def postgres_named() -> bool:
                 status, checks = await readyz(client)
@@ -109,7 +102,7 @@ async def test_relay_and_readiness_recover_after_a_postgres_restart(
             await until("/readyz to name postgres", postgres_named, 15)
             await asyncio.sleep(2)  # the relay meets the dead server meanwhile
             assert proc.poll() is None, "the API exited while Postgres was away"
-            pg.start()
+            dedicated_pg.start()
             await until("/readyz 200 again (relay included)", ready, 40)
             after = await connect("after-restart")
             await table.start()

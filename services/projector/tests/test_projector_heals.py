@@ -11,7 +11,6 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import dedicated_postgres, readyz, spawn, until
+from blametrail_devstack.testkit import readyz, spawn, until
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 N = 300
@@ -63,15 +62,9 @@ async def _counts(dsn: str) -> tuple[int, int]:
         return -1, -1
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    with dedicated_postgres("heal") as cluster:
-        yield cluster
-
-
 @pytest.mark.timeout(90)
 async def test_projector_survives_a_postgres_restart(
-    kafka_settings: KafkaSettings, tmp_path: Path, pg: PgCluster
+    kafka_settings: KafkaSettings, tmp_path: Path, dedicated_pg: PgCluster
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"h{uuid.uuid4().hex[:6]}."
@@ -82,8 +75,8 @@ async def test_projector_survives_a_postgres_restart(
     proc: subprocess.Popen[bytes] | None = None
     producer = EventProducer(create_producer(kafka), kafka)
     try:
-        pg.start()
-        dsn = pg.dsn()
+        dedicated_pg.start()
+        dsn = dedicated_pg.dsn()
         migrate(dsn)
         env = {
             "PATH": "/usr/bin:/bin",
@@ -115,7 +108,7 @@ async def test_projector_survives_a_postgres_restart(
                 return (await _counts(dsn))[0] > 0
 
             await until("the first rows", some_rows, 20)
-            pg.stop("immediate")
+            dedicated_pg.stop("immediate")
             await publish(N // 3, 2 * N // 3)  # while Postgres is away
 
             async def postgres_named() -> bool:
@@ -125,7 +118,7 @@ async def test_projector_survives_a_postgres_restart(
             await until("/readyz to name postgres", postgres_named, 15)
             await asyncio.sleep(2)
             assert proc.poll() is None, "the projector exited while Postgres was away"
-            pg.start()
+            dedicated_pg.start()
             await publish(2 * N // 3, N)
 
             async def converged() -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import free_port
-from blametrail_devstack.testkit import dedicated_postgres, readyz, spawn, stop_gracefully, until
+from blametrail_devstack.testkit import readyz, spawn, stop_gracefully, until
 from blametrail_sentry_stub import StubState, serve
 
 ORG, PROJECT, CONNECTION, TENANT = "acme", "checkout-api", "c-heal", "t-heal"
@@ -46,15 +45,9 @@ def _resolve(incident_id: str, issue_id: str) -> IncidentActionV1:
     )
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    with dedicated_postgres("syncheal") as cluster:
-        yield cluster
-
-
 @pytest.mark.timeout(120)
 async def test_the_worker_writes_back_once_across_a_postgres_restart(
-    kafka_settings: KafkaSettings, tmp_path: Path, pg: PgCluster
+    kafka_settings: KafkaSettings, tmp_path: Path, dedicated_pg: PgCluster
 ) -> None:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"y{uuid.uuid4().hex[:6]}."
@@ -74,8 +67,8 @@ async def test_the_worker_writes_back_once_across_a_postgres_restart(
         return [u["body"] for u in stub.apps.updates if u["issue_id"] == issue_id]
 
     try:
-        pg.start()
-        dsn = pg.dsn()
+        dedicated_pg.start()
+        dsn = dedicated_pg.dsn()
         migrate(dsn)
         await producer.start()
         async with serve(stub) as stub_url:
@@ -117,7 +110,7 @@ async def test_the_worker_writes_back_once_across_a_postgres_restart(
                     return issue is not None and issue["status"] == "resolved"
 
                 await until("the first write-back", lambda: written("8001"), 30)
-                pg.stop("immediate")
+                dedicated_pg.stop("immediate")
                 event = _resolve(second, "8002")
                 await producer.send("incident-events", new_event(event, key=second, tenant=TENANT))
 
@@ -128,7 +121,7 @@ async def test_the_worker_writes_back_once_across_a_postgres_restart(
                 await until("/readyz to name postgres", postgres_named, 20)
                 assert proc.poll() is None, "the worker exited while Postgres was away"
                 assert puts("8002") == []  # its state could not be read: nothing written
-                pg.start()
+                dedicated_pg.start()
                 await until("the second write-back", lambda: written("8002"), 45)
 
                 async def stored() -> bool:

@@ -34,7 +34,9 @@ from blametrail_common.kafka import admin as kafka_admin
 from blametrail_common.settings import KafkaSettings
 
 from blametrail_devstack.paths import local_dir
+from blametrail_devstack.postgres import PgCluster
 from blametrail_devstack.stack import LocalStack
+from blametrail_devstack.testkit import dedicated_postgres
 
 INFRA_FIXTURES = {"infra", "kafka_settings", "database_url", "session_env"}
 # (bootstrap servers, topic prefix) of every topic set this session created
@@ -180,6 +182,14 @@ def kafka_settings(session_env: dict[str, str]) -> KafkaSettings:
         bootstrap_servers=session_env["KAFKA_BOOTSTRAP_SERVERS"],
         topic_prefix=session_env["BLAMETRAIL_TOPIC_PREFIX"],
     )
+
+
+@pytest.fixture
+def dedicated_pg() -> Iterator[PgCluster]:
+    """A Postgres cluster of the test's own, never the shared one (not started: the test starts,
+    crashes and restarts it); stopped and removed afterwards."""
+    with dedicated_postgres("heal") as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
