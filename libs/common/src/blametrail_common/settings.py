@@ -98,6 +98,15 @@ class RunnerSettings(BaseBlametrailSettings):
     redelivered). Keep it below the pod's terminationGracePeriodSeconds."""
 
 
+class GcSettings(BaseBlametrailSettings):
+    """The cyclic garbage collector of a service process (:func:`~blametrail_common.gctune.tune_gc`)."""
+
+    gc_thresholds: str = Field(default="50000,20,10", validation_alias=f"{PREFIX}GC_THRESHOLDS")
+    """``gc.set_threshold``'s three numbers, comma-separated; empty: Python's own (700,10,10)."""
+    gc_freeze: bool = Field(default=True, validation_alias=f"{PREFIX}GC_FREEZE")
+    """Move what start-up made (modules, schemas, settings) out of the collector's reach."""
+
+
 class SecretsSettings(BaseBlametrailSettings):
     """Key used to encrypt secrets at rest and on the connections topic (Fernet, urlsafe base64).
 

@@ -6,6 +6,7 @@ import asyncio
 
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer, run_batches
 from blametrail_common.kafka.consumer import stop_quietly
 from blametrail_common.kafka.table import CompactedTable
@@ -108,6 +109,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("enricher")
+    tune_gc()
     asyncio.run(serve())
 
 

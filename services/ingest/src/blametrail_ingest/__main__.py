@@ -9,6 +9,7 @@ import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
 from blametrail_common.settings import KafkaSettings, SecretsSettings
@@ -80,6 +81,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("ingest")
+    tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
 

@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 import uvloop
 from blametrail_common.crypto import SecretBox
+from blametrail_common.gctune import tune_gc
 from blametrail_common.health import Degrading, ReadinessCheck
 from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.logging import configure_logging
@@ -187,6 +188,7 @@ def _report(
 
 def main() -> None:
     configure_logging("mappings-api")
+    tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
 

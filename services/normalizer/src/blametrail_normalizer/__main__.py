@@ -17,6 +17,7 @@ import sys
 import faust
 import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient
+from blametrail_common.gctune import tune_gc
 from blametrail_common.health import health_routes
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import supervise
@@ -57,6 +58,7 @@ async def wait_for_kafka(settings: NormalizerSettings, kafka: KafkaSettings) -> 
 
 def main() -> None:
     configure_logging("normalizer")
+    tune_gc()
     settings, kafka = NormalizerSettings(), KafkaSettings()
     if not asyncio.run(wait_for_kafka(settings, kafka)):
         sys.exit(0)  # stopped before Kafka answered

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.pgsink import project_into_postgres
 from blametrail_common.logging import configure_logging
@@ -47,6 +48,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("projection")
+    tune_gc()
     asyncio.run(serve())
 
 

@@ -9,6 +9,7 @@ import random
 import httpx
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.table import CompactedTable
 from blametrail_common.logging import configure_logging
@@ -97,6 +98,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("reconciler")
+    tune_gc()
     asyncio.run(serve())
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka.admin import admin_client
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import (
@@ -224,6 +225,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("replay-jobs")
+    tune_gc()
     asyncio.run(serve())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, consume, create_producer
 from blametrail_common.logging import configure_logging
 from blametrail_common.resilience import DEPENDENCIES, KAFKA, supervise
@@ -59,6 +60,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("suspects")
+    tune_gc()
     asyncio.run(serve())
 
 

@@ -15,6 +15,7 @@ import asyncio
 import httpx
 from blametrail_common.crypto import SecretBox
 from blametrail_common.events import ConnectionStateV1
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, create_producer
 from blametrail_common.kafka.pgsink import project_into_postgres
 from blametrail_common.kafka.table import CompactedTable
@@ -90,6 +91,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("sync")
+    tune_gc()
     asyncio.run(serve())
 
 

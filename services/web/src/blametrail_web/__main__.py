@@ -10,6 +10,7 @@ import secrets
 import httpx
 import uvicorn
 import uvloop
+from blametrail_common.gctune import tune_gc
 from blametrail_common.logging import configure_logging
 
 from blametrail_web.app import create_app
@@ -55,6 +56,7 @@ async def serve() -> None:
 
 def main() -> None:
     configure_logging("web")
+    tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
 
