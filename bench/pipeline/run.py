@@ -12,6 +12,9 @@ stored rows). Each round, each variant into a fresh migrated database:
 - precomputed: the same batches, their rows computed beforehand (no Kafka, no decoding), written
   with the fastest bulk path measured (``Projection.write``: fold, ``COPY`` into staging, one
   merge per table) and the same offsets upsert, one transaction per batch: the ceiling;
+- projector, Python's GC: the projector again with the garbage collector as Python sets it (the
+  projector and this benchmark run with ``blametrail_common.gctune.tune_gc``), for what that is
+  worth;
 - executemany: the same precomputed rows through the previous path (one ``executemany`` of
   per-row upserts per table), for reference.
 
@@ -44,12 +47,13 @@ from blametrail_common.events.incidents import (
     IssueSnapshot,
     SentryRef,
 )
+from blametrail_common.gctune import tune_gc
 from blametrail_common.kafka import EventProducer, create_consumer, create_producer
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
-from blametrail_devstack.bench import BenchResult, write_result
+from blametrail_devstack.bench import BenchResult, pythons_gc, write_result
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import Projection
 from blametrail_projector.rows import Rows, rows_for
@@ -221,6 +225,7 @@ def _load() -> str:
 
 VARIANTS = {
     "projector": "projector (Kafka -> decode -> staged merge)",
+    "projector_pygc": "the same projector, Python's GC",
     "precomputed": "precomputed rows, staged COPY + merge",
     "executemany": "precomputed rows, executemany (previous path)",
 }
@@ -241,8 +246,13 @@ async def measure(bootstrap: str, server_dsn: str, n: int, rounds: int) -> None:
         prepared = prepared or _prepare(batches)
         return cost
 
+    async def run_projector_pygc(dsn: str, label: str) -> Cost:
+        with pythons_gc():
+            return (await projector(kafka, dsn, n, progress, label))[0]
+
     runs: dict[str, Callable[[str, str], Awaitable[Cost]]] = {
         "projector": run_projector,
+        "projector_pygc": run_projector_pygc,
         "precomputed": lambda url, _: precomputed(url, prepared, Projection(None).write),
         "executemany": lambda url, _: precomputed(url, prepared, write_executemany),
     }
@@ -292,7 +302,8 @@ def _result(costs: dict[str, list[Cost]], n: int) -> BenchResult:
         unit="/s",
         notes=(
             f"median ratio of rounds {ratio:.2f}; CPU µs/event (client + Postgres): projector"
-            f" {cpu['projector']:.0f}, precomputed {cpu['precomputed']:.0f}, previous executemany"
+            f" {cpu['projector']:.0f} (Python's GC {cpu['projector_pygc']:.0f}), precomputed"
+            f" {cpu['precomputed']:.0f}, previous executemany"
             f" path {cpu['executemany']:.0f}; load {_load()} on {os.cpu_count()} shared cores"
         ),
     )
@@ -316,7 +327,11 @@ def _table(costs: dict[str, list[Cost]], n: int, rounds: int, rows: Any) -> Tabl
             f"{statistics.median(c.client for c in costs[name]) / n * 1e6:.1f}",
             f"{statistics.median(c.server for c in costs[name]) / n * 1e6:.1f}",
         )
-    for base, goal in (("precomputed", ">= 0.7 (goal)"), ("executemany", "")):
+    for base, goal in (
+        ("precomputed", ">= 0.7 (goal)"),
+        ("executemany", ""),
+        ("projector_pygc", "(tuned GC / Python's)"),
+    ):
         ratios = [p / b for p, b in zip(rate["projector"], rate[base], strict=True)]
         table.add_row(
             f"ratio projector / {base} {goal}",
@@ -338,6 +353,7 @@ def main() -> None:
         "--rounds", type=int, default=int(os.environ.get("BENCH_PIPELINE_ROUNDS", "5"))
     )
     args = parser.parse_args()
+    tune_gc()  # as the projector runs (its composition root)
     with open_infra(os.environ) as infra:  # sync: it may start a local broker
         asyncio.run(measure(infra.bootstrap, infra.server_dsn, args.events, args.rounds))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from blametrail_devstack.bench import (
     BenchResult,
     listener_pid,
     load_results,
+    pythons_gc,
     summary_table,
     write_result,
 )
@@ -56,3 +58,18 @@ async def test_listener_pid_finds_the_process_serving_a_port() -> None:
         server.close()
         await server.wait_closed()
     assert listener_pid(port) is None
+
+
+def test_pythons_gc_is_pythons_within_and_the_tuning_after() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(50000, 20, 10)
+        gc.freeze()
+        with pythons_gc():
+            assert gc.get_threshold() == (700, 10, 10)
+            assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (50000, 20, 10)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -8,10 +8,12 @@ result written (or of ``names``), oldest first, and exits 1 if a listed benchmar
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "BenchResult",
     "listener_pid",
     "load_results",
+    "pythons_gc",
     "results_dir",
     "summary_table",
     "write_result",
@@ -49,6 +52,23 @@ class BenchResult:
         if self.baseline in (None, 0):
             return None
         return self.value / self.baseline
+
+
+@contextmanager
+def pythons_gc() -> Iterator[None]:
+    """Within: the garbage collector as Python sets it (thresholds 700, 10, 10, nothing frozen),
+    for a variant that shows what :func:`blametrail_common.gctune.tune_gc` (which the services
+    and these benchmarks run with) is worth; the tuning is back afterwards."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count() > 0
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        if frozen:
+            gc.collect()
+            gc.freeze()
 
 
 def results_dir() -> Path:
