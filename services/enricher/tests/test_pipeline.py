@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from blametrail_common.events import decode, new_event
 from blametrail_common.events.enrichment import IncidentEnrichedV1, IncidentEnrichmentFailedV1
 from blametrail_common.events.incidents import (
@@ -21,6 +22,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.redrive import redrive
 from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCredentials
 from blametrail_common.settings import KafkaSettings
+from blametrail_enricher import pipeline
 from blametrail_enricher.pipeline import Enricher
 from blametrail_sentry_stub import StubState, serve
 
@@ -121,3 +123,36 @@ async def test_rejected_token_gives_a_failure_record_and_a_dead_letter_then_redr
     dead = await _read(kafka, "incident-events-dlq")
     # the incident's later state change needs no enrichment of its own
     assert [r.key for r in dead] == [opened.key.encode()]  # type: ignore[attr-defined]
+
+
+async def test_an_event_no_record_can_hold_is_a_failure_recorded_not_a_batch_failing_forever(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever in Sentry's answer makes ``build_record`` refuse it (a value pydantic cannot
+    write, say) fails that one enrichment for good, with the reason; before, the error left the
+    batch, which the loop redelivered and failed again, stalling the partition."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"x{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise ValueError("Maximum serialization depth exceeded")
+
+    monkeypatch.setattr(pipeline, "build_record", refuse)
+    stub = StubState()
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    async with serve(stub) as url, httpx.AsyncClient() as http:
+        creds = Creds(SentryCredentials(url, "acme", stub.add_internal_token("acme")))
+        enricher = Enricher(HttpxSentryApi(http, RetryPolicy(base_delay_s=0.01)), creds, producer)
+        opened = _event(IncidentOpenedV1, "43")
+        await producer.send("incident-events", opened)  # type: ignore[arg-type]
+        await _run_once(kafka, enricher, "g1", 1)
+    await producer.stop()
+
+    (failed,) = [decode(r.value).payload for r in await _read(kafka, "incident-enrichments")]
+    assert isinstance(failed, IncidentEnrichmentFailedV1)
+    assert failed.incident_id == opened.payload.incident_id  # type: ignore[attr-defined]
+    assert "cannot be recorded: Maximum serialization depth exceeded" in failed.reason
+    assert [r.key for r in await _read(kafka, "incident-events-dlq")] == [opened.key.encode()]  # type: ignore[attr-defined]

@@ -127,3 +127,75 @@ def test_a_huge_event_is_truncated_with_a_marker_never_dropped() -> None:
     assert "frames:400->50" in r.truncated
     assert "breadcrumb_data" in r.truncated
     assert all(len(f.function or "") <= 2048 + len("…[truncated]") for f in r.exceptions[0].frames)
+
+
+BIG = "v" * 2_000_000  # Sentry's answers are read up to 16 MiB
+
+
+def _size_of(r: object) -> int:
+    return len(encode(new_event(r, key="k")))  # type: ignore[arg-type]
+
+
+def test_every_text_of_sentry_is_bounded_release_links_and_tag_names_too() -> None:
+    event = {
+        "eventID": "e",
+        "web_url": BIG,
+        "permalink": BIG,
+        "release": {"version": BIG, "ref": BIG, "dateReleased": {"not": "a string"}},
+        "tags": [{"key": BIG, "value": "x"}],
+        "entries": [{"type": "request", "data": {"url": BIG}}],
+    }
+    r = build_record(REF, event, [{"key": BIG, "name": BIG, "totalValues": 1}], NOW)
+    assert _size_of(r) <= Limits().max_bytes
+    assert r.truncated == []  # bounded one by one, nothing had to be shed
+    assert r.release is not None
+    assert len(r.release.version) <= 2048 + len("…[truncated]")
+    assert r.release.date_released == "{'not': 'a string'}"  # a text, not a refused record
+    assert all(len(v) <= 2048 + len("…[truncated]") for v in r.links.values())
+    assert len(r.tags[0].key) <= 2048 + len("…[truncated]")
+    assert len(r.event_tags[0][0]) <= 2048 + len("…[truncated]")
+
+
+def test_objects_nested_past_what_json_writers_take_are_cut_not_a_failure() -> None:
+    deep = orjson.loads('{"a":' * 600 + "1" + "}" * 600)  # pydantic writes ~250 deep at most
+    event = {
+        "eventID": "e",
+        "contexts": {"app": deep},
+        "user": {"id": "1", "geo": deep},
+        "entries": [{"type": "breadcrumbs", "data": {"values": [{"message": "m", "data": deep}]}}],
+    }
+    r = build_record(REF, event, TAGS, NOW, Limits(nesting=3))
+    assert r.contexts["app"] == {"a": {"a": {"a": "…[nested too deep]"}}}
+    assert r.user is not None
+    assert r.user.geo == {"a": {"a": {"a": "…[nested too deep]"}}}
+    assert r.breadcrumbs[0].data == {"a": {"a": {"a": "…[nested too deep]"}}}
+    assert decode(encode(new_event(r, key="k"))).payload == r
+    assert build_record(REF, {"contexts": {"app": {"a": [1, {"b": 2}]}}}, [], NOW).contexts == {
+        "app": {"a": [1, {"b": 2}]}
+    }
+
+
+def test_many_small_parts_past_the_bound_keep_the_crashing_exception_then_only_the_identity() -> (
+    None
+):
+    frame = {"filename": "f" * 3000, "absPath": "a" * 3000, "module": "m" * 3000}
+    many = [
+        {"type": f"E{i}", "value": "x" * 2000, "stacktrace": {"frames": [frame] * 9}}
+        for i in range(300)
+    ]
+    event = {
+        "eventID": "e",
+        "title": "t" * 3000,
+        "entries": [{"type": "exception", "data": {"values": many}}],
+        "tags": [{"key": f"k{i}", "value": "v" * 2000} for i in range(300)],
+    }
+    r = build_record(REF, event, TAGS, NOW, Limits(max_bytes=64 * 1024))
+    assert _size_of(r) <= 64 * 1024
+    assert r.truncated[-1] == "exceptions"
+    assert [e.type for e in r.exceptions] == ["E299"]  # the last one: the one that crashed
+    small = build_record(REF, event, TAGS, NOW, Limits(max_bytes=12 * 1024))
+    assert _size_of(small) <= 12 * 1024
+    assert small.truncated[-1] == "everything"
+    assert (small.sentry_event_id, small.exceptions, small.tags) == ("e", [], [])
+    assert small.title is not None
+    assert small.title.startswith("ttt")

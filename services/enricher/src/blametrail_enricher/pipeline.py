@@ -99,6 +99,12 @@ class ExternalIssues(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class Unrecordable(SentryApiError):
+    """Sentry answered, with an event that makes no record (``build_record`` refused it): the
+    enrichment fails for good, recorded with the reason, instead of failing the batch on every
+    delivery."""
+
+
 class NoCredentials(SentryApiError):
     """The connection has no usable token (unknown, disabled, undecryptable): a person's fix."""
 
@@ -404,7 +410,10 @@ class Enricher:
     async def _enrich(self, target: IncidentRef, event: Envelope[Any]) -> None:
         with FETCH_SECONDS.time():
             latest, tags = await self._fetch(target)
-        record = build_record(target, latest, tags, self.clock(), self.limits)
+        try:
+            record = build_record(target, latest, tags, self.clock(), self.limits)
+        except ValueError as exc:  # an answer no record can hold: the same on every try
+            raise Unrecordable(f"Sentry's latest event cannot be recorded: {exc}"[:500]) from exc
         out = new_event(
             record,
             key=target.incident_id,

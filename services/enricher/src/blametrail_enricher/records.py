@@ -31,6 +31,7 @@ class Limits:
     """Bounds that keep a record small whatever Sentry returns."""
 
     breadcrumbs: int = 30
+    nesting: int = 16  # free-form objects (contexts, geo, breadcrumb data) deeper than this: cut
     frames_per_exception: int = 50
     context_lines: int = 7
     string_chars: int = 2048
@@ -61,7 +62,7 @@ def build_record(
         if isinstance(e, dict)
     }
     event_tags = [
-        (str(t.get("key")), _s(t.get("value"), limits) or "")
+        (_s(str(t.get("key")), limits) or "", _s(t.get("value"), limits) or "")
         for t in _list(event.get("tags"))
         if isinstance(t, dict)
     ]
@@ -81,7 +82,7 @@ def build_record(
         message=_s(event.get("message"), limits),
         platform=_s(event.get("platform"), limits),
         environment=tag_map.get("environment"),
-        release=_release(event.get("release"), tag_map.get("release")),
+        release=_release(event.get("release"), tag_map.get("release"), limits),
         tags=[_tag_summary(t, limits) for t in _list(tags) if isinstance(t, dict)],
         event_tags=event_tags,
         exceptions=[
@@ -92,13 +93,13 @@ def build_record(
         breadcrumbs=crumbs,
         user=_user(event.get("user"), limits),
         contexts={
-            k: dict(v)
+            k: _nested(v, limits)
             for k, v in (_dict(event.get("contexts")) or {}).items()
             if isinstance(v, dict)
         },
         event_created_at=_s(event.get("dateCreated"), limits),
         event_received_at=_s(event.get("dateReceived"), limits),
-        links=_links(event, entries),
+        links=_links(event, entries, limits),
         truncated=cut,
     )
     return _bound(record, limits)
@@ -131,6 +132,10 @@ def _bound(record: IncidentEnrichedV1, limits: Limits) -> IncidentEnrichedV1:
             },
         ),
         ("tags", lambda r: {"tags": [], "event_tags": r.event_tags[:20]}),
+        ("user_geo", lambda r: {"user": r.user and r.user.model_copy(update={"geo": None})}),
+        # what is left is bounded in length but not in number (exceptions, tags of the event)
+        ("exceptions", lambda r: {"exceptions": r.exceptions[-1:], "event_tags": []}),
+        ("everything", _identity_only),
     )
     for marker, shed in steps:
         if _size(record) <= limits.max_bytes:
@@ -139,6 +144,20 @@ def _bound(record: IncidentEnrichedV1, limits: Limits) -> IncidentEnrichedV1:
             update={**shed(record), "truncated": [*record.truncated, marker]}
         )
     return record
+
+
+def _identity_only(_: IncidentEnrichedV1) -> dict[str, Any]:
+    """The last resort: which event it was and its few texts (each at most ``string_chars``)."""
+    return {
+        "release": None,
+        "tags": [],
+        "event_tags": [],
+        "exceptions": [],
+        "breadcrumbs": [],
+        "user": None,
+        "contexts": {},
+        "links": {},
+    }
 
 
 def _size(record: IncidentEnrichedV1) -> int:
@@ -195,7 +214,7 @@ def _breadcrumb(crumb: Any, limits: Limits) -> Breadcrumb:
         category=_s(c.get("category"), limits),
         level=_s(c.get("level"), limits),
         message=_s(c.get("message"), limits),
-        data=_dict(c.get("data")),
+        data=_nested_dict(c.get("data"), limits),
     )
 
 
@@ -212,8 +231,8 @@ def _tag_summary(tag: Mapping[str, Any], limits: Limits) -> TagSummary:
     ]
     total = tag.get("totalValues")
     return TagSummary(
-        key=str(tag.get("key")),
-        name=str(tag.get("name") or tag.get("key")),
+        key=_s(str(tag.get("key")), limits) or "",
+        name=_s(str(tag.get("name") or tag.get("key")), limits) or "",
         total_values=total if isinstance(total, int) else 0,
         top_values=top,
     )
@@ -229,33 +248,33 @@ def _user(user: Any, limits: Limits) -> UserContext | None:
         username=_s(u.get("username"), limits),
         ip_address=_s(u.get("ip_address"), limits),
         name=_s(u.get("name"), limits),
-        geo=_dict(u.get("geo")),
+        geo=_nested_dict(u.get("geo"), limits),
     )
 
 
-def _release(release: Any, tag_version: str | None) -> ReleaseInfo | None:
+def _release(release: Any, tag_version: str | None, limits: Limits) -> ReleaseInfo | None:
     r = _dict(release)
     if r and isinstance(r.get("version"), str):
         deploy = _dict(r.get("lastDeploy")) or {}
         return ReleaseInfo(
-            version=r["version"],
-            date_released=r.get("dateReleased"),
-            commit=r.get("ref"),
-            last_deploy_environment=deploy.get("environment"),
-            last_deploy_started=deploy.get("dateStarted"),
-            last_deploy_finished=deploy.get("dateFinished"),
+            version=_s(r["version"], limits) or "",
+            date_released=_s(r.get("dateReleased"), limits),
+            commit=_s(r.get("ref"), limits),
+            last_deploy_environment=_s(deploy.get("environment"), limits),
+            last_deploy_started=_s(deploy.get("dateStarted"), limits),
+            last_deploy_finished=_s(deploy.get("dateFinished"), limits),
         )
     return ReleaseInfo(version=tag_version) if tag_version else None
 
 
-def _links(event: Mapping[str, Any], entries: Mapping[Any, Any]) -> dict[str, str]:
+def _links(event: Mapping[str, Any], entries: Mapping[Any, Any], limits: Limits) -> dict[str, str]:
     links = {}
     url = _get(entries.get("request"), "url")
     if isinstance(url, str):
-        links["request_url"] = url
+        links["request_url"] = _s(url, limits) or ""
     for key in ("web_url", "permalink"):
         if isinstance(event.get(key), str):
-            links[key] = event[key]
+            links[key] = _s(event[key], limits) or ""
     return links
 
 
@@ -266,6 +285,29 @@ def _s(value: Any, limits: Limits) -> str | None:
     return (
         text if len(text) <= limits.string_chars else text[: limits.string_chars] + "…[truncated]"
     )
+
+
+_TOO_DEEP = "…[nested too deep]"
+
+
+def _nested(value: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """A copy of a free-form object of Sentry's whose objects and arrays deeper than
+    ``limits.nesting`` are a marker: pydantic refuses to write JSON nested some 250 deep, which
+    would fail every try at the record (its texts are shed by size, see ``_bound``)."""
+    return _cut(value, limits.nesting)  # type: ignore[no-any-return]
+
+
+def _nested_dict(value: Any, limits: Limits) -> dict[str, Any] | None:
+    d = _dict(value)
+    return None if d is None else _nested(d, limits)
+
+
+def _cut(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _cut(v, depth - 1) for k, v in value.items()} if depth > 0 else _TOO_DEEP
+    if isinstance(value, list):
+        return [_cut(v, depth - 1) for v in value] if depth > 0 else _TOO_DEEP
+    return value
 
 
 def _list(value: Any) -> list[Any]:
