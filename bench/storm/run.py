@@ -281,7 +281,10 @@ async def main() -> None:
     poster = Poster(env["BLAMETRAIL_INGEST_URL"].rstrip("/") + path)
     stub = env["BLAMETRAIL_SENTRY_STUB_URL"].rstrip("/")
     console, steps = Console(width=max(Console().width, 180)), []
-    base = int(time.time()) * 100_000
+    # Issue ids of this run: its start second, then 10,000,000 a step. (The start second times
+    # 100,000 had runs 100 s apart post the same issues: a run's first step repeated an earlier
+    # run's fourth, and counted every one as duplicated.)
+    base = int(time.time()) * 1_000_000_000
     async with (
         await psycopg.AsyncConnection.connect(env["DATABASE_URL"], autocommit=True) as conn,
         httpx.AsyncClient(timeout=10) as http,
