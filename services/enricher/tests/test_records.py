@@ -199,3 +199,12 @@ def test_many_small_parts_past_the_bound_keep_the_crashing_exception_then_only_t
     assert (small.sentry_event_id, small.exceptions, small.tags) == ("e", [], [])
     assert small.title is not None
     assert small.title.startswith("ttt")
+
+
+def test_the_markers_of_what_was_cut_are_bounded_in_number_too() -> None:
+    crowded = {"type": "E", "stacktrace": {"frames": [{}] * 60}}  # 60 frames, past the 50 kept
+    event = {"entries": [{"type": "exception", "data": {"values": [crowded] * 100}}]}
+    r = build_record(REF, event, TAGS, NOW)
+    assert r.truncated[:20] == ["frames:60->50"] * 20
+    assert r.truncated[20:21] == ["markers:100->20"]
+    assert _size_of(r) <= Limits().max_bytes

@@ -100,7 +100,7 @@ def build_record(
         event_created_at=_s(event.get("dateCreated"), limits),
         event_received_at=_s(event.get("dateReceived"), limits),
         links=_links(event, entries, limits),
-        truncated=cut,
+        truncated=_markers(cut),
     )
     return _bound(record, limits)
 
@@ -144,6 +144,11 @@ def _bound(record: IncidentEnrichedV1, limits: Limits) -> IncidentEnrichedV1:
             update={**shed(record), "truncated": [*record.truncated, marker]}
         )
     return record
+
+
+def _markers(cut: list[str], keep: int = 20) -> list[str]:
+    """What was cut, bounded in number too (one marker an exception with too many frames)."""
+    return cut if len(cut) <= keep else [*cut[:keep], f"markers:{len(cut)}->{keep}"]
 
 
 def _identity_only(_: IncidentEnrichedV1) -> dict[str, Any]:
