@@ -24,6 +24,7 @@ from blametrail_common.sentry_api import HttpxSentryApi, RetryPolicy, SentryCred
 from blametrail_common.settings import KafkaSettings
 from blametrail_enricher import pipeline
 from blametrail_enricher.pipeline import Enricher
+from blametrail_enricher.records import Limits
 from blametrail_sentry_stub import StubState, serve
 
 T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
@@ -156,3 +157,46 @@ async def test_an_event_no_record_can_hold_is_a_failure_recorded_not_a_batch_fai
     assert failed.incident_id == opened.payload.incident_id  # type: ignore[attr-defined]
     assert "cannot be recorded: Maximum serialization depth exceeded" in failed.reason
     assert [r.key for r in await _read(kafka, "incident-events-dlq")] == [opened.key.encode()]  # type: ignore[attr-defined]
+
+
+async def test_a_hostile_answer_from_sentry_is_enriched_within_the_bound_not_a_stalled_partition(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Sentry's latest event with a 2 MB release version, long links and a context nested past
+    what pydantic writes: before, the record (2 MB and more) was refused by Kafka or could not be
+    written at all, on every delivery. Now the incident is enriched, the record within its bound."""
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_settings.bootstrap_servers, topic_prefix=f"x{uuid.uuid4().hex[:6]}."
+    )
+    await ensure_topics(kafka)
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(240):  # the stand-in writes with orjson, which stops at 255
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    hostile = {
+        "eventID": "e1",
+        "title": "Boom",
+        "release": {"version": "v" * 2_000_000},
+        "web_url": "u" * 500_000,
+        "contexts": {"app": {"deep": deep}},
+    }
+    stub = StubState()
+    stub.issues[("acme", "44")] = {"latest_event": hostile, "tags": []}
+    producer = EventProducer(create_producer(kafka), kafka)
+    await producer.start()
+    async with serve(stub) as url, httpx.AsyncClient() as http:
+        creds = Creds(SentryCredentials(url, "acme", stub.add_internal_token("acme")))
+        enricher = Enricher(HttpxSentryApi(http, RetryPolicy(base_delay_s=0.01)), creds, producer)
+        await producer.send("incident-events", _event(IncidentOpenedV1, "44"))  # type: ignore[arg-type]
+        await _run_once(kafka, enricher, "g1", 1)
+    await producer.stop()
+
+    (record,) = await _read(kafka, "incident-enrichments")
+    enriched = decode(record.value).payload
+    assert isinstance(enriched, IncidentEnrichedV1)
+    assert len(record.value) <= Limits().max_bytes
+    assert enriched.title == "Boom"
+    assert enriched.release is not None
+    assert enriched.release.version.endswith("…[truncated]")
+    assert "…[nested too deep]" in str(enriched.contexts["app"])
