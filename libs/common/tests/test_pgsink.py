@@ -24,12 +24,24 @@ async def _run(
     tag: str,
     want: int,
     crash_after: int | None = None,
+    ahead: bool = False,
 ) -> None:
     stop = asyncio.Event()
     applied = 0
+    seen: set[tuple[int, int]] = set()  # what ``ahead`` was given
+    in_flight = 0
+
+    def look_ahead(records: Sequence) -> None:  # type: ignore[type-arg]
+        seen.update((r.partition, r.offset) for r in records)
 
     async def apply(conn: psycopg.AsyncConnection, records: Sequence) -> None:  # type: ignore[type-arg]
-        nonlocal applied
+        nonlocal applied, in_flight
+        if ahead:  # every batch was polled (and looked at) before, one transaction at a time
+            assert {(r.partition, r.offset) for r in records} <= seen
+            assert in_flight == 0
+        in_flight += 1
+        await asyncio.sleep(0.01)  # the loop polls the next batch meanwhile (``ahead``)
+        in_flight -= 1
         for r in records:
             key = r.key.decode()
             if not key.startswith(tag):
@@ -55,6 +67,7 @@ async def _run(
                 apply,
                 stop,
                 max_records=7,
+                ahead=look_ahead if ahead else None,
             ),
             60,
         )
@@ -62,9 +75,12 @@ async def _run(
         await consumer.stop()
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["plain", "ahead"])
 async def test_crash_mid_batch_then_restart_applies_every_record_exactly_once(
-    kafka_settings: KafkaSettings, database_url: str
+    kafka_settings: KafkaSettings, database_url: str, ahead: bool
 ) -> None:
+    """Also with ``ahead``: the next batch polled while a transaction runs, the crash coming
+    out of the transaction in flight."""
     tag, group = f"s{uuid.uuid4().hex[:6]}-", f"sink-{uuid.uuid4().hex[:6]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS t_sink (k text PRIMARY KEY, v text)")
@@ -77,14 +93,14 @@ async def test_crash_mid_batch_then_restart_applies_every_record_exactly_once(
         await producer.stop()
 
     with pytest.raises(Crash):
-        await _run(kafka_settings, database_url, group, tag, 40, crash_after=20)
+        await _run(kafka_settings, database_url, group, tag, 40, crash_after=20, ahead=ahead)
     with psycopg.connect(database_url) as conn:
         partial = conn.execute(
             "SELECT count(*) FROM t_sink WHERE k LIKE %s", (tag + "%",)
         ).fetchone()[0]  # type: ignore[index]
         assert 0 < partial < 40  # earlier batches are durable, the crashed one is not
 
-    await _run(kafka_settings, database_url, group, tag, 40)
+    await _run(kafka_settings, database_url, group, tag, 40, ahead=ahead)
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT k, v FROM t_sink WHERE k LIKE %s ORDER BY k", (tag + "%",)

@@ -7,6 +7,7 @@ Pure first (``fold``, property-tested against ``rows.merge_incident``), then on 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from dataclasses import fields
@@ -38,6 +39,7 @@ from blametrail_common.events.incidents import (
     SentryRef,
 )
 from blametrail_devstack.pytest_plugin import Infra, create_database
+from blametrail_projector import projection as projection_module
 from blametrail_projector.fold import FOLDS, fold_rows, fold_table
 from blametrail_projector.projection import MERGES, TABLES, Projection
 from blametrail_projector.rows import Rows, merge_incident, rows_for
@@ -293,24 +295,62 @@ async def test_a_batch_leaves_the_tables_its_records_leave_one_by_one(db: str, s
         assert refused >= 1  # the log holds poison: it is refused, the rest applied
         assert expected["incidents"]
         assert expected["incident_timeline"]
-        # one by one took ``Merge.insert``; staged (``values_max=0``) and inserted alike
-        for chunk, decode_slice, values_max in (
-            (1000, 50, 0),
-            (1000, 50, 300),
-            (7, 3, 0),
-            (1, 1, 0),
+        # one by one took ``Merge.insert``; staged (``values_max=0``) and inserted alike; the
+        # rows computed ahead (``Projection.ahead``) for these records, for others (dropped)
+        for chunk, decode_slice, values_max, ahead in (
+            (1000, 50, 0, None),
+            (1000, 50, 300, None),
+            (7, 3, 0, None),
+            (1, 1, 0, None),
+            (1000, 5, 300, "these"),
+            (7, 3, 0, "these"),
+            (7, 3, 0, "others"),
         ):
             await _empty(conn)
             projection = Projection(
                 None, chunk=chunk, decode_slice=decode_slice, values_max=values_max
             )
+            if ahead is not None:
+                projection.ahead(records if ahead == "these" else records[1:])
+                await asyncio.sleep(0.05)  # nothing is written nor refused before ``apply``
+                assert projection.refused == 0
             await projection.apply(conn, records)
             await conn.commit()
-            assert await _tables(conn) == expected, (chunk, decode_slice, values_max)
+            assert await _tables(conn) == expected, (chunk, decode_slice, values_max, ahead)
             assert projection.refused == refused
             await projection.apply(conn, records)  # the whole batch redelivered
             await conn.commit()
             assert await _tables(conn) == expected
+
+
+async def test_a_batch_given_ahead_is_written_from_the_rows_computed_then(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Projection.ahead`` decodes the batch before ``apply`` is given it: ``apply`` decodes
+    nothing more, and the batch before it (given ahead too, never applied) is dropped."""
+    rng = random.Random(5)
+    clean = [
+        record(i, encode(new_event(e, key=e.incident_id, tenant="t")))
+        for i, e in enumerate(incident_event(rng, INCIDENTS[i % 2]) for i in range(40))
+    ]
+    async with await psycopg.AsyncConnection.connect(db, row_factory=dict_row) as conn:
+        await _empty(conn)
+        expected, refused = await _one_by_one(conn, clean)
+        assert refused == 0
+        await _empty(conn)
+        projection = Projection(None, chunk=7, decode_slice=2)
+        projection.ahead(clean[:5])  # a batch the loop polled but never applied
+        projection.ahead(clean)
+        await asyncio.sleep(0.1)
+
+        def no_decoding(_: Any) -> None:
+            raise AssertionError("apply decoded a record ahead gave it")
+
+        monkeypatch.setattr(projection_module, "rows_for", no_decoding)
+        await projection.apply(conn, clean)
+        await conn.commit()
+        assert await _tables(conn) == expected
+        assert projection._ahead == []  # nothing left running
 
 
 async def test_a_batch_merges_into_rows_stored_before(db: str) -> None:

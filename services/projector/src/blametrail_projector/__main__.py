@@ -36,7 +36,14 @@ async def serve() -> None:
         await supervise("projection-producer", start_producer, stop)
         try:
             await project_into_postgres(
-                kafka, topics, dsn, settings.group_id, projection.apply, stop, name="projection"
+                kafka,
+                topics,
+                dsn,
+                settings.group_id,
+                projection.apply,
+                stop,
+                name="projection",
+                ahead=projection.ahead,
             )
         finally:
             if producer.started:

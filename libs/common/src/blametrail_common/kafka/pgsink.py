@@ -14,6 +14,11 @@ Kafka or Postgres goes away (or ``apply`` fails), starts over from scratch after
 consumer, a new connection, the offsets read from Postgres again); it never gives up while
 ``stop`` is unset. An idle loop checks its connection every few seconds, so readiness says
 ``postgres: false`` while the server is away even when no records flow.
+
+With ``ahead``, the loop reads on while a batch's transaction runs: the next batch is polled and
+handed to ``ahead`` (work that needs no database, such as decoding, starts then) while Postgres
+still works on the one before, so neither waits for the other. At most one transaction is in
+flight, and a batch is admitted against the stored offsets only once the one before committed.
 """
 
 from __future__ import annotations
@@ -30,13 +35,16 @@ from blametrail_common.kafka.consumer import KafkaWatch, create_consumer, poll_b
 from blametrail_common.resilience import DEPENDENCIES, POSTGRES, supervise
 from blametrail_common.settings import KafkaSettings
 
-__all__ = ["ApplyBatch", "load_offsets", "project_into_postgres", "run_into_postgres"]
+__all__ = ["Ahead", "ApplyBatch", "load_offsets", "project_into_postgres", "run_into_postgres"]
 
 log = logging.getLogger(__name__)
 
 ApplyBatch = Callable[
     [psycopg.AsyncConnection, Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]
 ]
+# Given each polled batch as soon as it is polled (see :func:`run_into_postgres`).
+Ahead = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], None]
+Committed = dict[TopicPartition, int]  # a batch's next offsets, once its transaction committed
 
 _UPSERT = (
     "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at)"
@@ -87,20 +95,38 @@ async def run_into_postgres(
     probe_s: float = 5.0,
     gather_ms: int = 0,
     mirror_s: float = 1.0,
+    ahead: Ahead | None = None,
 ) -> None:
     """Subscribe ``consumer`` (started, ``enable_auto_commit=False``) to broker-side ``topics`` and
     apply batches until ``stop`` is set. Exceptions from ``apply`` roll the batch back and
     propagate, and so do Postgres errors (a connection idle for ``probe_s`` is checked).
+
+    ``ahead``: called with each polled batch's records before they are admitted, while the
+    batch before may still be in its transaction. ``apply`` later gets the admitted ones (the
+    same records, in the same order, unless a partition was rewound); a record ``ahead`` saw may
+    never reach ``apply`` (the loop failed first), so what ``ahead`` does must have no effect.
     """
     known: dict[TopicPartition, int] = {}
     consumer.subscribe(list(topics), listener=_Forget(known))
     watch = KafkaWatch(consumer)
     clock = asyncio.get_running_loop().time
-    unmirrored: dict[TopicPartition, int] = {}  # next offsets committed to Postgres only
+    unmirrored: Committed = {}  # next offsets committed to Postgres only
     mirrored = clock()
+    pending: asyncio.Task[Committed] | None = None  # the transaction in flight (``ahead``)
     async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
         DEPENDENCIES.up(POSTGRES)
         checked = clock()
+
+        def committed(offsets: Committed) -> None:
+            nonlocal checked
+            DEPENDENCIES.up(POSTGRES)
+            checked = clock()
+            for tp, offset in offsets.items():
+                unmirrored[tp] = offset
+                # a partition that changed hands meanwhile (``_Forget``) is read from Postgres again
+                if tp in known:
+                    known[tp] = offset
+
         try:
             while not stop.is_set():
                 if unmirrored and clock() - mirrored >= mirror_s:
@@ -109,6 +135,13 @@ async def run_into_postgres(
                 polled = await poll_batch(
                     consumer, timeout_ms=timeout_ms, max_records=max_records, gather_ms=gather_ms
                 )
+                if ahead is not None and polled:
+                    ahead([r for recs in polled.values() for r in recs])
+                if pending is not None:
+                    task, pending = pending, None
+                    committed(await task)
+                    if stop.is_set():  # what was polled meanwhile is read again after a restart
+                        break
                 await watch.polled(any(polled.values()))
                 if not polled and clock() - checked >= probe_s:
                     await conn.execute("SELECT 1")  # raises while the server is away
@@ -126,24 +159,37 @@ async def run_into_postgres(
                         batches[tp] = admitted
                 if not batches:
                     continue
-                records = [r for recs in batches.values() for r in recs]
-                async with conn.transaction():
-                    await apply(conn, records)
-                    async with conn.cursor() as cur:
-                        await cur.executemany(
-                            _UPSERT,
-                            [
-                                (group_id, tp.topic, tp.partition, recs[-1].offset + 1)
-                                for tp, recs in batches.items()
-                            ],
-                        )
-                DEPENDENCIES.up(POSTGRES)
-                checked = clock()
-                for tp, recs in batches.items():
-                    known[tp] = unmirrored[tp] = recs[-1].offset + 1
+                transaction = _transaction(conn, group_id, apply, batches)
+                if ahead is None:
+                    committed(await transaction)
+                else:
+                    pending = asyncio.create_task(transaction)
+            if pending is not None:
+                task, pending = pending, None
+                committed(await task)
         finally:  # also after a failure: what Postgres holds, the lag tooling shows
+            if pending is not None:  # the loop failed meanwhile: the batch rolls back
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
             if unmirrored:
                 await _commit_to_kafka(consumer, unmirrored)
+
+
+async def _transaction(
+    conn: psycopg.AsyncConnection,
+    group_id: str,
+    apply: ApplyBatch,
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+) -> Committed:
+    """Apply ``batches`` and upsert their next offsets, in one transaction."""
+    offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+    async with conn.transaction():
+        await apply(conn, [r for recs in batches.values() for r in recs])
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                _UPSERT, [(group_id, tp.topic, tp.partition, o) for tp, o in offsets.items()]
+            )
+    return offsets
 
 
 async def project_into_postgres(
@@ -156,6 +202,7 @@ async def project_into_postgres(
     *,
     name: str | None = None,
     max_records: int | None = 2000,
+    ahead: Ahead | None = None,
 ) -> None:
     """:func:`run_into_postgres` with a consumer of its own (broker-side ``topics``), started over
     from scratch after any error with a backoff, as loop ``name`` (default ``group_id``)."""
@@ -173,6 +220,7 @@ async def project_into_postgres(
                 stop,
                 max_records=max_records,
                 gather_ms=settings.batch_gather_ms,
+                ahead=ahead,
             )
         finally:
             await stop_quietly(consumer)
