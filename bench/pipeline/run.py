@@ -12,6 +12,8 @@ stored rows). Each round, each variant into a fresh migrated database:
 - precomputed: the same batches, their rows computed beforehand (no Kafka, no decoding), written
   with the fastest bulk path measured (``Projection.write``: fold, ``COPY`` into staging, one
   merge per table) and the same offsets upsert, one transaction per batch: the ceiling;
+- projector, one batch at a time: the projector's loop without its ``ahead`` (the next batch
+  polled and decoded while Postgres writes the one before), as it ran before;
 - projector, Python's GC: the projector again with the garbage collector as Python sets it (the
   projector and this benchmark run with ``blametrail_common.gctune.tune_gc``), for what that is
   worth;
@@ -149,9 +151,10 @@ def _drop(server_dsn: str, dsn: str) -> None:
 
 
 async def projector(
-    kafka: KafkaSettings, dsn: str, n: int, progress: Progress, label: str
+    kafka: KafkaSettings, dsn: str, n: int, progress: Progress, label: str, *, ahead: bool = True
 ) -> tuple[Cost, list[Batch]]:
-    """The cost of the projector's own loop over the topic, and the batches it applied."""
+    """The cost of the projector's own loop over the topic, and the batches it applied;
+    ``ahead``: the next batch decoded while the one before is written, as the projector runs."""
     group, stop = f"bench-{uuid.uuid4().hex[:8]}", asyncio.Event()
     projection, cost = Projection(None), Cost()
     batches: list[Batch] = []
@@ -171,7 +174,16 @@ async def projector(
     await consumer.start()
     try:
         topics = [topic_name("incident-events", kafka.topic_prefix)]
-        await run_into_postgres(consumer, topics, dsn, group, apply, stop, max_records=MAX_RECORDS)
+        await run_into_postgres(
+            consumer,
+            topics,
+            dsn,
+            group,
+            apply,
+            stop,
+            max_records=MAX_RECORDS,
+            ahead=projection.ahead if ahead else None,
+        )
     finally:
         await consumer.stop()
         progress.remove_task(task)
@@ -225,6 +237,7 @@ def _load() -> str:
 
 VARIANTS = {
     "projector": "projector (Kafka -> decode -> staged merge)",
+    "projector_plain": "the same, one batch at a time (no ahead)",
     "projector_pygc": "the same projector, Python's GC",
     "precomputed": "precomputed rows, staged COPY + merge",
     "executemany": "precomputed rows, executemany (previous path)",
@@ -246,12 +259,16 @@ async def measure(bootstrap: str, server_dsn: str, n: int, rounds: int) -> None:
         prepared = prepared or _prepare(batches)
         return cost
 
+    async def run_projector_plain(dsn: str, label: str) -> Cost:
+        return (await projector(kafka, dsn, n, progress, label, ahead=False))[0]
+
     async def run_projector_pygc(dsn: str, label: str) -> Cost:
         with pythons_gc():
             return (await projector(kafka, dsn, n, progress, label))[0]
 
     runs: dict[str, Callable[[str, str], Awaitable[Cost]]] = {
         "projector": run_projector,
+        "projector_plain": run_projector_plain,
         "projector_pygc": run_projector_pygc,
         "precomputed": lambda url, _: precomputed(url, prepared, Projection(None).write),
         "executemany": lambda url, _: precomputed(url, prepared, write_executemany),
@@ -302,7 +319,8 @@ def _result(costs: dict[str, list[Cost]], n: int) -> BenchResult:
         unit="/s",
         notes=(
             f"median ratio of rounds {ratio:.2f}; CPU µs/event (client + Postgres): projector"
-            f" {cpu['projector']:.0f} (Python's GC {cpu['projector_pygc']:.0f}), precomputed"
+            f" {cpu['projector']:.0f} (one batch at a time {cpu['projector_plain']:.0f},"
+            f" Python's GC {cpu['projector_pygc']:.0f}), precomputed"
             f" {cpu['precomputed']:.0f}, previous executemany"
             f" path {cpu['executemany']:.0f}; load {_load()} on {os.cpu_count()} shared cores"
         ),
@@ -330,6 +348,7 @@ def _table(costs: dict[str, list[Cost]], n: int, rounds: int, rows: Any) -> Tabl
     for base, goal in (
         ("precomputed", ">= 0.7 (goal)"),
         ("executemany", ""),
+        ("projector_plain", "(ahead / none)"),
         ("projector_pygc", "(tuned GC / Python's)"),
     ):
         ratios = [p / b for p, b in zip(rate["projector"], rate[base], strict=True)]
