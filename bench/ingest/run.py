@@ -27,7 +27,7 @@ from pathlib import Path
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import TEST_SECRET, signed_fixture
-from blametrail_devstack.bench import BenchResult, listener_pid, write_result
+from blametrail_devstack.bench import BenchResult, cpu_seconds, listener_pid, write_result
 from blametrail_devstack.pytest_plugin import open_infra
 from blametrail_devstack.stack import free_port
 from rich.console import Console
@@ -154,10 +154,7 @@ def _serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def _cpu_s(pid: int | None) -> float:
     """User + system CPU seconds used so far by ``pid`` (0 when unknown)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0 if pid is None else cpu_seconds(pid)
 
 
 def _broker_pid(bootstrap: str) -> int:

@@ -57,7 +57,7 @@ from blametrail_common.kafka import EventProducer, create_consumer, create_produ
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import signed_fixture
-from blametrail_devstack.bench import BenchResult, listener_pid, write_result
+from blametrail_devstack.bench import BenchResult, cpu_seconds, listener_pid, write_result
 from blametrail_devstack.kafka import KafkaNode
 from blametrail_devstack.pytest_plugin import open_infra
 from blametrail_devstack.stack import free_port
@@ -69,11 +69,6 @@ HERE = Path(__file__).parent
 CONN, TENANT, SLUG = "conn-bench", "tenant-bench", "checkout-api"
 HEADERS = [("bt-type", b"sentry.webhook.received"), ("bt-version", b"1")]
 TICK_S, WARMUP, IDLE_S = 0.005, 300, 2.0
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def webhooks(n: int, base: int) -> list[tuple[bytes, bytes]]:
@@ -234,17 +229,17 @@ async def run_phase(
         await rig.feed(warm, rate)
         await rig.arrived(warm, progress, task)
         progress.update(task, description=f"{name}: broker idle {IDLE_S:.0f} s", total=None)
-        b0, t0 = _cpu_s(broker), time.perf_counter()
+        b0, t0 = cpu_seconds(broker), time.perf_counter()
         await asyncio.sleep(IDLE_S)
-        idle_rate = (_cpu_s(broker) - b0) / (time.perf_counter() - t0)
+        idle_rate = (cpu_seconds(broker) - b0) / (time.perf_counter() - t0)
         progress.update(task, description=f"{name}: {rate:.0f}/s", total=n, completed=0)
-        c0, b0, t0 = _cpu_s(proc.pid), _cpu_s(broker), time.perf_counter()
+        c0, b0, t0 = cpu_seconds(proc.pid), cpu_seconds(broker), time.perf_counter()
         feeding = asyncio.create_task(rig.feed(main, rate))
         await rig.arrived(main, progress, task)
         await feeding
         phase.seconds = time.perf_counter() - t0
-        phase.cpu_s = _cpu_s(proc.pid) - c0
-        phase.broker_s = _cpu_s(broker) - b0
+        phase.cpu_s = cpu_seconds(proc.pid) - c0
+        phase.broker_s = cpu_seconds(broker) - b0
         phase.broker_idle_s = idle_rate * phase.seconds
         keys = [out_key(k) for k, _ in main]
         phase.latencies = [rig.seen_at[k] - rig.sent_at[k] for k in keys]

@@ -55,7 +55,7 @@ from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.kafka.pgsink import run_into_postgres
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.topics import topic_name
-from blametrail_devstack.bench import BenchResult, pythons_gc, write_result
+from blametrail_devstack.bench import BenchResult, cpu_seconds, pythons_gc, write_result
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import Projection
 from blametrail_projector.rows import Rows, rows_for
@@ -107,16 +107,6 @@ async def produce(kafka: KafkaSettings, n: int, progress: Progress) -> None:
         progress.remove_task(task)
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _backend_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of the Postgres backend ``pid`` (same machine: /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 class Cost:
     """Wall time and CPU seconds of this process and of one Postgres backend, between
     :meth:`start` and :meth:`stop` (CPU per event is what a loaded machine changes least)."""
@@ -128,14 +118,14 @@ class Cost:
 
     def start(self, backend_pid: int) -> None:
         self._pid = backend_pid
-        self._at = (time.perf_counter(), time.process_time(), _backend_cpu(backend_pid))
+        self._at = (time.perf_counter(), time.process_time(), cpu_seconds(backend_pid))
 
     def stop(self) -> None:
         assert self._at is not None
         wall, client, server = self._at
         self.wall = time.perf_counter() - wall
         self.client = time.process_time() - client
-        self.server = _backend_cpu(self._pid) - server
+        self.server = cpu_seconds(self._pid) - server
 
 
 def _fresh_db(server_dsn: str, label: str) -> str:

@@ -20,6 +20,12 @@ events or enrichment rows than incidents). The headline: the highest rate whose 
 incident row is <= 1 s with every webhook acknowledged and every row there (goal >= 2,000/s),
 beside the highest rate offered in the same run; and enrichments/s over what the budget permits
 (goal >= 0.8x).
+
+Where the cores go: per rate, the CPU each part of the stack used from the step's first webhook
+to its last enrichment (every service of ``make up`` by its pid file, the broker and Postgres by
+their listening process, Postgres with its backends, and this load generator), less what the part
+uses idle (measured for ``BENCH_STORM_IDLE_S``, 3, before the first step), per acknowledged
+webhook; and the cores the whole stack would need to keep up with the goal's rate at that cost.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +48,20 @@ from blametrail_common.events.incidents import incident_id_for
 from blametrail_common.signature import sign
 from blametrail_common.testing import signed_fixture
 from blametrail_devstack.__main__ import read_env
-from blametrail_devstack.bench import BenchResult, write_result
+from blametrail_devstack.bench import (
+    BenchResult,
+    cpu_seconds,
+    listener_pid,
+    process_tree_cpu,
+    write_result,
+)
 from blametrail_devstack.demo import demo_org_id
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 ENV = Path(__file__).resolve().parents[2] / ".local" / "stack.env"
+RUN = ENV.parent / "run"  # the supervisor's <service>.pid files
 RATES = [int(r) for r in os.environ.get("BENCH_STORM_RATES", "250,500,1000,2000,3000").split(",")]
 SECONDS = float(os.environ.get("BENCH_STORM_SECONDS", "10"))
 ENRICH_WAIT_S = float(os.environ.get("BENCH_STORM_ENRICH_WAIT_S", "300"))
@@ -60,6 +74,44 @@ POLL_WINDOW = int(os.environ.get("BENCH_STORM_POLL_WINDOW", "2000"))  # the olde
 # were the costliest statement Postgres ran in a storm (7.7 ms a poll at 1,000 webhooks/s).
 ENRICH_POLL_S = float(os.environ.get("BENCH_STORM_ENRICH_POLL_MS", "500")) / 1000
 GOAL_RATE, GOAL_P99_S, GOAL_BUDGET = 2000, 1.0, 0.8
+IDLE_S = float(os.environ.get("BENCH_STORM_IDLE_S", "3"))
+# The path from a webhook to its incident row (the latency the headline measures); the broker
+# and Postgres serve it and the enrichment alike.
+ROW_PATH = ("ingest", "normalizer", "projector")
+LOAD = "load generator"
+
+
+class StackCpu:
+    """CPU seconds so far of each part of the running stack: ``sample()`` reads them all."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        def port(address: str) -> int:
+            return int(urlsplit(f"//{address.split(',')[0].split('@')[-1]}").port or 0)
+
+        broker = listener_pid(port(env["KAFKA_BOOTSTRAP_SERVERS"]))
+        postgres = listener_pid(urlsplit(env["DATABASE_URL"]).port or 5432)
+        self.broker, self.postgres = broker, postgres
+
+    def sample(self) -> dict[str, float]:
+        out = {LOAD: cpu_seconds(os.getpid())}
+        for pid_file in sorted(RUN.glob("*.pid")):
+            if pid_file.stem == "supervisor":
+                continue
+            try:
+                out[pid_file.stem] = cpu_seconds(int(pid_file.read_text()))
+            except (OSError, ValueError):  # restarting: its time is lost to this sample
+                out[pid_file.stem] = 0.0
+        if self.broker is not None:
+            out["kafka broker"] = cpu_seconds(self.broker)
+        if self.postgres is not None:
+            out["postgres"] = process_tree_cpu(self.postgres)
+        return out
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each part used between two samples (a part that restarted: what it used
+    since, at least 0)."""
+    return {k: max(v - before.get(k, 0.0), 0.0) for k, v in after.items()}
 
 
 @dataclass
@@ -77,6 +129,8 @@ class Step:
     send_s: float = 0.0
     budget: dict[str, Any] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # part -> CPU seconds, idle removed
+    wall_s: float = 0.0  # first webhook to the last row or enrichment waited for
     give_up_at: float = float("inf")  # stop waiting for rows and enrichments (wall time)
 
     def row_latency(self) -> list[float]:
@@ -291,6 +345,13 @@ async def main() -> None:
     ):
         with console.status("the stand-in's own capacity (bare calls)"):
             capacity = await stand_in_capacity(stub)
+        stack = StackCpu(env)
+        with console.status(f"the idle stack's CPU ({IDLE_S:.0f} s)"):
+            began, at = time.perf_counter(), stack.sample()
+            await asyncio.sleep(IDLE_S)
+            idle = {
+                k: v / (time.perf_counter() - began) for k, v in spent(at, stack.sample()).items()
+            }
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -315,12 +376,18 @@ async def main() -> None:
                         await asyncio.sleep(0.2)
 
                 ticker = asyncio.create_task(tick())
+                began, at = time.perf_counter(), stack.sample()
                 await drive(step, poster, env, tenant, base + n * 10_000_000)
                 ticker.cancel()
                 progress.update(sending, completed=step.sent)
                 step.give_up_at = time.time() + ENRICH_WAIT_S
                 stop.set()
                 await watcher
+                step.wall_s = time.perf_counter() - began
+                step.cpu = {
+                    k: max(v - idle.get(k, 0.0) * step.wall_s, 0.0)
+                    for k, v in spent(at, stack.sample()).items()
+                }
                 after = (await http.get(f"{stub}/_stub/budget")).json()
                 step.budget = after
                 step.limited = {
@@ -330,6 +397,7 @@ async def main() -> None:
         ids = [k for s in steps for k in s.acked_at]
         rows, timeline, enrichments = await counts(conn, ids)
     report(console, steps, rows, timeline, enrichments, capacity)
+    report_cpu(console, steps, idle)
 
 
 def report(
@@ -416,6 +484,43 @@ def report(
                 f" enrichments/s bare); lost {lost}; duplicated {duplicated}"
             ),
         )
+    )
+
+
+def report_cpu(console: Console, steps: list[Step], idle: dict[str, float]) -> None:
+    """Per rate, each part's CPU per acknowledged webhook, and the cores the stack needs at the
+    goal's rate if each webhook costs what it cost in that step."""
+    parts = sorted(
+        {k for s in steps for k in s.cpu}, key=lambda k: -sum(s.cpu.get(k, 0) for s in steps)
+    )
+    table = Table(
+        "part (idle cores)",
+        *(f"{s.rate:,}/s" for s in steps),
+        title="bench/storm: CPU µs per acknowledged webhook, first webhook to last enrichment,"
+        " idle use removed",
+    )
+
+    def per(s: Step, keys: Sequence[str]) -> float:
+        return 1e6 * sum(s.cpu.get(k, 0.0) for k in keys) / max(len(s.acked_at), 1)
+
+    for part in parts:
+        table.add_row(
+            f"{part} ({idle.get(part, 0.0):.2f})", *(f"{per(s, [part]):,.0f}" for s in steps)
+        )
+    table.add_row("row path: " + " + ".join(ROW_PATH), *(f"{per(s, ROW_PATH):,.0f}" for s in steps))
+    table.add_row("all", *(f"{per(s, parts):,.0f}" for s in steps))
+    table.add_row(
+        "cores used (step's CPU over its wall time)",
+        *(f"{sum(s.cpu.values()) / s.wall_s:.2f}" if s.wall_s else "-" for s in steps),
+    )
+    table.add_row(
+        f"cores {GOAL_RATE:,}/s would need at this cost",
+        *(f"{per(s, parts) * GOAL_RATE / 1e6:.1f}" for s in steps),
+    )
+    console.print(table)
+    console.print(
+        f"This machine has {os.cpu_count()} cores for all of it. Idle use (cores) is measured for"
+        f" {IDLE_S:.0f} s before the first step and removed from each step's share."
     )
 
 

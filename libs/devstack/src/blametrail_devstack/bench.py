@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -25,8 +26,10 @@ from blametrail_devstack.paths import local_dir
 
 __all__ = [
     "BenchResult",
+    "cpu_seconds",
     "listener_pid",
     "load_results",
+    "process_tree_cpu",
     "pythons_gc",
     "results_dir",
     "summary_table",
@@ -122,6 +125,38 @@ def listener_pid(port: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds ``pid`` used so far (Linux ``/proc``); with ``reaped``, its
+    children that exited and were waited for too (a Postgres postmaster's finished backends).
+    Raises ``OSError`` when there is no such process."""
+    fields = _stat(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``, of its live children and of those it reaped: a whole Postgres
+    server (the postmaster and its backends), counted from its listening process."""
+    total = cpu_seconds(pid, reaped=True)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == str(pid):
+            continue
+        try:
+            fields = _stat(int(proc.name))
+            if int(fields[1]) == pid:  # its parent
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile: its time is in the parent's reaped share
+    return total
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
