@@ -6,13 +6,18 @@ import asyncio
 import gc
 import io
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from blametrail_devstack.bench import (
     BenchResult,
+    cpu_seconds,
     listener_pid,
     load_results,
+    process_tree_cpu,
     pythons_gc,
     summary_table,
     write_result,
@@ -73,3 +78,31 @@ def test_pythons_gc_is_pythons_within_and_the_tuning_after() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+_BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+
+
+def test_cpu_seconds_count_a_process_and_its_children_alive_and_reaped() -> None:
+    """A Postgres server is counted from its listening process: its own time, its live
+    backends' and the finished ones it waited for."""
+    mine = cpu_seconds(os.getpid())
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert cpu_seconds(os.getpid()) - mine >= 0.15
+
+    before = process_tree_cpu(os.getpid())
+    subprocess.run([sys.executable, "-c", _BURN], check=True)  # reaped: in our children's time
+    assert cpu_seconds(os.getpid(), reaped=True) - cpu_seconds(os.getpid()) >= 0.25
+    alive = subprocess.Popen([sys.executable, "-c", _BURN + "time.sleep(30)\n"])
+    try:
+        deadline = time.monotonic() + 20
+        while cpu_seconds(alive.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_tree_cpu(os.getpid()) - before >= 0.5  # the reaped child and the live one
+    finally:
+        alive.kill()
+        alive.wait()
+    with pytest.raises(FileNotFoundError):  # gone: named, not counted as 0
+        cpu_seconds(alive.pid)
