@@ -68,6 +68,8 @@ class Normalizer:
         """Stop the app, then what it started (tables, producer)."""
         await self.app.stop()
         await self.lookup.cp.stop()
+        if self.echoes is not None:  # started by the app's own task (``commands.install``)
+            await self.echoes.table.stop()
         if self._producer is not None and self._producer.started:
             await self._producer.stop()
 
