@@ -128,6 +128,11 @@ async def test_a_backlog_goes_through_in_batches_in_order_without_loss_or_duplic
         await normalizer.close()
         await producer.stop()
     assert not any(extra.values())
+    # close() stopped what the app started: the write-backs table it waited for before its
+    # first batch too (its consumer was once left open)
+    assert normalizer.echoes is not None
+    assert normalizer.echoes.ready()
+    assert not normalizer.echoes.table.running
     by_incident: dict[str, list[str]] = defaultdict(list)
     for _, _, event in sorted(out, key=lambda o: (o[0], o[1])):
         by_incident[event.payload.sentry.issue_id].append(event.type)

@@ -76,6 +76,11 @@ class CompactedTable(Generic[P]):
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def running(self) -> bool:
+        """Whether it holds a consumer or a following task (between ``start`` and ``stop``)."""
+        return self._consumer is not None or self._task is not None
+
     async def start(self, timeout_s: float = 30.0) -> None:
         """Load the whole topic, then follow it in the background. Raises on timeout."""
         self._stop.clear()
