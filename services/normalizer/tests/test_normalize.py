@@ -262,6 +262,22 @@ def test_invalid_payload_is_audited_never_raised() -> None:
         assert env.payload.reason == "invalid_payload"
 
 
+def test_json_python_reads_and_orjson_refuses_is_read_as_before() -> None:
+    """The body is parsed by orjson first; what only Python's parser reads (``NaN``, an integer
+    beyond 64 bits: Sentry's own JSON never holds them, a hostile body may) still makes the
+    incident, and what both refuse (nesting past either's limit) is audited as before."""
+    fixture = signed_fixture("issue.created")[0]
+    plain = only(normalize(raw("issue.created"), lookup()), IncidentOpenedV1).payload
+    odd = fixture.replace(b'{"issue":{', b'{"issue":{"x":NaN,"y":123456789012345678901234567890,')
+    assert odd != fixture
+    assert only(normalize(raw("issue.created", body=odd), lookup()), IncidentOpenedV1).payload == (
+        plain
+    )
+    deep = b'{"data":{"issue":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    env = only(normalize(raw("issue.created", body=deep), lookup()), WebhookAuditedV1)
+    assert env.payload.reason == "invalid_payload"
+
+
 def test_nul_and_lone_surrogates_in_sentry_text_still_make_an_encodable_incident() -> None:
     body = signed_fixture("issue.created")[0].replace(
         b"KeyError: 'currency'", b"Key\\u0000Err\\ud800or"
