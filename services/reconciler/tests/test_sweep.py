@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blametrail_devstack.testkit import until
+from blametrail_reconciler.store import Store
 
 ORG = "acme"
 
@@ -126,7 +128,8 @@ async def test_a_merge_closes_the_old_incident_into_the_primary(make_pipeline: A
 
 
 async def test_a_429_storm_during_a_sweep_of_2000_incidents(make_pipeline: Any) -> None:
-    async with make_pipeline() as p:
+    # read from Postgres 500 at a time: the sweep holds a page, not every open incident
+    async with make_pipeline(page=500) as p:
         ids = [str(9_500_000 + n) for n in range(2000)]
         await p.open_issues(ids)
         changed = ids[::7]  # 286 resolved behind our back
@@ -161,6 +164,18 @@ async def test_a_429_storm_during_a_sweep_of_2000_incidents(make_pipeline: Any) 
             "event_type = 'incident.resolved'",
         )
         assert resolves == len(changed)
+        # the pages: in id order, each after the last, together every tracked incident once
+        since = datetime.now(UTC) - timedelta(days=7)
+        async with Store.open(p.dsn) as store:
+            pages = [
+                [t.incident.incident_id for t in page]
+                async for page in store.tracked(p.tenant_id, p.connection_id, since, 300)
+            ]
+            assert await store.tracked_count(p.tenant_id, p.connection_id, since) == 2000
+        assert [len(page) for page in pages] == [300] * 6 + [200]
+        flat = [i for page in pages for i in page]
+        assert flat == sorted(flat, key=uuid.UUID)
+        assert set(flat) == {p.incident_of(i) for i in ids}
 
 
 async def _eq(value: Any, expected: Any) -> bool:

@@ -33,6 +33,9 @@ class ReconcilerSettings(BaseBlametrailSettings):
         default="auto", validation_alias=f"{PREFIX}RECONCILER_CREATIONS"
     )
     concurrency: int = Field(default=4, ge=1, validation_alias=f"{PREFIX}RECONCILER_CONCURRENCY")
+    page: int = Field(default=5000, ge=1, validation_alias=f"{PREFIX}RECONCILER_PAGE")
+    """Incidents a sweep reads from Postgres and compares at a time: its memory is bounded by
+    this, not by the number of open incidents."""
     connections_at_once: int = Field(
         default=4, ge=1, validation_alias=f"{PREFIX}RECONCILER_CONNECTIONS_AT_ONCE"
     )

@@ -1,8 +1,9 @@
 """One sweep of one connection: compare, publish what disagrees, record what was repaired.
 
 1. The incidents of Sentry origin the read model shows open, acknowledged or muted (and those
-   resolved within ``resolved_window_s``: a missed ``issue.unresolved`` reopens one), in batches
-   of 100: one issue search by id list each (``issue.id:[...]``, no status term).
+   resolved within ``resolved_window_s``: a missed ``issue.unresolved`` reopens one), read
+   ``page`` at a time (the sweep's memory is bounded by that, not by the open incidents), in
+   batches of 100: one issue search by id list each (``issue.id:[...]``, no status term).
 2. An issue the search does not return was merged (or deleted): one detail call; an answer for
    another id is a merge. A 404 is a deletion: recorded once (a ``deleted`` row of
    ``reconcile_repairs``, not a repair: no webhook was lost) and the incident is not swept
@@ -108,11 +109,22 @@ class Sweeper:
             return await self.api.call("GET", creds, path, headers_out=headers)
 
         try:
-            tracked = await store.tracked(
-                conn.tenant_id, conn.connection_id, now - timedelta(seconds=s.resolved_window_s)
-            )
-            row.checked = len(tracked)
-            decisions, row.deleted = await self._compare(tracked, creds, call, now, progress)
+            resolved_since = now - timedelta(seconds=s.resolved_window_s)
+            total = await store.tracked_count(conn.tenant_id, conn.connection_id, resolved_since)
+            progress("compare", 0, total)
+            decisions: list[Decision] = []
+            async for page in store.tracked(
+                conn.tenant_id, conn.connection_id, resolved_since, s.page
+            ):
+                before = row.checked
+
+                def compared(n: int, before: int = before) -> None:
+                    progress("compare", before + n, max(before + n, total))
+
+                found, deleted = await self._compare(page, creds, call, now, compared)
+                decisions += found
+                row.deleted += deleted
+                row.checked += len(page)
             if s.creations == "always" or (
                 s.creations == "auto"
                 and await store.sends_issue_webhooks(conn.tenant_id, conn.connection_id)
@@ -168,14 +180,14 @@ class Sweeper:
         creds: SentryCredentials,
         call: Callable[..., Any],
         now: datetime,
-        progress: Progress,
+        compared: Callable[[int], None],
     ) -> tuple[list[Decision], list[Repair]]:
-        """The decisions, and the issues Sentry says are deleted (404 on the detail)."""
+        """The decisions, and the issues Sentry says are deleted (404 on the detail), for one
+        page of ``tracked`` incidents; ``compared(n)`` as the first ``n`` of them are done."""
         settle = timedelta(seconds=self.settings.settle_s)
         gate = asyncio.Semaphore(self.settings.concurrency)
         done = [0]
         deleted: list[Repair] = []
-        progress("compare", 0, len(tracked))
 
         async def one(batch: list[Tracked]) -> list[Decision]:
             async with gate:
@@ -204,7 +216,7 @@ class Sweeper:
                         if d is not None:
                             decisions.append(d)
             done[0] += len(batch)
-            progress("compare", done[0], len(tracked))
+            compared(done[0])
             return decisions
 
         results = await asyncio.gather(*(one(b) for b in plan.batches(tracked)))
