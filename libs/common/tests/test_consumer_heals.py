@@ -7,9 +7,7 @@ or a member joining does) must not end the loop: the batch is redelivered, nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import shutil
 import signal
 import uuid
@@ -141,17 +139,6 @@ def _connection(cid: str) -> ConnectionStateV1:
     )
 
 
-def _kill(node: KafkaNode) -> None:
-    """kill -9 of the broker (our child: reaped here, so it is gone when this returns)."""
-    pid = node.running_pid()
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    node.pidfile.unlink(missing_ok=True)
-
-
 @pytest.mark.timeout(120)
 async def test_consume_outlives_a_broker_restart_and_loses_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -213,7 +200,7 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
         feeding = asyncio.create_task(feed())
         try:
             await asyncio.wait_for(held.wait(), 30)  # progress, then a batch in hand
-            _kill(node)
+            node.stop(sig=signal.SIGKILL)
             killed.set()
             away_until = loop.time() + 6
             while loop.time() < away_until:
@@ -236,7 +223,7 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
             assert DEPENDENCIES.is_up("kafka")
             assert not consuming.done()
             # Idle now: a broker gone while nothing flows is noticed by the loop's own probe.
-            _kill(node)
+            node.stop(sig=signal.SIGKILL)
             deadline = loop.time() + 20
             while DEPENDENCIES.is_up("kafka"):
                 assert loop.time() < deadline, "readiness never said kafka: false while idle"
@@ -257,5 +244,5 @@ async def test_consume_outlives_a_broker_restart_and_loses_nothing(
         restarted = LOOP_RESTARTS.labels(group)._value.get() > restarts_before
         assert refused or restarted or (held_done and held_done[0] >= back_at - 1.0), held_done
     finally:
-        _kill(node)
+        node.stop(sig=signal.SIGKILL)
         shutil.rmtree(tmp_path / "kafka", ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 from datetime import UTC, datetime
@@ -222,16 +221,6 @@ async def test_a_timeout_spools_every_outstanding_batch_oldest_first_and_new_one
     assert [r.value for r in spooled] == [b"v%02d" % i for i in range(12)]
 
 
-def _kill(node: KafkaNode) -> None:
-    """kill -9 of this test's own broker, reaped at once (it is our child: ``KafkaNode.stop``
-    would see the zombie as alive for its whole timeout)."""
-    pid = node.running_pid()
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        node.pidfile.unlink(missing_ok=True)
-
-
 async def test_known_connections_keep_working_while_the_table_reader_loses_the_broker(
     tmp_path: Path,
 ) -> None:
@@ -285,7 +274,7 @@ async def test_known_connections_keep_working_while_the_table_reader_loses_the_b
                     statuses.append(resp.status_code)
 
                 await post(0)
-                _kill(node)
+                node.stop(sig=signal.SIGKILL)
                 for i in range(1, 11):  # the table's reader is failing and reconnecting now
                     await post(i)
                     await asyncio.sleep(0.3)
@@ -298,4 +287,4 @@ async def test_known_connections_keep_working_while_the_table_reader_loses_the_b
         finally:
             await table.stop()
     finally:
-        _kill(node)  # its data is thrown away
+        node.stop(sig=signal.SIGKILL)  # its data is thrown away
