@@ -262,17 +262,19 @@ def test_invalid_payload_is_audited_never_raised() -> None:
         assert env.payload.reason == "invalid_payload"
 
 
-def test_json_python_reads_and_orjson_refuses_is_read_as_before() -> None:
-    """The body is parsed by orjson first; what only Python's parser reads (``NaN``, an integer
-    beyond 64 bits: Sentry's own JSON never holds them, a hostile body may) still makes the
-    incident, and what both refuse (nesting past either's limit) is audited as before."""
+def test_the_body_reads_as_pythons_json_reads_it() -> None:
+    """The body is read by orjson where it reads as Python's parser does (``jsontext``): an
+    integer past 64 bits stays exact (orjson would make it a float), ``NaN`` still makes the
+    incident (orjson refuses it), and nesting both refuse is audited as before."""
     fixture = signed_fixture("issue.created")[0]
     plain = only(normalize(raw("issue.created"), lookup()), IncidentOpenedV1).payload
-    odd = fixture.replace(b'{"issue":{', b'{"issue":{"x":NaN,"y":123456789012345678901234567890,')
-    assert odd != fixture
-    assert only(normalize(raw("issue.created", body=odd), lookup()), IncidentOpenedV1).payload == (
-        plain
-    )
+    big = 123456789012345678901234567890
+    for extra, users in ((b"", big), (b',"x":NaN', 1)):  # NaN alone, or orjson refuses all
+        odd = fixture.replace(b'"userCount":1', b'"userCount":%d%s' % (users, extra))
+        assert odd != fixture
+        got = only(normalize(raw("issue.created", body=odd), lookup()), IncidentOpenedV1).payload
+        assert got.snapshot.user_count == users
+        assert got.model_copy(update={"snapshot": plain.snapshot}) == plain
     deep = b'{"data":{"issue":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
     env = only(normalize(raw("issue.created", body=deep), lookup()), WebhookAuditedV1)
     assert env.payload.reason == "invalid_payload"

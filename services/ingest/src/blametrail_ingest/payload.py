@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import orjson
+from blametrail_common.jsontext import orjson_agrees
 
 __all__ = ["SUPPORTED", "BadPayload", "kafka_key", "parse", "summarize"]
 
@@ -25,15 +26,6 @@ SUPPORTED: dict[str, frozenset[str]] = {
     "error": frozenset({"created"}),
     "comment": frozenset({"created", "updated", "deleted"}),
 }
-
-
-# Digits to "0", every other byte to ".": a run of 19 digits is then a plain substring search
-# (a regex scan costs 5x the orjson parse it guards).
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
-_LONG_RUN = b"0" * 19
-# orjson nests up to 1,023 levels; the standard parser raises RecursionError earlier (how much
-# earlier depends on the stack). Fewer brackets than this in all cannot nest that deep.
-_MAX_FAST_BRACKETS = 512
 
 
 class BadPayload(ValueError):
@@ -48,10 +40,7 @@ def parse(body: bytes) -> dict[str, Any]:
     """Decode and parse the body; raises :class:`BadPayload` with a clear reason."""
     if not body:
         raise BadPayload("empty body")
-    if (
-        _LONG_RUN not in body.translate(_DIGITS_ONLY)  # orjson reads big integers as floats
-        and body.count(b"[") + body.count(b"{") <= _MAX_FAST_BRACKETS  # and nests deeper
-    ):
+    if orjson_agrees(body):  # no integer past 64 bits, no nesting past the standard parser's
         try:
             fast = orjson.loads(body)
         except orjson.JSONDecodeError:
