@@ -27,7 +27,7 @@ from pathlib import Path
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import TEST_SECRET, signed_fixture
-from blametrail_devstack.bench import BenchResult, cpu_seconds, listener_pid, write_result
+from blametrail_devstack.bench import BenchResult, broker_pid, cpu_seconds, write_result
 from blametrail_devstack.pytest_plugin import open_infra
 from blametrail_devstack.stack import free_port
 from rich.console import Console
@@ -157,15 +157,6 @@ def _cpu_s(pid: int | None) -> float:
     return 0.0 if pid is None else cpu_seconds(pid)
 
 
-def _broker_pid(bootstrap: str) -> int:
-    """The broker this run talks to: the process listening on its bootstrap port."""
-    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
-    pid = listener_pid(port)
-    if pid is None:
-        raise SystemExit(f"no process here listens on {bootstrap}: cannot measure its broker")
-    return pid
-
-
 def _rounds(port: int, server_pid: int, broker: int) -> tuple[float, float, float, float, int]:
     """Median acknowledged req/s, CPU ms per 1,000 requests of the server, the broker and the
     load generator (this process), and the 200s that were spooled, after one unmeasured warm-up
@@ -200,7 +191,7 @@ def main() -> None:
             "BLAMETRAIL_LOG_LEVEL": "WARNING",
             "BLAMETRAIL_INGEST_SPOOL_DIR": str(HERE / ".spool"),
         }
-        broker = _broker_pid(infra.bootstrap)
+        broker = broker_pid(infra.bootstrap)
         bare_port, ingest_port = free_port(), free_port()
         bare = _serve("bare:app", bare_port, env)
         ingest = _serve("ingest_app:app", ingest_port, env)

@@ -57,7 +57,7 @@ from blametrail_common.kafka import EventProducer, create_consumer, create_produ
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
 from blametrail_common.testing import signed_fixture
-from blametrail_devstack.bench import BenchResult, cpu_seconds, listener_pid, write_result
+from blametrail_devstack.bench import BenchResult, broker_pid, cpu_seconds, write_result
 from blametrail_devstack.kafka import KafkaNode
 from blametrail_devstack.pytest_plugin import open_infra
 from blametrail_devstack.stack import free_port
@@ -348,10 +348,7 @@ async def bench(
     before: str | None,
     console: Console,
 ) -> list[Phase]:
-    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
-    broker = listener_pid(port)
-    if broker is None:
-        raise SystemExit(f"no process here listens on {bootstrap}: cannot measure its broker")
+    broker = broker_pid(bootstrap)
     n = int(rate * seconds)
     workdir = Path(tempfile.mkdtemp(prefix="bench-normalize-"))
     old = checkout(before, workdir / "before") if before else None

@@ -50,6 +50,7 @@ from blametrail_common.testing import signed_fixture
 from blametrail_devstack.__main__ import read_env
 from blametrail_devstack.bench import (
     BenchResult,
+    broker_pid,
     cpu_seconds,
     listener_pid,
     process_tree_cpu,
@@ -85,12 +86,8 @@ class StackCpu:
     """CPU seconds so far of each part of the running stack: ``sample()`` reads them all."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        def port(address: str) -> int:
-            return int(urlsplit(f"//{address.split(',')[0].split('@')[-1]}").port or 0)
-
-        broker = listener_pid(port(env["KAFKA_BOOTSTRAP_SERVERS"]))
-        postgres = listener_pid(urlsplit(env["DATABASE_URL"]).port or 5432)
-        self.broker, self.postgres = broker, postgres
+        self.broker = broker_pid(env["KAFKA_BOOTSTRAP_SERVERS"])
+        self.postgres = listener_pid(urlsplit(env["DATABASE_URL"]).port or 5432)
 
     def sample(self) -> dict[str, float]:
         out = {LOAD: cpu_seconds(os.getpid())}
@@ -101,8 +98,7 @@ class StackCpu:
                 out[pid_file.stem] = cpu_seconds(int(pid_file.read_text()))
             except (OSError, ValueError):  # restarting: its time is lost to this sample
                 out[pid_file.stem] = 0.0
-        if self.broker is not None:
-            out["kafka broker"] = cpu_seconds(self.broker)
+        out["kafka broker"] = cpu_seconds(self.broker)
         if self.postgres is not None:
             out["postgres"] = process_tree_cpu(self.postgres)
         return out

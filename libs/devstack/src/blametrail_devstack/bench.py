@@ -26,6 +26,7 @@ from blametrail_devstack.paths import local_dir
 
 __all__ = [
     "BenchResult",
+    "broker_pid",
     "cpu_seconds",
     "listener_pid",
     "load_results",
@@ -132,15 +133,19 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
-    """User + system CPU seconds ``pid`` used so far (Linux ``/proc``); with ``reaped``, its
-    children that exited and were waited for too (a Postgres postmaster's finished backends).
-    Raises ``OSError`` when there is no such process."""
-    fields = _stat(pid)
+def _cpu(fields: list[str], reaped: bool = False) -> float:
+    """User + system CPU seconds of a ``_stat``, with its reaped children's when ``reaped``."""
     ticks = int(fields[11]) + int(fields[12])
     if reaped:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds ``pid`` used so far (Linux ``/proc``); with ``reaped``, its
+    children that exited and were waited for too (a Postgres postmaster's finished backends).
+    Raises ``OSError`` when there is no such process."""
+    return _cpu(_stat(pid), reaped)
 
 
 def process_tree_cpu(pid: int) -> float:
@@ -153,10 +158,19 @@ def process_tree_cpu(pid: int) -> float:
         try:
             fields = _stat(int(proc.name))
             if int(fields[1]) == pid:  # its parent
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += _cpu(fields)
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile: its time is in the parent's reaped share
     return total
+
+
+def broker_pid(bootstrap: str) -> int:
+    """The broker a benchmark talks to: the process listening on its first bootstrap address's
+    port. Exits naming the address when there is none here (its CPU cannot be measured)."""
+    pid = listener_pid(int(bootstrap.split(",")[0].rsplit(":", 1)[1]))
+    if pid is None:
+        raise SystemExit(f"no process here listens on {bootstrap}: cannot measure its broker")
+    return pid
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
