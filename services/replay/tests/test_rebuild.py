@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 from blametrail_common.db import migrate
 from blametrail_common.events import encode, new_event
 from blametrail_common.events.audit import WebhookAuditedV1
@@ -46,7 +45,7 @@ from blametrail_devstack.testkit import until
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES, Projection
 from blametrail_replay import bulk
 from blametrail_replay.fold import Batch
-from blametrail_replay.pool import FOLDED, FoldPool, Record, WorkerFailed
+from blametrail_replay.pool import FOLDED, FoldPool, Record, WorkerFailed, worker_of
 from blametrail_replay.rebuild import CHECKSUM_KEYS, RebuildSummary, rebuild_projection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -385,23 +384,34 @@ async def test_a_row_postgres_refuses_makes_the_rebuild_go_the_live_way_from_zer
     assert summary.refused == 2
 
 
-async def test_an_incident_on_two_partitions_is_rebuilt_the_live_way(
+async def test_an_incident_under_two_keys_is_rebuilt_the_live_way(
     kafka_settings: KafkaSettings, infra: Infra
 ) -> None:
-    """A topic not keyed by incident (here one incident's events under two keys, on two
-    neighbouring partitions, so folded by different workers): each worker would hold a part
-    of the incident, so the rebuild sees the key twice and goes the live way from zero."""
-    part = DefaultPartitioner()
-    partitions = list(range(6))  # incident-events
-    keys = {part(f"k{i}".encode(), partitions, partitions): f"k{i}".encode() for i in range(50)}
-    first = next(p for p in partitions if p in keys and p + 1 in keys)
+    """A topic not keyed by incident (here one incident's events under two record keys that
+    two workers fold): each worker would hold a part of the incident, so the rebuild sees the
+    key twice and goes the live way from zero."""
+    keys = [f"k{i}".encode() for i in range(50)]
+    first = next(k for k in keys if worker_of(k, 2) == 0)
+    second = next(k for k in keys if worker_of(k, 2) == 1)
     events = [incident_event("opened", 7, 0), incident_event("resolved", 7, 5, count=3)]
     log = []
-    for i, event in enumerate(events):
+    for i, (event, key) in enumerate(zip(events, (first, second), strict=True)):
         topic, _, value = record(event, 200 + i)
-        log.append((topic, keys[first + i], value))
+        log.append((topic, key, value))
     summary = await _compare(kafka_settings, infra, [*_fixed_log(), *log], fold_workers=2)
     assert "FoldedDuplicate" in summary.fallback
+
+
+def test_the_keys_are_shared_out_between_the_workers() -> None:
+    """Every key to one worker, the same each time, and the workers each get a fair share."""
+    keys = [str(uuid.uuid5(uuid.NAMESPACE_OID, f"i{i}")).encode() for i in range(3000)]
+    for workers in (1, 2, 3):
+        shares = [0] * workers
+        for key in keys:
+            assert worker_of(key, workers) == worker_of(key, workers)
+            shares[worker_of(key, workers)] += 1
+        assert min(shares) > 0.9 * len(keys) / workers, shares
+    assert worker_of(None, 3) == worker_of(b"", 3)
 
 
 # -- the fold pool -------------------------------------------------------------------------------
@@ -484,7 +494,7 @@ async def test_a_worker_error_that_cannot_be_read_here_fails_the_pool(
     if here:
         monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(__import__("sys").modules, "bt_elsewhere", raising=False)
-    pool = FoldPool(1, [("incident-events", 0)])
+    pool = FoldPool(1)
     try:
         await pool.start()
         await pool.add([Record("incident-events", 0, 0, _Raise(name, args))])  # type: ignore[arg-type]
@@ -498,7 +508,7 @@ async def test_a_workers_folded_rows_wait_in_its_pipe_until_read() -> None:
     """After ``end`` a worker's reader holds a few messages, not all it is sent; all arrive."""
     payloads = [incident_event("opened", 0, 0), enriched(0, 1, "e"), suspects(0, 1)]
     records = [Record("incident-events", 0, i, record(p, i)[2]) for i, p in enumerate(payloads)]
-    pool = FoldPool(1, [("incident-events", 0)])
+    pool = FoldPool(1)
     try:
         await pool.start()
         await pool.add(records)

@@ -1,19 +1,27 @@
-"""The rebuild's fold in worker processes, a group of the log's partitions each.
+"""The rebuild's fold in worker processes, a share of the log's record keys each.
 
 The fold is CPU in Python (decoding, the row mapping, COPY text), so one process folds at the
 speed of one core. A record's rows depend only on the record, and each folded table is keyed by
-an incident id, which keys the records of a topic's partition: so each group of partitions folds
-on its own, in a process of its own (``python -m blametrail_replay.pool``: it imports the pure
-fold and nothing of the rebuild's I/O). The rebuild's process reads the log and sends each
-worker its partitions' records; the worker sends back the append-only tables' COPY text, and at
-the end its folded tables' COPY text in chunks, its Sentry links and its peak RSS.
+an incident id, which is the record key of every topic with a folded table (the topic registry
+says so): so the records of each record key fold on their own, in log order, and the keys are
+shared out between processes of their own (``python -m blametrail_replay.pool``: it imports the
+pure fold and nothing of the rebuild's I/O) by :func:`worker_of`. The rebuild's process reads
+the log and sends each worker the records of its keys; the worker sends back the append-only
+tables' COPY text, and at the end its folded tables' COPY text in chunks, its Sentry links and
+its peak RSS.
+
+By key and not by partition: a poll gives the records of a few partitions at a time, so with
+partitions shared out one worker had most polls and the other waited (bench/replay: the two
+together used about one core of two). Every record of a key is on one partition, so a key's
+records reach its worker in the partition's order, as before.
 
 The protocol, on the worker's stdin and stdout: frames of an 8-byte length and a pickle. To the
 worker: ``("add", [(topic, partition, [offset, ...], [value, ...]), ...])``, then ``("end",)``. From it, for each
 ``add``: ``("batch", Batch, keys held)``; for ``end``: ``("rows", table, text)`` chunks, a
 ``("rows", table, b"")`` after each table, then ``("done", links, peak RSS in MB)``; for a
-failure: ``("error", exception)``. A key found in two groups (a topic keyed otherwise) shows as
-a duplicate key of a folded table, which the rebuild treats as a refused fold.
+failure: ``("error", exception)``. An incident under two record keys (a topic keyed otherwise)
+may be folded in two workers: it shows as a duplicate key of a folded table, which the rebuild
+treats as a refused fold.
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ import pickle
 import resource
 import struct
 import sys
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, BinaryIO, NamedTuple
 
+from blametrail_common.gctune import tune_gc
+
 from blametrail_replay.fold import Batch, Fold
 
-__all__ = ["FOLDED", "FoldPool", "WorkerFailed", "peak_rss_mb"]
+__all__ = ["FOLDED", "FoldPool", "WorkerFailed", "peak_rss_mb", "worker_of"]
 
 FOLDED = ("incidents", "incident_enrichments", "incident_suspects")
 _LENGTH = struct.Struct("<Q")
@@ -49,21 +60,26 @@ class WorkerFailed(RuntimeError):
 
 
 class Record(NamedTuple):
-    """What the row mapping reads of a ``ConsumerRecord``."""
+    """What the row mapping reads of a ``ConsumerRecord`` (and the pool routes by: ``key``)."""
 
     topic: str
     partition: int
     offset: int
     value: bytes | None
+    key: bytes | None = None
+
+
+def worker_of(key: bytes | None, workers: int) -> int:
+    """The worker that folds the records of record key ``key`` (those without a key: the
+    first), the same in every run."""
+    return zlib.crc32(key or b"") % workers
 
 
 class FoldPool:
-    """``workers`` fold processes; records go to the one of their ``(topic, partition)``."""
+    """``workers`` fold processes; records go to the one of their key (:func:`worker_of`)."""
 
-    def __init__(self, workers: int, partitions: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, workers: int) -> None:
         self._n = workers
-        # round robin over the partitions of each topic in turn: every group gets its share
-        self._of = {tp: i % workers for i, tp in enumerate(sorted(partitions))}
         self._procs: list[asyncio.subprocess.Process] = []
         self._keys = [0] * workers
         # each batch folded, as it comes back (a failure: the exception; None: the caller's end)
@@ -107,23 +123,25 @@ class FoldPool:
 
     async def add(self, records: Sequence[Any]) -> None:
         """Send each worker its records; waits while a worker has two batches not folded yet."""
-        by_tp: dict[tuple[str, int], tuple[list[int], list[bytes | None]]] = {}
-        for r in records:  # one list of offsets and one of values per partition: quick to pickle
+        n = self._n
+        # per worker, one list of offsets and one of values per partition: quick to pickle
+        by_tp: list[dict[tuple[str, int], tuple[list[int], list[bytes | None]]]] = [
+            {} for _ in range(n)
+        ]
+        for r in records:
             tp = (r.topic, r.partition)
-            held = by_tp.get(tp)
+            mine = by_tp[zlib.crc32(r.key or b"") % n]  # worker_of, inline: once a record
+            held = mine.get(tp)
             if held is None:
-                held = by_tp[tp] = ([], [])
+                held = mine[tp] = ([], [])
             held[0].append(r.offset)
             held[1].append(r.value)
-        groups: list[list[Any]] = [[] for _ in range(self._n)]
-        for tp, (offsets, values) in by_tp.items():
-            groups[self._of[tp]].append((*tp, offsets, values))
-        for i, group in enumerate(groups):
+        for i, group in enumerate(by_tp):
             if not group:
                 continue
             await self._until_below(i, 2)
-            self._sent[i].append(sum(len(offsets) for _, _, offsets, _ in group))
-            await self._send(i, ("add", group))
+            self._sent[i].append(sum(len(offsets) for offsets, _ in group.values()))
+            await self._send(i, ("add", [(*tp, *held) for tp, held in group.items()]))
 
     async def _send(self, i: int, message: Any) -> None:
         stdin = self._procs[i].stdin
@@ -301,6 +319,9 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
+    # a fold makes and drops objects by the million (decoded events, rows): at Python's own
+    # thresholds the collector took about a fifth of a worker's time (gctune's docstring)
+    tune_gc()
     # the protocol owns the real stdout; anything printed goes to stderr
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -218,7 +218,7 @@ async def _bulk(
     await sink.open()
     try:
         if workers:
-            pool = FoldPool(workers, [(tp.topic, tp.partition) for tp in targets])
+            pool = FoldPool(workers)
             try:
                 await pool.start()
                 await _fold_in(pool, sink, run, targets, bound)
