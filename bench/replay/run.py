@@ -13,7 +13,9 @@ earlier incidents, 15% audit records), encoded as the services encode them. Each
 
 Reported: the medians of the rounds, the ratio rebuild / (bare consume + bare COPY) (goal
 <= 1.5), the rebuild's wall time (goal < 40 s for 1M) and peak RSS (goal <= 600 MB for 1M), and
-the load average (the machine is shared: compare ratios). ``--events`` / ``BENCH_REPLAY_EVENTS``
+the load average (the machine is shared: compare ratios). Each round also prints the rebuild's
+phases and the CPU seconds of each part during it (the rebuild's process, its fold workers,
+Postgres, the broker) with the cores they used together: a part that waits shows there. ``--events`` / ``BENCH_REPLAY_EVENTS``
 (default 1,000,000) and ``--rounds`` / ``BENCH_REPLAY_ROUNDS`` (default 1) change the size.
 """
 
@@ -41,13 +43,21 @@ from blametrail_common.events.incidents import IncidentOpenedV1, IssueSnapshot, 
 from blametrail_common.kafka import EventProducer, create_producer, open_reader
 from blametrail_common.kafka.admin import ensure_topics
 from blametrail_common.settings import KafkaSettings
-from blametrail_devstack.bench import BenchResult, write_result
+from blametrail_devstack.bench import (
+    BenchResult,
+    broker_pid,
+    cpu_seconds,
+    listener_pid,
+    process_tree_cpu,
+    write_result,
+)
 from blametrail_devstack.pytest_plugin import create_database, open_infra
 from blametrail_projector.projection import PROJECTED_TOPICS, TABLES
 from blametrail_replay import bulk
 from blametrail_replay.fold import Fold
 from blametrail_replay.pool import peak_rss_mb
 from blametrail_replay.rebuild import rebuild_projection
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -220,20 +230,34 @@ def _rebuild_child(bootstrap: str, prefix: str, dsn: str, done: Any, total: Any,
     def report(d: int, t: int) -> None:
         done.value, total.value = d, t
 
-    began = time.perf_counter()
+    me = os.getpid()
+    began, mine, all_mine = time.perf_counter(), cpu_seconds(me), cpu_seconds(me, reaped=True)
     summary = asyncio.run(rebuild_projection(kafka, dsn, "bench-projection", report=report))
     wall = time.perf_counter() - began
+    # its own CPU, and its fold workers' (reaped by the pool's close: its children's share)
+    own = cpu_seconds(me) - mine
+    cpu = {"rebuild process": own, "fold workers": cpu_seconds(me, reaped=True) - all_mine - own}
     # its own peak (VmHWM: ru_maxrss would be this bench's, which it was forked from, when
     # higher) and its fold workers' (each its own peak: their sum is at least the whole's)
     rss = (peak_rss_mb(), *summary.worker_rss_mb)
-    out.put((wall, rss, summary.applied, summary.fallback, summary.phases))
+    out.put((wall, rss, summary.applied, summary.fallback, summary.phases, cpu))
+
+
+def _postgres_pid(dsn: str) -> int:
+    port = int(conninfo_to_dict(dsn).get("port") or 5432)
+    pid = listener_pid(port)
+    if pid is None:
+        raise SystemExit(f"no process here listens on port {port}: cannot measure Postgres")
+    return pid
 
 
 async def rebuild(
     kafka: KafkaSettings, dsn: str, progress: Progress
 ) -> tuple[float, float, dict[str, float]]:
     """(wall seconds, peak RSS MB, seconds by phase) of the rebuild, in a process of its own
-    (with its fold workers' peaks added)."""
+    (with its fold workers' peaks added); prints the CPU seconds of each part meanwhile."""
+    postgres, broker = _postgres_pid(dsn), broker_pid(kafka.bootstrap_servers)
+    pg_before, broker_before = process_tree_cpu(postgres), cpu_seconds(broker)
     ctx = mp.get_context("spawn")
     done, total, out = ctx.Value("q", 0), ctx.Value("q", N), ctx.Queue()
     child = ctx.Process(
@@ -246,15 +270,22 @@ async def rebuild(
         while child.is_alive() and out.empty():
             progress.update(task, completed=done.value, total=total.value)
             await asyncio.sleep(0.2)
-        wall, rss, applied, fallback, phases = out.get(timeout=60)
+        wall, rss, applied, fallback, phases, cpu = out.get(timeout=60)
     finally:
         child.join()
         progress.remove_task(task)
+    cpu["Postgres"] = process_tree_cpu(postgres) - pg_before
+    cpu["broker"] = cpu_seconds(broker) - broker_before
     if applied != N or fallback:  # (the live tables are empty here: nothing to be identical to)
         raise RuntimeError(f"rebuild: applied {applied} of {N}, {fallback}")
     parts = " + ".join(f"{mb:,.0f}" for mb in rss)
     progress.console.print(
         f"rebuild peak RSS, MB: {parts} (the rebuild's process + its fold workers)"
+    )
+    progress.console.print(
+        "rebuild CPU, s: "
+        + ", ".join(f"{name} {s:.1f}" for name, s in cpu.items())
+        + f"; cores used {sum(cpu.values()) / wall:.2f} of {os.cpu_count()}"
     )
     return wall, sum(rss), phases
 
