@@ -504,6 +504,29 @@ async def test_a_worker_error_that_cannot_be_read_here_fails_the_pool(
         await pool.close()
 
 
+async def test_one_partitions_records_are_folded_by_every_worker() -> None:
+    """A poll of one partition (as most polls are) gives each worker the records of its keys:
+    both fold at once, where a worker per partition left the other one waiting."""
+    payloads = [incident_event("opened", n, 0) for n in range(20)]
+    records = []
+    for i, p in enumerate(payloads):
+        _, key, value = record(p, i)
+        records.append(Record("incident-events", 0, i, value, key))
+    assert {worker_of(r.key, 2) for r in records} == {0, 1}  # the test's keys reach both
+    pool = FoldPool(2)
+    try:
+        await pool.start()
+        await pool.add(records)
+        await asyncio.wait_for(pool.drain(), 30)
+        batches = [pool.results.get_nowait() for _ in range(pool.results.qsize())]
+        assert len(batches) == 2  # one a worker
+        assert pool.keys == 20  # each incident in one of them
+        lines = b"".join(b.timeline for b in batches if isinstance(b, Batch)).splitlines()
+        assert len(lines) == 20
+    finally:
+        await pool.close()
+
+
 async def test_a_workers_folded_rows_wait_in_its_pipe_until_read() -> None:
     """After ``end`` a worker's reader holds a few messages, not all it is sent; all arrive."""
     payloads = [incident_event("opened", 0, 0), enriched(0, 1, "e"), suspects(0, 1)]

@@ -130,7 +130,7 @@ class FoldPool:
         ]
         for r in records:
             tp = (r.topic, r.partition)
-            mine = by_tp[zlib.crc32(r.key or b"") % n]  # worker_of, inline: once a record
+            mine = by_tp[worker_of(r.key, n)]
             held = mine.get(tp)
             if held is None:
                 held = mine[tp] = ([], [])
