@@ -47,7 +47,7 @@ from blametrail_devstack.bench import (
     BenchResult,
     broker_pid,
     cpu_seconds,
-    listener_pid,
+    postgres_pid,
     process_tree_cpu,
     write_result,
 )
@@ -57,7 +57,6 @@ from blametrail_replay import bulk
 from blametrail_replay.fold import Fold
 from blametrail_replay.pool import peak_rss_mb
 from blametrail_replay.rebuild import rebuild_projection
-from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -243,20 +242,14 @@ def _rebuild_child(bootstrap: str, prefix: str, dsn: str, done: Any, total: Any,
     out.put((wall, rss, summary.applied, summary.fallback, summary.phases, cpu))
 
 
-def _postgres_pid(dsn: str) -> int:
-    port = int(conninfo_to_dict(dsn).get("port") or 5432)
-    pid = listener_pid(port)
-    if pid is None:
-        raise SystemExit(f"no process here listens on port {port}: cannot measure Postgres")
-    return pid
-
-
 async def rebuild(
     kafka: KafkaSettings, dsn: str, progress: Progress
 ) -> tuple[float, float, dict[str, float]]:
     """(wall seconds, peak RSS MB, seconds by phase) of the rebuild, in a process of its own
     (with its fold workers' peaks added); prints the CPU seconds of each part meanwhile."""
-    postgres, broker = _postgres_pid(dsn), broker_pid(kafka.bootstrap_servers)
+    postgres, broker = postgres_pid(dsn), broker_pid(kafka.bootstrap_servers)
+    if postgres is None:
+        raise SystemExit(f"no Postgres here listens for {dsn}: cannot measure its CPU")
     pg_before, broker_before = process_tree_cpu(postgres), cpu_seconds(broker)
     ctx = mp.get_context("spawn")
     done, total, out = ctx.Value("q", 0), ctx.Value("q", N), ctx.Queue()

@@ -52,7 +52,7 @@ from blametrail_devstack.bench import (
     BenchResult,
     broker_pid,
     cpu_seconds,
-    listener_pid,
+    postgres_pid,
     process_tree_cpu,
     write_result,
 )
@@ -87,7 +87,7 @@ class StackCpu:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.broker = broker_pid(env["KAFKA_BOOTSTRAP_SERVERS"])
-        self.postgres = listener_pid(urlsplit(env["DATABASE_URL"]).port or 5432)
+        self.postgres = postgres_pid(env["DATABASE_URL"])
 
     def sample(self) -> dict[str, float]:
         out = {LOAD: cpu_seconds(os.getpid())}

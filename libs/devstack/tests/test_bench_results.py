@@ -17,6 +17,7 @@ from blametrail_devstack.bench import (
     cpu_seconds,
     listener_pid,
     load_results,
+    postgres_pid,
     process_tree_cpu,
     pythons_gc,
     summary_table,
@@ -63,6 +64,18 @@ async def test_listener_pid_finds_the_process_serving_a_port() -> None:
         server.close()
         await server.wait_closed()
     assert listener_pid(port) is None
+
+
+async def test_postgres_pid_reads_the_port_of_a_url_or_a_conninfo() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert postgres_pid(f"postgresql://postgres@127.0.0.1:{port}/x") == os.getpid()
+        assert postgres_pid(f"host=127.0.0.1 port={port} dbname=x") == os.getpid()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert postgres_pid(f"host=127.0.0.1 port={port} dbname=x") is None
 
 
 def test_pythons_gc_is_pythons_within_and_the_tuning_after() -> None:

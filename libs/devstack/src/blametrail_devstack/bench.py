@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +31,7 @@ __all__ = [
     "cpu_seconds",
     "listener_pid",
     "load_results",
+    "postgres_pid",
     "process_tree_cpu",
     "pythons_gc",
     "results_dir",
@@ -171,6 +173,12 @@ def broker_pid(bootstrap: str) -> int:
     if pid is None:
         raise SystemExit(f"no process here listens on {bootstrap}: cannot measure its broker")
     return pid
+
+
+def postgres_pid(dsn: str) -> int | None:
+    """The Postgres server a benchmark talks to: the process listening on its DSN's port (a
+    URL or ``key=value`` conninfo), or ``None`` when there is none here."""
+    return listener_pid(int(conninfo_to_dict(dsn).get("port") or 5432))
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
