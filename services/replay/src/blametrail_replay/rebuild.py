@@ -5,7 +5,7 @@
 2. Bulk: a group-less reader reads the projected topics from their first offset up to the live
    group's stored offsets (the end of the log if it never ran) and folds them by key in memory
    (:mod:`blametrail_replay.fold`, over the live projection's own row mapping; in
-   ``BLAMETRAIL_REPLAY_FOLD_WORKERS`` processes, a group of partitions each,
+   ``BLAMETRAIL_REPLAY_FOLD_WORKERS`` processes, a share of the record keys each,
    :mod:`blametrail_replay.pool`): the append-only tables are streamed with ``COPY`` as they are
    read, the folded tables are copied once at the end (:mod:`blametrail_replay.bulk`). Then the
    keys and indexes are built once each.
@@ -69,7 +69,7 @@ CHECKSUM_KEYS = {
 }
 Report = Callable[[int, int], None]  # (records applied so far, records to apply known so far)
 # Postgres refusing a value of a row (the live projection dead-letters such a record)
-# (or a value the fold cannot hold, or a key folded in two groups of partitions: the same way).
+# (or a value the fold cannot hold, or a key folded in two workers: the same way).
 # A fold worker that dies (``pool.WorkerFailed``: killed, out of memory) is not a refused row:
 # the rebuild raises it, the live tables untouched (fewer workers or a lower fold bound help).
 _REFUSED = (psycopg.DataError, psycopg.IntegrityError, Unfoldable)

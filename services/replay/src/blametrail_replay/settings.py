@@ -15,8 +15,9 @@ class ReplaySettings(BaseBlametrailSettings):
     fold_max_incidents: int = Field(
         default=1_000_000, ge=1, validation_alias=f"{PREFIX}REPLAY_FOLD_MAX_INCIDENTS"
     )
-    # Processes the fold runs in, each folding a group of the log's partitions (the fold is
-    # CPU in Python: one process folds at one core's speed); 0: in the rebuild's own process.
+    # Processes the fold runs in, each folding the records of a share of the log's record keys
+    # (the fold is CPU in Python: one process folds at one core's speed); 0: in the rebuild's
+    # own process.
     fold_workers: int = Field(
         default=2, ge=0, le=64, validation_alias=f"{PREFIX}REPLAY_FOLD_WORKERS"
     )
