@@ -15,8 +15,9 @@ Reported: the medians of the rounds, the ratio rebuild / (bare consume + bare CO
 <= 1.5), the rebuild's wall time (goal < 40 s for 1M) and peak RSS (goal <= 600 MB for 1M), and
 the load average (the machine is shared: compare ratios). Each round also prints the rebuild's
 phases and the CPU seconds of each part during it (the rebuild's process, its fold workers,
-Postgres, the broker) with the cores they used together: a part that waits shows there. ``--events`` / ``BENCH_REPLAY_EVENTS``
-(default 1,000,000) and ``--rounds`` / ``BENCH_REPLAY_ROUNDS`` (default 1) change the size.
+Postgres, the broker) with the cores they used together: a part that waits shows there.
+``--events`` / ``BENCH_REPLAY_EVENTS`` (default 1,000,000) and ``--rounds`` /
+``BENCH_REPLAY_ROUNDS`` (default 1) change the size.
 """
 
 from __future__ import annotations
